@@ -1,0 +1,162 @@
+"""What every model family provides: its cross-attention layers, prompt encoding and denoising loop."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
+from functools import cached_property
+
+import torch
+
+from locoedit.layers import CrossAttentionLayer, list_cross_attention_layers
+from locoedit.processors import routed_processors
+from locoedit.routing import Routing, RoutingController
+
+
+@dataclass(frozen=True)
+class TextConditioning:
+    """A batch of encoded prompts, in the form the pipeline's ``prompt_embeds`` arguments take."""
+
+    embeds: torch.Tensor  # [batch, tokens, dim]
+    mask: torch.Tensor | None = None  # [batch, tokens], PixArt's text attention mask
+    pooled: torch.Tensor | None = None  # [batch, dim], SD-XL's pooled text embedding
+
+    def take(self, rows: list[int]) -> TextConditioning:
+        index = torch.tensor(rows, dtype=torch.long, device=self.embeds.device)
+        pick = lambda t: None if t is None else t.index_select(0, index)  # noqa: E731
+        return TextConditioning(pick(self.embeds), pick(self.mask), pick(self.pooled))
+
+    def where(self, rows: torch.Tensor, other: TextConditioning) -> TextConditioning:
+        """This conditioning, with ``other``'s pooled embedding in the selected rows ([batch] bool)."""
+        if self.pooled is None:
+            return self
+        rows = rows.to(self.pooled.device)[:, None]
+        return replace(self, pooled=torch.where(rows, other.pooled, self.pooled))
+
+
+@dataclass(frozen=True)
+class EncodedPrompts:
+    conditional: TextConditioning
+    unconditional: TextConditioning  # the empty prompt, as the pipeline itself would encode it
+
+    def take(self, rows: list[int]) -> EncodedPrompts:
+        return EncodedPrompts(self.conditional.take(rows), self.unconditional.take(rows))
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    num_inference_steps: int
+    guidance_scale: float
+    height: int
+    width: int
+
+    def to_json(self) -> dict:
+        return {
+            "num_inference_steps": self.num_inference_steps,
+            "guidance_scale": self.guidance_scale,
+            "height": self.height,
+            "width": self.width,
+        }
+
+
+StepCallback = Callable[[], None]
+
+
+class Adapter(ABC):
+    """One model family. Shared code talks to a pipeline only through this interface."""
+
+    pipeline_class_name: str
+    denoiser_name: str = "unet"
+    default_steps: int = 50
+    default_guidance: float = 7.5
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+        pipe.set_progress_bar_config(disable=True)
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        return getattr(self.pipe, self.denoiser_name)
+
+    @cached_property
+    def layers(self) -> list[CrossAttentionLayer]:
+        return list_cross_attention_layers(self.denoiser)
+
+    @property
+    def device(self) -> torch.device:
+        return self.denoiser.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.denoiser.dtype
+
+    def default_settings(self) -> GenerationSettings:
+        side = self.default_image_size()
+        return GenerationSettings(self.default_steps, self.default_guidance, side, side)
+
+    @abstractmethod
+    def default_image_size(self) -> int: ...
+
+    @abstractmethod
+    def encode(self, prompts: list[str]) -> EncodedPrompts: ...
+
+    def attention_states(self, cond: TextConditioning) -> torch.Tensor:  # [batch, tokens, dim]
+        """The text states as the cross-attention layers receive them (after any projection in the denoiser)."""
+        return cond.embeds
+
+    def route_added_text(self, routing: Routing, original: TextConditioning, target: TextConditioning):
+        """Where text reaches the denoiser outside cross-attention, give routed rows the target's text.
+
+        Returns the conditioning to hand the pipeline and a context to run it in. Default: no such path.
+        """
+        return original, nullcontext()
+
+    @abstractmethod
+    def _run_pipeline(
+        self,
+        prompts: EncodedPrompts,
+        generators: list[torch.Generator],
+        settings: GenerationSettings,
+        on_step: StepCallback | None,
+    ) -> torch.Tensor:  # [batch, 3, H, W] in [0, 1], any device and dtype
+        ...
+
+    def generate(
+        self,
+        prompts: EncodedPrompts,
+        seeds: list[int],
+        settings: GenerationSettings,
+        target: TextConditioning | None = None,
+        routing: Routing | None = None,
+        on_step: StepCallback | None = None,
+    ) -> torch.Tensor:  # [batch, 3, H, W] float32 on CPU, in [0, 1]
+        """Generate one image per row of ``prompts``; row ``b`` starts from noise seeded by ``seeds[b]`` alone.
+
+        With a ``routing``, row ``b`` feeds ``target``'s text to the layers ``routing.target_layers[b]``.
+        """
+        batch = prompts.conditional.embeds.shape[0]
+        if len(seeds) != batch:
+            raise ValueError(f"got {len(seeds)} seeds for {batch} prompts; give one seed per prompt row")
+        # One CPU generator per row: a row's noise then depends on its seed only, not on its batch neighbours.
+        generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in seeds]
+        with torch.no_grad():
+            if routing is None or not any(routing.target_layers):
+                images = self._run_pipeline(prompts, generators, settings, on_step)
+            else:
+                if target is None:
+                    raise ValueError("a routing needs the target prompts' conditioning")
+                if routing.batch_size != batch:
+                    raise ValueError(f"routing covers {routing.batch_size} rows but {batch} prompts were given")
+                controller = RoutingController(
+                    routing, len(self.layers), self.attention_states(target), target.mask
+                )
+                conditional, added_text = prompts.conditional, nullcontext()
+                if routing.route_added_text:
+                    conditional, added_text = self.route_added_text(routing, conditional, target)
+                with routed_processors(self.denoiser, self.layers, controller), added_text:
+                    images = self._run_pipeline(
+                        EncodedPrompts(conditional, prompts.unconditional), generators, settings, on_step
+                    )
+        return images.float().cpu().clamp(0, 1)

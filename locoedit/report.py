@@ -1,0 +1,107 @@
+"""HTML reports: image grids and per-layer effect plots (inline SVG), from the JSON a run writes."""
+
+from __future__ import annotations
+
+from html import escape
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+table.grid td, table.grid th { padding: 2px 6px; text-align: center; font-size: 12px; }
+table.grid img { width: 96px; height: 96px; image-rendering: pixelated; border: 1px solid #ccc; }
+tr.chosen th { color: #b00; }
+table.layers td, table.layers th { padding: 2px 8px; font-size: 12px; border-bottom: 1px solid #eee; }
+code { background: #f4f4f4; padding: 1px 4px; }
+"""
+
+MAX_COLUMNS = 8
+
+
+def effect_plot_svg(windows: list[dict], num_layers: int, chosen: list[int], width: int = 640, height: int = 240) -> str:
+    """Bar per window at its first layer, with +- one standard deviation; the chosen window in red."""
+    left, bottom, top, right = 50, 40, 20, 10
+    values = [w["effect"] for w in windows]
+    spreads = [w["effect_std"] for w in windows]
+    high = max([v + s for v, s in zip(values, spreads)] + [1e-9])
+    low = min([v - s for v, s in zip(values, spreads)] + [0.0])
+    plot_w, plot_h = width - left - right, height - top - bottom
+    y = lambda v: top + plot_h * (high - v) / (high - low)  # noqa: E731
+    slot = plot_w / max(num_layers, 1)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">']
+    parts.append(f'<line x1="{left}" y1="{y(0):.1f}" x2="{width - right}" y2="{y(0):.1f}" stroke="#888"/>')
+    for window, value, spread in zip(windows, values, spreads):
+        start = window["layers"][0]
+        x = left + slot * start + slot * 0.15
+        colour = "#c0392b" if window["layers"] == chosen else "#2980b9"
+        top_y, base_y = sorted((y(value), y(0)))
+        label = f"layers {window['layers']}: effect {value:.4g} +- {spread:.2g}"
+        parts.append(
+            f'<rect x="{x:.1f}" y="{top_y:.1f}" width="{slot * 0.7:.1f}" height="{max(base_y - top_y, 0.5):.1f}" '
+            f'fill="{colour}"><title>{escape(label)}</title></rect>'
+        )
+        centre = x + slot * 0.35
+        parts.append(
+            f'<line x1="{centre:.1f}" y1="{y(value + spread):.1f}" x2="{centre:.1f}" y2="{y(value - spread):.1f}" '
+            'stroke="#333"/>'
+        )
+    for layer in range(num_layers):
+        parts.append(
+            f'<text x="{left + slot * (layer + 0.5):.1f}" y="{height - bottom + 14}" font-size="10" '
+            f'text-anchor="middle">{layer}</text>'
+        )
+    parts.append(f'<text x="{left + plot_w / 2}" y="{height - 8}" font-size="11" text-anchor="middle">'
+                 "first layer of the window</text>")
+    for value in (low, (low + high) / 2, high):
+        parts.append(f'<text x="{left - 6}" y="{y(value) + 4:.1f}" font-size="10" text-anchor="end">{value:.3g}</text>')
+    parts.append(f'<text x="12" y="{top + plot_h / 2}" font-size="11" transform="rotate(-90 12 {top + plot_h / 2})" '
+                 'text-anchor="middle">effect</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def image_grid_html(rows: list[tuple[str, list[str]]], columns: list[str], highlight: str | None = None) -> str:
+    head = "".join(f"<th>{escape(c)}</th>" for c in columns[:MAX_COLUMNS])
+    body = []
+    for label, paths in rows:
+        cls = ' class="chosen"' if label == highlight else ""
+        cells = "".join(f'<td><img src="{escape(p)}" alt="{escape(label)} {i}"></td>'
+                        for i, p in enumerate(paths[:MAX_COLUMNS]))
+        body.append(f"<tr{cls}><th>{escape(label)}</th>{cells}</tr>")
+    return f'<table class="grid"><tr><th></th>{head}</tr>{"".join(body)}</table>'
+
+
+def page(title: str, body: str) -> str:
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title>"
+            f"<style>{_STYLE}</style></head><body>{body}</body></html>\n")
+
+
+def localization_section(result: dict) -> str:
+    request = result["request"]
+    chosen = result["chosen"]
+    columns = [f"p{p} s{s}" for p in range(len(request["prompts"])) for s in request["seeds"]]
+    def label(w):
+        return f"layers {w['layers'][0]}-{w['layers'][-1]}"
+    rows = [("original", result["images"]["original"]), ("target (all layers)", result["images"]["target"])]
+    rows += [(label(w), w["images"]) for w in result["windows"]]
+    layer_rows = "".join(
+        f"<tr><td>{layer['index']}</td><td><code>{escape(layer['name'])}</code></td><td>{layer['block']}</td>"
+        f"<td>{layer['resolution']}</td><td>{', '.join(layer['edit_projections'])}</td></tr>"
+        for layer in result["layers"]
+    )
+    prompts = "".join(f"<li>{escape(p)} &rarr; {escape(t)}</li>" for p, t in zip(request["prompts"], request["targets"]))
+    return (
+        f"<h2>LocoGen: where is “{escape(result['concept'])}”?</h2>"
+        f"<p>Model <code>{escape(result['model'])}</code>, scorer <code>{escape(request['scorer'])}</code>, "
+        f"window size {result['window_size']}, seeds {result['seeds']}, mode {request['mode']}.</p>"
+        f"<ul>{prompts}</ul>"
+        f"<p><b>Chosen layers {chosen['layers']}</b> ({', '.join(f'<code>{escape(n)}</code>' for n in chosen['names'])}): "
+        f"effect {chosen['effect']:.4g} &plusmn; {chosen['effect_std']:.2g}; routing every layer: "
+        f"{result['full_swap_effect']:.4g}.</p>"
+        f"<h3>Effect per window</h3>{effect_plot_svg(result['windows'], len(result['layers']), chosen['layers'])}"
+        f"<h3>Images</h3>{image_grid_html(rows, columns, highlight=label({'layers': chosen['layers']}))}"
+        f"<h3>Cross-attention layers</h3><table class='layers'><tr><th>index</th><th>module</th><th>block</th>"
+        f"<th>resolution</th><th>edited projections</th></tr>{layer_rows}</table>"
+    )
+
+
+def localization_report_html(result: dict) -> str:
+    return page(f"LocoGen: {result['concept']}", localization_section(result))

@@ -1,0 +1,123 @@
+"""Scorers: how much of a concept an image shows, and how much an intervention removed.
+
+A scorer compares intervened images with reference images generated from the same prompts and seeds.
+``effect`` is higher when more of the concept is gone:
+
+- ``clip:ID_OR_FOLDER``  CLIP-Score (100 x cosine of image and concept text), reference minus intervened;
+- ``toyworld``           the toy world's probe: probability that the image shows the concept, reference minus intervened;
+- ``pixel``              mean absolute pixel difference from the reference (weights-free, concept-blind).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from locoedit.errors import LocoeditError
+
+Images = torch.Tensor  # [batch, 3, H, W] float in [0, 1]
+
+
+class Scorer(ABC):
+    spec: str
+
+    @abstractmethod
+    def effect(self, reference: Images, images: Images, concept: str) -> torch.Tensor:  # [batch]
+        """Per image: how much of ``concept`` that is in ``reference[i]`` is gone from ``images[i]``."""
+
+
+class ConceptScorer(Scorer):
+    """A scorer that measures a concept's presence in a single image."""
+
+    @abstractmethod
+    def score(self, images: Images, concept: str) -> torch.Tensor:  # [batch], higher = more of the concept
+        ...
+
+    def effect(self, reference: Images, images: Images, concept: str) -> torch.Tensor:
+        return self.score(reference, concept) - self.score(images, concept)
+
+
+class PixelScorer(Scorer):
+    spec = "pixel"
+
+    def effect(self, reference: Images, images: Images, concept: str) -> torch.Tensor:
+        return (images.float() - reference.float()).abs().flatten(1).mean(1)
+
+
+_OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+_OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class ClipScorer(ConceptScorer):
+    """CLIP-Score with transformers CLIP weights (the paper used OpenAI ViT-B/16 and texts like "style of X")."""
+
+    def __init__(self, model_id: str, device: str | torch.device = "cpu"):
+        from transformers import AutoTokenizer, CLIPModel
+
+        self.spec = f"clip:{model_id}"
+        try:
+            self.model = CLIPModel.from_pretrained(model_id).to(device).eval()
+            self.tokenizer = AutoTokenizer.from_pretrained(model_id)
+        except (OSError, ValueError) as error:
+            raise LocoeditError(
+                f"CLIP weights {model_id!r} are not available ({type(error).__name__}): give a local folder with a "
+                "transformers CLIPModel and its tokenizer, or a hub id that is in the cache or reachable"
+            ) from error
+        self.device = torch.device(device)
+        self.image_size = self.model.config.vision_config.image_size
+        mean, std = _OPENAI_MEAN, _OPENAI_STD
+        preprocessor = Path(model_id) / "preprocessor_config.json"
+        if preprocessor.is_file():
+            import json
+
+            config = json.loads(preprocessor.read_text())
+            mean, std = config.get("image_mean", mean), config.get("image_std", std)
+        self.mean = torch.tensor(mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(std).view(1, 3, 1, 1)
+
+    def _pixels(self, images: Images) -> torch.Tensor:
+        # CLIP's own preprocessing: shortest side to image_size (bicubic), centre crop, normalise.
+        height, width = images.shape[-2:]
+        scale = self.image_size / min(height, width)
+        size = (max(self.image_size, round(height * scale)), max(self.image_size, round(width * scale)))
+        resized = F.interpolate(images.float(), size=size, mode="bicubic", align_corners=False).clamp(0, 1)
+        top, left = (size[0] - self.image_size) // 2, (size[1] - self.image_size) // 2
+        cropped = resized[..., top : top + self.image_size, left : left + self.image_size]
+        return (cropped - self.mean) / self.std
+
+    @torch.no_grad()
+    def score(self, images: Images, concept: str) -> torch.Tensor:
+        text = self.tokenizer([concept], padding=True, truncation=True, return_tensors="pt").to(self.device)
+        text_features = self.model.get_text_features(**text)
+        image_features = self.model.get_image_features(pixel_values=self._pixels(images).to(self.device))
+        text_features = getattr(text_features, "pooler_output", text_features)
+        image_features = getattr(image_features, "pooler_output", image_features)
+        cosine = F.cosine_similarity(image_features.float(), text_features.float())
+        # Unclamped (unlike torchmetrics' max(0, .)): differences stay informative for weak encoders.
+        return (100 * cosine).cpu()
+
+
+class ToyworldScorer(ConceptScorer):
+    spec = "toyworld"
+
+    def __init__(self):
+        from locoedit.toyworld.probe import ToyworldProbe
+
+        self.probe = ToyworldProbe.load()
+
+    def score(self, images: Images, concept: str) -> torch.Tensor:
+        return self.probe.score(images, concept).float().cpu()
+
+
+def make_scorer(spec: str, device: str | torch.device = "cpu") -> Scorer:
+    """``pixel``, ``toyworld`` or ``clip:ID_OR_FOLDER``."""
+    if spec == "pixel":
+        return PixelScorer()
+    if spec == "toyworld":
+        return ToyworldScorer()
+    if spec.startswith("clip:") and len(spec) > len("clip:"):
+        return ClipScorer(spec.removeprefix("clip:"), device)
+    raise LocoeditError(f"unknown scorer {spec!r}; use 'pixel', 'toyworld' or 'clip:HUB_ID_OR_FOLDER'")

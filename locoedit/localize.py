@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from locoedit import __version__
 from locoedit.adapters import Adapter, EncodedPrompts, GenerationSettings, load_adapter
 from locoedit.errors import LocoeditError
+from locoedit.generate import settings_for
 from locoedit.io import write_json, write_png, write_safetensors, write_text
 from locoedit.routing import Routing
 from locoedit.scoring import Scorer, make_scorer
@@ -277,13 +278,7 @@ class LocoGen:
         self.scorer = scorer
         self.run = run
         self.progress = progress
-        defaults = adapter.default_settings()
-        self.settings = GenerationSettings(
-            request.steps or defaults.num_inference_steps,
-            defaults.guidance_scale if request.guidance is None else request.guidance,
-            request.height or defaults.height,
-            request.width or defaults.width,
-        )
+        self.settings = settings_for(adapter, request.steps, request.guidance, request.height, request.width)
         # One row per (prompt, seed), prompt-major: the unit that every window is generated and scored on.
         self.rows = [(p, seed) for p in range(len(request.prompts)) for seed in request.seeds]
         self.prompt_rows = [p for p, _ in self.rows]

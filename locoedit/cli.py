@@ -1,0 +1,177 @@
+"""The ``locoedit`` command line: a thin layer over the library."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from locoedit.errors import LocoeditError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+DEFAULT_CLIP = "openai/clip-vit-base-patch16"  # the paper's CLIP-Score model
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """``0,1,2,3`` or ``0-15`` or a mix (``0-3,10``)."""
+    seeds: list[int] = []
+    try:
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            low, dash, high = part.partition("-")
+            seeds.extend(range(int(low), int(high) + 1) if dash else [int(low)])
+    except ValueError:
+        raise LocoeditError(f"seeds {text!r} are not non-negative integers; write e.g. 0,1,2,3 or 0-15") from None
+    return tuple(seeds)
+
+
+def parse_window(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise LocoeditError(f"window {text!r} is neither an integer nor 'auto'") from None
+
+
+def user_errors(command):
+    """Print a LocoeditError as one clear line and exit 2, instead of a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except LocoeditError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False):
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+Model = Annotated[str, typer.Argument(help="A hub id, a local diffusers pipeline folder, or 'toyworld'.")]
+Dtype = Annotated[str, typer.Option(help="float32, float16 or bfloat16.")]
+Device = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, ... (default: cuda if available).")]
+
+
+@app.command()
+@user_errors
+def layers(
+    model: Model,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+):
+    """List the cross-attention layers in execution order (the paper's numbering)."""
+    from locoedit.adapters import load_adapter
+
+    adapter = load_adapter(model, device="cpu")
+    rows = [layer.describe() for layer in adapter.layers]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    typer.echo(f"{'index':>5}  {'block':<11} {'res':>4}  {'edits':<22} module")
+    for row in rows:
+        typer.echo(
+            f"{row['index']:>5}  {row['block']:<11} {row['resolution']:>4}  {'/'.join(row['edit_projections']):<22} "
+            f"{row['name']}"
+        )
+
+
+@app.command()
+@user_errors
+def localize(
+    model: Model,
+    prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="Original prompt (repeatable).")],
+    target: Annotated[list[str], typer.Option("--target", "-t", help="The prompt with the concept removed (one per --prompt).")],
+    out: Annotated[Path, typer.Option(help="Run folder: JSON, images, report.html. Rerun to resume.")],
+    concept: Annotated[str, typer.Option(help="Text to score; default: the words the target drops.")] = "",
+    scorer: Annotated[str | None, typer.Option(help=f"pixel, toyworld or clip:ID_OR_FOLDER (default: toyworld for the toy model, clip:{DEFAULT_CLIP} otherwise).")] = None,
+    window: Annotated[str, typer.Option(help="Window size m, or 'auto'.")] = "2",
+    threshold: Annotated[float, typer.Option(help="For --window auto: fraction of the all-layer effect a window must reach.")] = 0.5,
+    seeds: Annotated[str, typer.Option(help="e.g. 0,1,2,3 or 0-15.")] = "0,1,2,3",
+    steps: Annotated[int | None, typer.Option(help="Denoising steps (default: the model's).")] = None,
+    guidance: Annotated[float | None, typer.Option(help="Classifier-free guidance scale.")] = None,
+    size: Annotated[int | None, typer.Option(help="Image height and width in pixels.")] = None,
+    scheduler: Annotated[str | None, typer.Option(help="A diffusers scheduler class, e.g. DDIMScheduler.")] = None,
+    mode: Annotated[str, typer.Option(help="exact (one loop per window, as the paper) or batched.")] = "batched",
+    chunk: Annotated[int, typer.Option(help="Windows per denoising loop in batched mode.")] = 8,
+    route_added_text: Annotated[bool, typer.Option(help="Also route SD-XL pooled / IF time-embedding text.")] = False,
+    dtype: Dtype = "float32",
+    device: Device = None,
+):
+    """LocoGen: find the window of cross-attention layers that controls a concept."""
+    from locoedit.localize import LocalizationRequest
+    from locoedit.localize import localize as run_localize
+
+    request = LocalizationRequest(
+        model=model,
+        prompts=tuple(prompt),
+        targets=tuple(target),
+        concept=concept,
+        scorer=scorer or ("toyworld" if model == "toyworld" else f"clip:{DEFAULT_CLIP}"),
+        window=parse_window(window),
+        auto_threshold=threshold,
+        seeds=parse_seeds(seeds),
+        steps=steps,
+        guidance=guidance,
+        height=size,
+        width=size,
+        scheduler=scheduler,
+        mode=mode,
+        chunk=chunk,
+        dtype=dtype,
+        device=device,
+        route_added_text=route_added_text,
+    )
+    result = run_localize(request, out=out)
+    chosen = result.chosen
+    typer.echo(f"concept {request.concept!r}: window size {result.final.window_size}")
+    for window_result in result.final.windows:
+        mark = "  <- chosen" if window_result is chosen else ""
+        typer.echo(f"  layers {window_result.layers}: effect {window_result.effect:+.4f} "
+                   f"+- {window_result.effect_std:.4f}{mark}")
+    typer.echo(f"all layers: effect {result.full_swap_effect:+.4f}")
+    typer.echo(f"wrote {out / 'localization.json'} and {out / 'report.html'}")
+
+
+@app.command()
+@user_errors
+def generate(
+    model: Model,
+    prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="Prompt (repeatable).")],
+    out: Annotated[Path, typer.Option(help="Folder for the PNGs and generation.json.")] = Path("generated"),
+    seeds: Annotated[str, typer.Option(help="e.g. 0-15.")] = "0-3",
+    steps: Annotated[int | None, typer.Option(help="Denoising steps (default: the model's).")] = None,
+    guidance: Annotated[float | None, typer.Option(help="Classifier-free guidance scale.")] = None,
+    size: Annotated[int | None, typer.Option(help="Image height and width in pixels.")] = None,
+    dtype: Dtype = "float32",
+    device: Device = None,
+):
+    """Generate images for prompts and seeds with any supported model."""
+    from locoedit.generate import GenerationRequest, generate_to_folder
+
+    request = GenerationRequest(model, tuple(prompt), parse_seeds(seeds), steps, guidance, size, dtype, device)
+    record = generate_to_folder(request, out)
+    typer.echo(f"wrote {len(record['images'])} images and {out / 'generation.json'}")
+
+
+def _mount_optional_commands() -> None:
+    try:
+        from locoedit.toyworld.cli import app as toyworld_app
+    except ImportError:  # the toy world ships its weights separately in development checkouts
+        return
+    app.add_typer(toyworld_app, name="toyworld", help="The toy world: check prompt following of the shipped model.")
+
+
+_mount_optional_commands()
+
+if __name__ == "__main__":
+    sys.exit(app())

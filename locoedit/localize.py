@@ -19,8 +19,6 @@ import difflib
 import json
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -28,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from locoedit import __version__
-from locoedit.adapters import Adapter, EncodedPrompts, GenerationSettings, load_adapter
+from locoedit.adapters import Adapter, GenerationSettings, load_adapter
 from locoedit.errors import LocoeditError
 from locoedit.generate import settings_for
 from locoedit.io import write_json, write_png, write_safetensors, write_text
@@ -253,8 +251,8 @@ class RunFolder:
         return paths
 
 
-def _windows(num_layers: int, size: int) -> list[list[int]]:
-    return [list(range(start, start + size)) for start in range(num_layers - size + 1)]
+def _windows(num_layers: int, size: int) -> list[tuple[int, ...]]:
+    return [tuple(range(start, start + size)) for start in range(num_layers - size + 1)]
 
 
 def _apply_scheduler(adapter: Adapter, name: str | None) -> None:
@@ -268,8 +266,22 @@ def _apply_scheduler(adapter: Adapter, name: str | None) -> None:
     adapter.pipe.scheduler = scheduler_class.from_config(adapter.pipe.scheduler.config)
 
 
+ORIGINAL, TARGET = "original", "target"  # the two unrouted image groups every sweep is measured against
+Group = str | tuple[int, ...]  # ORIGINAL, TARGET, or a window's layer indices
+
+
+def _window_key(layers) -> str:
+    return f"window_{layers[0]:02d}-{layers[-1]:02d}"
+
+
 class LocoGen:
-    """Runs a :class:`LocalizationRequest` on an adapter, optionally persisting to (and resuming from) a folder."""
+    """Runs a :class:`LocalizationRequest` on an adapter, optionally persisting to (and resuming from) a folder.
+
+    Every denoising loop generates a list of *groups*, each one row per (prompt, seed): the unrouted
+    prompts (ORIGINAL), the unrouted targets (TARGET), or the prompts with a window routed to the targets.
+    Exact mode runs the two reference groups in one loop, then one loop per window; batched mode runs
+    ``chunk`` windows per loop, the reference groups joining the first.
+    """
 
     def __init__(self, request: LocalizationRequest, adapter: Adapter, scorer: Scorer, run: RunFolder | None,
                  progress: bool = True):
@@ -281,97 +293,86 @@ class LocoGen:
         self.settings = settings_for(adapter, request.steps, request.guidance, request.height, request.width)
         # One row per (prompt, seed), prompt-major: the unit that every window is generated and scored on.
         self.rows = [(p, seed) for p in range(len(request.prompts)) for seed in request.seeds]
-        self.prompt_rows = [p for p, _ in self.rows]
-        self.seed_rows = [seed for _, seed in self.rows]
         self.timings = {"generation_s": 0.0, "scoring_s": 0.0}
+        # Prompts and targets encoded together: row p is prompt p, row P + p its target.
+        self.encoded = adapter.encode(list(request.prompts) + list(request.targets))
+        self.reference: torch.Tensor | None = None  # [rows, 3, H, W] the unrouted prompts' images
+        self.target_images: torch.Tensor | None = None  # [rows, 3, H, W] the unrouted targets' images
 
-    @contextmanager
-    def _bar(self, total_steps: int, description: str) -> Iterator[tqdm]:
-        bar = tqdm(total=total_steps, desc=description, unit="step", disable=not self.progress, leave=False)
-        try:
-            yield bar
-        finally:
-            bar.close()
-
-    def _generate(self, prompts: EncodedPrompts, target: EncodedPrompts | None, windows: list[list[int]],
-                  bar: tqdm) -> torch.Tensor:  # [len(windows) * rows, 3, H, W]
-        rows = len(self.rows)
-        batch_prompts = prompts.take(self.prompt_rows * max(1, len(windows)))
-        routing = None
-        target_cond = None
-        if windows:
-            routing = Routing(tuple(tuple(w) for w in windows for _ in range(rows)), self.request.route_added_text)
-            target_cond = target.conditional.take(self.prompt_rows * len(windows))
+    def _generate(self, groups: list[Group], bar: tqdm) -> list[torch.Tensor]:  # per group [rows, 3, H, W]
+        num_prompts = len(self.request.prompts)
+        prompt_rows, target_rows, seeds, routes = [], [], [], []
+        for group in groups:
+            for p, seed in self.rows:
+                prompt_rows.append(p + num_prompts if group == TARGET else p)
+                target_rows.append(p + num_prompts)
+                seeds.append(seed)
+                routes.append(group if isinstance(group, tuple) else ())
+        routing = Routing(tuple(routes), self.request.route_added_text) if any(routes) else None
         start = time.perf_counter()
         images = self.adapter.generate(
-            batch_prompts, self.seed_rows * max(1, len(windows)), self.settings, target_cond, routing, bar.update
+            self.encoded.take(prompt_rows), seeds, self.settings, self.encoded.conditional.take(target_rows),
+            routing, bar.update,
         )
         self.timings["generation_s"] += time.perf_counter() - start
-        return images
+        return list(images.split(len(self.rows)))
 
-    def _effects(self, reference: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    def _effects(self, images: torch.Tensor) -> torch.Tensor:  # [rows]
         start = time.perf_counter()
-        effect = self.scorer.effect(reference, images, self.request.concept)
+        effect = self.scorer.effect(self.reference, images, self.request.concept)
         self.timings["scoring_s"] += time.perf_counter() - start
         return effect
 
-    def _references(self, original: EncodedPrompts, target: EncodedPrompts) -> tuple[torch.Tensor, torch.Tensor]:
-        """Unrouted images of the prompts and of the targets, reloaded bit for bit when resuming."""
-        stored = self.run.load_tensors("reference") if self.run else None
-        if stored is not None:
-            return stored["original"], stored["target"]
-        with self._bar(2 * self.settings.num_inference_steps, "reference images") as bar:
-            reference = self._generate(original, None, [], bar)
-            target_images = self._generate(target, None, [], bar)
-        if self.run:
-            self.run.write_images("original", reference, self.request)
-            self.run.write_images("target", target_images, self.request)
-            self.run.save_tensors("reference", {"original": reference, "target": target_images})
-        return reference, target_images
+    def _bar(self, loops: int, description: str) -> tqdm:
+        return tqdm(total=loops * self.settings.num_inference_steps, desc=description, unit="step",
+                    disable=not self.progress, leave=False)
 
-    def _sweep(self, size: int, original: EncodedPrompts, target: EncodedPrompts, reference: torch.Tensor) -> Sweep:
+    def _store_references(self, original: torch.Tensor, target: torch.Tensor) -> None:
+        self.reference, self.target_images = original, target
+        if self.run:
+            self.run.write_images(ORIGINAL, original, self.request)
+            self.run.write_images(TARGET, target, self.request)
+            # Kept as float tensors so that a resumed run scores against exactly the same images.
+            self.run.save_tensors("reference", {ORIGINAL: original, TARGET: target})
+
+    def _sweep(self, size: int) -> Sweep:
         windows = _windows(len(self.adapter.layers), size)
-        results: dict[int, WindowResult] = {}
-        pending = []
-        for start, layers in enumerate(windows):
-            key = f"window_{layers[0]:02d}-{layers[-1]:02d}"
-            done = self.run.finished(key) if self.run else None
-            if done is not None:
-                results[start] = done
-            else:
-                pending.append((start, layers))
+        results = {w: self.run.finished(_window_key(w)) for w in windows} if self.run else {}
+        pending = [w for w in windows if results.get(w) is None]
         per_loop = 1 if self.request.mode == "exact" else self.request.chunk
-        loops = [pending[i : i + per_loop] for i in range(0, len(pending), per_loop)]
-        rows = len(self.rows)
-        with self._bar(len(loops) * self.settings.num_inference_steps, f"windows of {size}") as bar:
+        loops: list[list[Group]] = [pending[i : i + per_loop] for i in range(0, len(pending), per_loop)]
+        if self.reference is None:
+            if self.request.mode == "exact" or not loops:
+                loops.insert(0, [])
+            loops[0] = [ORIGINAL, TARGET] + loops[0]
+        with self._bar(len(loops), f"windows of {size}") as bar:
             for loop in loops:
-                images = self._generate(original, target, [layers for _, layers in loop], bar)
-                for position, (start, layers) in enumerate(loop):
-                    window_images = images[position * rows : (position + 1) * rows]
-                    effects = self._effects(reference, window_images)
+                generated = dict(zip(loop, self._generate(loop, bar)))
+                if ORIGINAL in generated:
+                    self._store_references(generated.pop(ORIGINAL), generated.pop(TARGET))
+                for window, images in generated.items():
+                    effects = self._effects(images)
                     mean, std = _mean_std(effects)
-                    key = f"window_{layers[0]:02d}-{layers[-1]:02d}"
-                    paths = (
-                        self.run.write_images(key, window_images, self.request) if self.run else []
-                    )
-                    result = WindowResult(layers, mean, std, effects.tolist(), paths)
+                    key = _window_key(window)
+                    paths = self.run.write_images(key, images, self.request) if self.run else []
+                    results[window] = WindowResult(list(window), mean, std, effects.tolist(), paths)
                     if self.run:
-                        self.run.record(result)
-                    results[start] = result
-                    logger.info("window %s: effect %.4f +- %.4f", layers, mean, std)
-        return Sweep(size, [results[start] for start in range(len(windows))])
+                        self.run.record(results[window])
+                    logger.info("window %s: effect %.4f +- %.4f", list(window), mean, std)
+        return Sweep(size, [results[w] for w in windows])
 
     def run_all(self) -> LocalizationResult:
         started = time.perf_counter()
         request, num_layers = self.request, len(self.adapter.layers)
-        original = self.adapter.encode(list(request.prompts))
-        target = self.adapter.encode(list(request.targets))
-        reference, target_images = self._references(original, target)
-        full_swap, _ = _mean_std(self._effects(reference, target_images))
+        stored = self.run.load_tensors("reference") if self.run else None
+        if stored is not None:
+            self.reference, self.target_images = stored[ORIGINAL], stored[TARGET]
         sizes = [request.window] if request.window != "auto" else range(1, num_layers + 1)
-        sweeps = []
+        sweeps, full_swap = [], None
         for size in sizes:
-            sweeps.append(self._sweep(size, original, target, reference))
+            sweeps.append(self._sweep(size))
+            if full_swap is None:
+                full_swap, _ = _mean_std(self._effects(self.target_images))
             if request.window != "auto" or sweeps[-1].best().effect >= request.auto_threshold * full_swap:
                 break
         self.timings["total_s"] = time.perf_counter() - started

@@ -4,7 +4,7 @@ from diffusers import PixArtTransformer2DModel, UNet2DConditionModel
 
 from locoedit.adapters import GenerationSettings
 from locoedit.layers import list_cross_attention_layers
-from tests import real_configs
+from locoedit import real_configs
 
 
 def _meta(model_class, config):

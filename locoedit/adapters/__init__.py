@@ -96,7 +96,7 @@ def load_adapter(model: str, dtype: torch.dtype = torch.float32, device: str | N
     class_name = _pipeline_class_name(location)
     if class_name not in ADAPTERS:
         raise _unsupported(class_name, repr(model))
-    pipe = getattr(diffusers, class_name).from_pretrained(location, torch_dtype=dtype, **_LOAD_OPTIONS[class_name])
+    pipe = getattr(diffusers, class_name).from_pretrained(location, dtype=dtype, **_LOAD_OPTIONS[class_name])
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     logger.info("loaded %s from %s on %s (%s)", class_name, location, device, dtype)
     return ADAPTERS[class_name](pipe.to(device))

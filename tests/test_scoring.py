@@ -1,0 +1,58 @@
+import pytest
+import torch
+
+from locoedit.errors import LocoeditError
+from locoedit.scoring import ClipScorer, PixelScorer, make_scorer
+
+
+@pytest.fixture(scope="module")
+def tiny_clip_folder(tmp_path_factory):
+    """A tiny random-weight transformers CLIP with a tokenizer, saved like a real checkpoint folder."""
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    from locoedit.testing import write_clip_tokenizer
+
+    folder = tmp_path_factory.mktemp("clip")
+    tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(folder))
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=16,
+                         bos_token_id=len(tokenizer) - 2, eos_token_id=len(tokenizer) - 1),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=8,
+    )
+    CLIPModel(config).save_pretrained(folder)
+    return folder
+
+
+def test_clip_score_is_cosine_times_100_on_a_local_folder(tiny_clip_folder):
+    scorer = make_scorer(f"clip:{tiny_clip_folder}")
+    assert isinstance(scorer, ClipScorer)
+    images = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    scores = scorer.score(images, "a painting in the style of van gogh")
+    assert scores.shape == (3,) and scores.abs().max() <= 100
+    assert len(set(scores.tolist())) == 3  # different images, different scores
+    assert torch.allclose(scorer.effect(images, images.flip(0), "van gogh"),
+                          scorer.score(images, "van gogh") - scorer.score(images.flip(0), "van gogh"))
+    assert torch.equal(scorer.effect(images, images, "van gogh"), torch.zeros(3))
+
+
+def test_clip_preprocessing_resizes_and_centre_crops(tiny_clip_folder):
+    scorer = ClipScorer(str(tiny_clip_folder))
+    pixels = scorer._pixels(torch.rand(2, 3, 24, 48))
+    assert pixels.shape == (2, 3, 32, 32)
+
+
+def test_pixel_effect_is_mean_absolute_difference():
+    reference = torch.zeros(2, 3, 4, 4)
+    images = torch.stack([torch.zeros(3, 4, 4), torch.full((3, 4, 4), 0.5)])
+    assert PixelScorer().effect(reference, images, "anything").tolist() == [0.0, 0.5]
+
+
+def test_unknown_scorers_and_missing_clip_weights_are_explained(tmp_path):
+    with pytest.raises(LocoeditError, match="unknown scorer 'fid'"):
+        make_scorer("fid")
+    with pytest.raises(LocoeditError, match="CLIP weights .* are not available"):
+        make_scorer(f"clip:{tmp_path / 'nothing-here'}")

@@ -479,3 +479,13 @@ def edit_from_request(request: EditRequest, adapter: Adapter | None = None) -> E
     if adapter is None:
         adapter = load_adapter(request.model, DTYPES[request.dtype], request.device)
     return compute_edit(adapter, request)
+
+
+def edit_to_file(request: EditRequest, out: str | Path, adapter: Adapter | None = None) -> EditDelta:
+    """Compute the edit and write it to ``out`` (atomically); on any error nothing is written."""
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise LocoeditError(f"--out {out} must end in .safetensors (a delta file)")
+    delta = edit_from_request(request, adapter)
+    delta.save(out)
+    return delta

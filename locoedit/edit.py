@@ -185,15 +185,95 @@ def closed_form_edit(
     w = weight.detach().to(torch.float64)
     x_o = sources.to(device=w.device, dtype=torch.float64)
     x_t = targets.to(device=w.device, dtype=torch.float64)
-    residual = (x_t - x_o) @ w.T  # [n, out]
     n, inputs = x_o.shape
     if n < inputs:
-        gram = x_o @ x_o.T + lam * torch.eye(n, dtype=torch.float64, device=w.device)  # [n, n]
-        solved = torch.linalg.solve(gram, residual)  # [n, out]
+        solved, _ = _row_space_update(w, x_o, x_t, lam)  # [n, out]
         return torch.addmm(w, solved.T, x_o)  # [out, in]
+    residual = (x_t - x_o) @ w.T  # [n, out]
     system = x_o.T @ x_o + lam * torch.eye(inputs, dtype=torch.float64, device=w.device)  # [in, in]
     update_t = torch.linalg.solve(system, x_o.T @ residual)  # [in, out] = Delta^T (the system is symmetric)
     return w + update_t.T
+
+
+def _row_space_update(
+    w: torch.Tensor,  # [out, in] float64
+    x_o: torch.Tensor,  # [n, in] float64
+    x_t: torch.Tensor,  # [n, in] float64
+    lam: float,
+) -> tuple[torch.Tensor, float]:  # S [n, out] with W_new = W + S^T X_o; and the objective at W_new
+    """S = (X_o X_o^T + lam I_n)^{-1} R, R = (X_t - X_o) W^T, by a linear solve; the objective from the factors:
+    X_o W_new^T - X_t W^T = G S - R and ||W_new - W||^2 = <S S^T, G>, with G = X_o X_o^T.
+
+    Every output row of W is handled independently (column j of S depends on row j of W only), which is what lets
+    :func:`edit_matrix` work through a large matrix in cache-sized blocks of rows."""
+    n = x_o.shape[0]
+    gram = x_o @ x_o.T  # [n, n]
+    residual = (x_t - x_o) @ w.T  # [n, out]
+    solved = torch.linalg.solve(gram + lam * torch.eye(n, dtype=gram.dtype, device=gram.device), residual)
+    objective = ((gram @ solved - residual) ** 2).sum() + lam * ((solved @ solved.T) * gram).sum()
+    return solved, float(objective)
+
+
+class Workspace:
+    """A reusable float64 buffer, so that editing many large matrices allocates no fresh memory per block."""
+
+    def __init__(self):
+        self._buffer = torch.empty(0, dtype=torch.float64)
+
+    def block(self, rows: int, columns: int, device: torch.device) -> torch.Tensor:  # [rows, columns] float64
+        size = rows * columns
+        if self._buffer.numel() < size or self._buffer.device != device:
+            self._buffer = torch.empty(size, dtype=torch.float64, device=device)
+        return self._buffer[:size].view(rows, columns)
+
+
+_BLOCK_BYTES = 1 << 20  # float64 rows per block: about 1 MiB, so a block stays in cache
+
+
+def edit_matrix(
+    weight: torch.Tensor,  # [out, in] W, any float dtype
+    sources: torch.Tensor,  # [n, in] X_o
+    targets: torch.Tensor,  # [n, in] X_t
+    lam: float,
+    name: str = "weight",
+    workspace: Workspace | None = None,
+    out: torch.Tensor | None = None,  # [out, in] contiguous, W's dtype: write the result here instead of new memory
+) -> tuple[torch.Tensor, float]:  # W_new in W's dtype, and the (float64) objective at the unrounded W_new
+    """:func:`closed_form_edit`, rounded once to W's dtype: the path used on real models.
+
+    With n < in, W_new = W + S^T X_o with S from the n x n solve, computed in float64 one block of output rows at a
+    time (each block: widen to float64, residual, solve, update, round), so the matrix is read and written once.
+    Rounding is checked: an entry beyond the dtype's range is refused, never turned into inf.
+    """
+    x_o = sources.to(device=weight.device, dtype=torch.float64)
+    x_t = targets.to(device=weight.device, dtype=torch.float64)
+    if x_o.shape[0] >= x_o.shape[1]:
+        new = closed_form_edit(weight, x_o, x_t, lam)
+        return to_model_dtype(new, weight, name), edit_objective(weight, new, x_o, x_t, lam)
+    weight = weight.detach()
+    out_features, in_features = weight.shape
+    rows_per_block = max(1, min(out_features, _BLOCK_BYTES // (8 * in_features)))
+    workspace = workspace or Workspace()
+    if out is not None and (out.shape != weight.shape or out.dtype != weight.dtype or not out.is_contiguous()):
+        raise ValueError(f"out must be a contiguous {weight.dtype} tensor of shape {tuple(weight.shape)}")
+    result = torch.empty_like(weight, memory_format=torch.contiguous_format) if out is None else out
+    limit = torch.finfo(weight.dtype).max
+    objective = 0.0
+    for start in range(0, out_features, rows_per_block):
+        rows = slice(start, min(start + rows_per_block, out_features))
+        block = workspace.block(rows.stop - rows.start, in_features, weight.device)
+        block.copy_(weight[rows])  # [rows, in] float64
+        solved, block_objective = _row_space_update(block, x_o, x_t, lam)  # [n, rows]
+        block.addmm_(solved.T, x_o)  # W + S^T X_o for these rows, in place
+        objective += block_objective
+        low, high = torch.aminmax(block)
+        if not (torch.isfinite(low) and torch.isfinite(high) and -low <= limit and high <= limit):
+            raise LocoeditError(
+                f"{name}: the edited matrix has entries beyond what {weight.dtype} holds (max {limit:g}); raise the "
+                "lambdas or edit the model in float32"
+            )
+        result[rows].copy_(block)
+    return result, objective
 
 
 def edit_objective(weight, new_weight, sources, targets, lam: float) -> float:
@@ -444,15 +524,16 @@ def compute_edit(adapter: Adapter, request: EditRequest, layers: list[CrossAtten
         layers = resolve_layers(adapter, request.layers, request)
     rows = build_rows(adapter, request)
     tensors, originals, report = {}, {}, []
+    workspace = Workspace()
     for layer in layers:
-        sources, targets = rows.matrices(layer, request.preserve_scale)
+        sources, targets = rows.matrices(layer, request.preserve_scale)  # [rows, in] float64
         for projection, lam in zip(layer.edit_projections, (request.lambda_key, request.lambda_value)):
             name = f"{layer.name}.{projection}.weight"
             weight = getattr(layer.module, projection).weight  # [out, in]
-            new = closed_form_edit(weight, sources, targets, lam)
-            tensors[name] = to_model_dtype(new, weight, name).cpu()
+            new, objective = edit_matrix(weight, sources, targets, lam, name, workspace)
+            tensors[name] = new.cpu()
             originals[name] = describe_original(weight)
-            report.append({"parameter": name, "objective": edit_objective(weight, new, sources, targets, lam)})
+            report.append({"parameter": name, "objective": objective})
     settings = request.to_json()
     settings.update(
         {

@@ -15,6 +15,7 @@ from locoedit.edit import (  # noqa: E402
     all_real_positions,
     build_rows,
     closed_form_edit,
+    edit_matrix,
     compute_edit,
     edit_objective,
     encode_rows,
@@ -75,6 +76,26 @@ def test_closed_form_equals_gradient_descent_minimum(rows):
     best = edit_objective(w, solved, x_o, x_t, lam)
     assert best <= edit_objective(w, descended, x_o, x_t, lam) * (1 + 1e-12)
     assert best < edit_objective(w, w, x_o, x_t, lam)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_blockwise_edit_matrix_is_the_closed_form_rounded_once(dtype):
+    w, x_o, x_t = _problem(out=300, inputs=512, rows=6, seed=3)  # 300 rows: several blocks of 256
+    weight, x_o, x_t = w.to(dtype), x_o.float(), x_t.float()  # rows as a float32 text encoder gives them
+    exact = closed_form_edit(weight, x_o, x_t, 0.2)
+    new, objective = edit_matrix(weight, x_o, x_t, 0.2)
+    assert new.dtype == dtype and new.is_contiguous()
+    eps = torch.finfo(dtype).eps  # at most 1 ulp apart (blockwise BLAS may round float64 sums differently)
+    torch.testing.assert_close(new, exact.to(dtype), rtol=eps, atol=eps * float(exact.abs().max()))
+    assert abs(objective - edit_objective(weight, exact, x_o, x_t, 0.2)) < 1e-9 * objective
+    out = torch.empty_like(weight)
+    assert edit_matrix(weight, x_o, x_t, 0.2, out=out)[0] is out and torch.equal(out, new)
+
+
+def test_edit_matrix_refuses_overflow_in_half_precision():
+    w, x_o, x_t = _problem(out=8, inputs=16, rows=2)
+    with pytest.raises(LocoeditError, match="beyond what torch.float16 holds"):
+        edit_matrix(w.half(), x_o, x_t * 1e6, 1e-3, name="w")
 
 
 def test_closed_form_is_float64_for_low_precision_inputs():

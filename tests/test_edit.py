@@ -291,3 +291,22 @@ def test_plain_prompts_and_several_concepts(tmp_path):
     assert len(rows.concept) == len(rows.target) == 4
     delta = compute_edit(adapter, req)
     assert delta.settings["concepts"] == ["van gogh", "monet"] and delta.settings["concept_rows"] == 4
+
+
+@pytest.mark.parametrize("family", ["sd", "pixart"])
+def test_images_change_under_the_edit_and_come_back_bit_for_bit_after_revert(family, tmp_path):
+    from locoedit.adapters import GenerationSettings
+
+    adapter = tiny(family, tmp_path)
+    settings = GenerationSettings(2, 5.0, *(2 * [adapter.default_image_size()]))
+    prompts = adapter.encode(["a painting in the style of van gogh"])
+
+    def images():
+        return adapter.generate(prompts, [0], settings)
+
+    before = images()
+    delta = compute_edit(adapter, request(layers=(0, 1, 2), lambda_key=1e-3, lambda_value=1e-3, token="from-concept"))
+    with delta.apply(adapter):
+        edited = images()
+    assert not torch.equal(edited, before)
+    assert torch.equal(images(), before)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from locoedit.adapters.base import Adapter, EncodedPrompts, GenerationSettings, TextConditioning
+from locoedit.adapters.base import Adapter, EncodedPrompts, GenerationSettings, PromptTokens, TextConditioning
 from locoedit.adapters.deepfloyd_if import DeepFloydIFAdapter
 from locoedit.adapters.pixart import PixArtAlphaAdapter
 from locoedit.adapters.stable_diffusion import StableDiffusionAdapter
@@ -19,6 +19,7 @@ __all__ = [
     "Adapter",
     "EncodedPrompts",
     "GenerationSettings",
+    "PromptTokens",
     "TextConditioning",
     "ADAPTERS",
     "adapter_for",

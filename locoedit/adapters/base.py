@@ -46,6 +46,33 @@ class EncodedPrompts:
 
 
 @dataclass(frozen=True)
+class PromptTokens:
+    """One prompt as the pipeline's tokenizer splits it. Position ``i`` is row ``i`` of the encoded states;
+    positions from ``length`` on are padding."""
+
+    text: str  # the prompt after the pipeline's own preprocessing (IF and PixArt lowercase it)
+    ids: tuple[int, ...]  # [length] token ids, special tokens included
+    offsets: tuple[tuple[int, int], ...]  # [length] character span of each token in ``text``
+    special: tuple[bool, ...]  # [length] start- and end-of-sequence tokens
+
+    @property
+    def length(self) -> int:
+        return len(self.ids)
+
+    @property
+    def eos(self) -> int:
+        """Position of the end-of-sequence token (the last real token)."""
+        return self.length - 1
+
+    def positions_of(self, start: int, end: int) -> list[int]:
+        """The non-special token positions whose characters overlap ``text[start:end]``."""
+        return [
+            i for i, ((a, b), special) in enumerate(zip(self.offsets, self.special))
+            if not special and a < end and b > start
+        ]
+
+
+@dataclass(frozen=True)
 class GenerationSettings:
     num_inference_steps: int
     guidance_scale: float
@@ -101,6 +128,32 @@ class Adapter(ABC):
 
     @abstractmethod
     def encode(self, prompts: list[str]) -> EncodedPrompts: ...
+
+    # Tokens a prompt is padded or truncated to by ``encode``; None = the tokenizer's ``model_max_length``.
+    text_max_length: int | None = None
+
+    def preprocess_text(self, prompt: str) -> str:
+        """The prompt as the pipeline hands it to its tokenizer."""
+        return prompt
+
+    def tokenize(self, prompt: str) -> PromptTokens:
+        """Split ``prompt`` exactly as ``encode`` does, with each token's characters (for finding a concept)."""
+        tokenizer = self.pipe.tokenizer
+        text = self.preprocess_text(prompt)
+        encoded = tokenizer(
+            text,
+            max_length=self.text_max_length or tokenizer.model_max_length,
+            truncation=True,
+            add_special_tokens=True,
+            return_offsets_mapping=True,
+            return_special_tokens_mask=True,
+        )
+        return PromptTokens(
+            text,
+            tuple(encoded["input_ids"]),
+            tuple(tuple(span) for span in encoded["offset_mapping"]),
+            tuple(bool(flag) for flag in encoded["special_tokens_mask"]),
+        )
 
     def attention_states(self, cond: TextConditioning) -> torch.Tensor:  # [batch, tokens, dim]
         """The text states as the cross-attention layers receive them (after any projection in the denoiser)."""

@@ -12,6 +12,10 @@ from locoedit.adapters.base import Adapter, EncodedPrompts, GenerationSettings, 
 class DeepFloydIFAdapter(Adapter):
     pipeline_class_name = "IFPipeline"
     default_guidance = 7.0
+    text_max_length = 77  # IFPipeline.encode_prompt pads and truncates to 77 T5 tokens
+
+    def preprocess_text(self, prompt: str) -> str:
+        return self.pipe._text_preprocessing(prompt, clean_caption=False)[0]
 
     def default_image_size(self) -> int:
         return self.pipe.unet.config.sample_size

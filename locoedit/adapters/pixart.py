@@ -12,6 +12,10 @@ class PixArtAlphaAdapter(Adapter):
     denoiser_name = "transformer"
     default_steps = 20
     default_guidance = 4.5
+    text_max_length = 120  # PixArtAlphaPipeline.encode_prompt's default max_sequence_length
+
+    def preprocess_text(self, prompt: str) -> str:
+        return self.pipe._text_preprocessing(prompt, clean_caption=False)[0]
 
     def default_image_size(self) -> int:
         return self.pipe.transformer.config.sample_size * self.pipe.vae_scale_factor

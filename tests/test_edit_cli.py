@@ -5,10 +5,9 @@ import torch
 
 torch.set_num_threads(1)
 
-import typer  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
-from locoedit.cli_edit import register  # noqa: E402
+from locoedit.cli import app as locoedit_app  # noqa: E402
 from locoedit.delta import EditDelta  # noqa: E402
 from locoedit.testing import TINY_PIPELINES  # noqa: E402
 
@@ -22,9 +21,7 @@ def model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def app():
-    app = typer.Typer()
-    register(app)
-    return app
+    return locoedit_app
 
 
 def run(app, *args):

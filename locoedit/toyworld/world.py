@@ -43,6 +43,7 @@ class Vocab:
     facts: dict[str, dict[str, str]]
     object_noun: str
     sampling: dict
+    held_out: tuple[str, ...]
 
     def values(self, attribute: str) -> tuple[str, ...]:
         """All values of one attribute (style includes ``"none"``)."""
@@ -92,6 +93,7 @@ def load_vocab(path: str | None = None) -> Vocab:
         facts=dict(raw["facts"]),
         object_noun=raw["object_noun"],
         sampling=dict(raw["sampling"]),
+        held_out=tuple(raw["held_out"]["captions"]),
     )
 
 
@@ -219,14 +221,40 @@ def sample_scene(rng: np.random.Generator) -> dict[str, str]:
     return scene
 
 
+_COMBO = ("color", "texture", "shape", "background")
+
+
+@functools.lru_cache(maxsize=1)
+def held_out_combos() -> frozenset[tuple[str, str, str, str]]:
+    """(color, texture, shape, background) combinations never captioned in full in training."""
+    combos = set()
+    for caption in load_vocab().held_out:
+        attrs = parse_caption(caption)
+        combos.add(tuple(attrs[a] for a in _COMBO))
+    return frozenset(combos)
+
+
+def is_held_out(stated: dict[str, str]) -> bool:
+    """Whether a caption's attributes state a held-out combination in full."""
+    if not all(a in stated for a in _COMBO):
+        return False
+    return tuple(stated[a] for a in _COMBO) in held_out_combos()
+
+
 def describe_scene(scene: dict[str, str], rng: np.random.Generator) -> dict[str, str]:
-    """The attributes one random caption of ``scene`` states (some left out, some empty)."""
+    """The attributes one random caption of ``scene`` states (some left out, some empty).
+
+    Never states a held-out combination in full (see ``vocab.json``): one of its attributes is
+    then left out.
+    """
     vocab = load_vocab()
     s = vocab.sampling
     if rng.random() < s["p_empty"]:
         return {}
     keep = s["p_keep"]
     stated = {a: scene[a] for a in ATTRIBUTES if rng.random() < keep[a]}
+    if is_held_out(stated):
+        del stated[_COMBO[int(rng.integers(len(_COMBO)))]]
     if stated.get("style") == NO_STYLE:
         del stated["style"]
     if scene.get("fact", NO_FACT) != NO_FACT and rng.random() < s["p_fact_caption"]:

@@ -138,7 +138,7 @@ def train_vae(args, stopper: Stopper):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        bar.set_postfix(mse=f"{rec.item():.5f}")
+        bar.set_postfix(mse=f"{rec.item():.5f}", refresh=False)
         done = step + 1
         if stopper.stop or time.monotonic() - last_save > 60 * args.checkpoint_minutes or done == args.vae_steps:
             state = {"model": vae.state_dict(), "opt": opt.state_dict(), "rng": rng.bit_generator.state, "step": done}
@@ -223,7 +223,7 @@ def train_probe(args, vae, stopper: Stopper) -> tuple[ToyworldProbe, bool]:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        bar.set_postfix(loss=f"{loss.item():.4f}")
+        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
         done = step + 1
         if stopper.stop or time.monotonic() - last_save > 60 * args.checkpoint_minutes or done == args.probe_steps:
             atomic_save({"model": net.state_dict(), "opt": opt.state_dict(), "rng": rng.bit_generator.state,
@@ -364,7 +364,7 @@ def train_diffusion(args, vae, probe, latents, scenes, stopper: Stopper) -> bool
         with torch.no_grad():
             torch._foreach_lerp_(ema_params, params, 1 - decay)
         loss_avg = loss.item() if loss_avg is None else 0.98 * loss_avg + 0.02 * loss.item()
-        bar.set_postfix(loss=f"{loss_avg:.4f}", lr=f"{lr:.1e}")
+        bar.set_postfix(loss=f"{loss_avg:.4f}", lr=f"{lr:.1e}", refresh=False)
         done = step + 1
         if done % args.eval_every == 0 or done == args.steps:
             elapsed = time.monotonic() - t_start

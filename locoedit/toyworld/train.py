@@ -64,7 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vae-steps", type=int, default=700)
     p.add_argument("--probe-steps", type=int, default=700)
     p.add_argument("--dataset", type=int, default=40000, help="scenes encoded once for the diffusion phase")
-    p.add_argument("--steps", type=int, default=10000, help="diffusion training steps")
+    p.add_argument("--steps", type=int, default=5000, help="diffusion training steps")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=6e-4)
     p.add_argument("--ema", type=float, default=0.999)

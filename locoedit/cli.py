@@ -261,6 +261,21 @@ def apply(
     typer.echo(f"wrote edited pipeline -> {written}")
 
 
+@app.command()
+@user_errors
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for the report, JSON, deltas and images.")] = Path("runs/demo"),
+    quick: Annotated[bool, typer.Option(help="Fewer seeds: a smoke run, not the README's figures.")] = False,
+):
+    """The whole story on the shipped toy world: localize, edit and evaluate a style, an object and a fact."""
+    from locoedit.demo import run_demo, summary_lines
+
+    rows = run_demo(out, quick=quick)
+    for line in summary_lines(rows):
+        typer.echo(line)
+    typer.echo(f"wrote {out / 'report.html'} and {out / 'demo.json'}")
+
+
 def _mount_optional_commands() -> None:
     try:
         from locoedit.toyworld.cli import app as toyworld_app

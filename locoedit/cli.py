@@ -263,6 +263,46 @@ def apply(
 
 @app.command()
 @user_errors
+def evaluate(
+    model: Model,
+    edit: Annotated[Path, typer.Option("--edit", help="Delta file written by `locoedit edit` or `locoedit neurons`.")],
+    out: Annotated[Path, typer.Option(help="Folder for images, evaluation.json and report.html.")],
+    suite: Annotated[str | None, typer.Option(help="A shipped suite name (e.g. toyworld-style-kandinsky) or a suite .json file; default: the shipped suite for the delta's concept.")] = None,
+    scorer: Annotated[str | None, typer.Option(help="toyworld or clip:ID_OR_FOLDER (default: the suite's, else toyworld for the toy model, else CLIP).")] = None,
+    localization: Annotated[Path | None, typer.Option(help="A `locoedit localize` run folder: adds its per-layer effect curve to the report.")] = None,
+    seeds: Annotated[str | None, typer.Option(help="Override the suite's seeds, e.g. 0-7.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Denoising steps (default: the suite's, else the model's).")] = None,
+    guidance: Annotated[float | None, typer.Option(help="Classifier-free guidance scale.")] = None,
+    size: Annotated[int | None, typer.Option(help="Image height and width in pixels.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per denoising loop.")] = 16,
+    dtype: Annotated[str | None, typer.Option(help="float32, float16 or bfloat16 (default: the delta's).")] = None,
+    device: Device = None,
+):
+    """Evaluate an edit: efficacy, generalization, specificity and quality, before vs after with the same seeds."""
+    from locoedit.evaluate import EvaluationRequest, evaluate_from_request
+
+    request = EvaluationRequest(
+        model=model, edit=str(edit), suite=suite, scorer=scorer,
+        localization=None if localization is None else str(localization), seeds=parse_seeds(seeds) if seeds else (),
+        steps=steps, guidance=guidance, size=size, batch_size=batch_size, dtype=dtype, device=device,
+    )
+    result = evaluate_from_request(request, out, default_clip=DEFAULT_CLIP)
+    headline = result.headline
+    typer.echo(f"suite {result.suite.name}: {len(result.items)} images before and after the edit")
+
+    def show(value, percent=True):
+        return "-" if value is None else (f"{100 * value:.1f}%" if percent else f"{value:.4g}")
+
+    typer.echo(f"  efficacy {show(headline['efficacy'])}  generalization {show(headline['generalization'])}  "
+               f"specificity {show(headline['specificity'])}  other attributes {show(headline['other_attributes'])}")
+    typer.echo(f"  concept score {show(headline['concept_score_before'], False)} -> "
+               f"{show(headline['concept_score_after'], False)}; unrelated SSIM {show(headline['ssim'], False)}, "
+               f"PSNR {show(headline['psnr'], False)} dB; Frechet distance {show(headline['frechet_distance'], False)}")
+    typer.echo(f"wrote {out / 'evaluation.json'} and {out / 'report.html'}")
+
+
+@app.command()
+@user_errors
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the report, JSON, deltas and images.")] = Path("runs/demo"),
     quick: Annotated[bool, typer.Option(help="Fewer seeds: a smoke run, not the README's figures.")] = False,
@@ -276,15 +316,13 @@ def demo(
     typer.echo(f"wrote {out / 'report.html'} and {out / 'demo.json'}")
 
 
-def _mount_optional_commands() -> None:
-    try:
-        from locoedit.toyworld.cli import app as toyworld_app
-    except ImportError:  # the toy world ships its weights separately in development checkouts
-        return
+def _add_toyworld_commands() -> None:
+    from locoedit.toyworld.cli import app as toyworld_app
+
     app.add_typer(toyworld_app, name="toyworld", help="The toy world: check prompt following of the shipped model.")
 
 
-_mount_optional_commands()
+_add_toyworld_commands()
 
 if __name__ == "__main__":
     sys.exit(app())

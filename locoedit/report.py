@@ -105,3 +105,128 @@ def localization_section(result: dict) -> str:
 
 def localization_report_html(result: dict) -> str:
     return page(f"LocoGen: {result['concept']}", localization_section(result))
+
+
+# ---------------------------------------------------------------------------------------------------- evaluation
+
+_GROUP_TITLES = {
+    "concept": "Concept prompts (efficacy)",
+    "paraphrases": "Paraphrases (generalization)",
+    "neighbours": "Neighbouring concepts (specificity)",
+    "unrelated": "Unrelated prompts (specificity)",
+}
+
+
+def _number(value, digits: int = 3) -> str:
+    if value is None:
+        return "&ndash;"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return f"{value:.{digits}g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
+
+
+def _percent(value) -> str:
+    return "&ndash;" if value is None else f"{100 * value:.1f}%"
+
+
+def _metric_rows(result: dict) -> list[tuple[str, str, str, str, str]]:
+    """(metric, before, after, change, target) rows of the evaluation's table."""
+    metrics, targets, meets = result["metrics"], result["targets"], result["meets_targets"]
+
+    def target(name):
+        if name not in targets or meets.get(name) is None:
+            return ""
+        return f"&ge; {_percent(targets[name])} {'&#10003;' if meets[name] else '&#10007; missed'}"
+
+    rows = []
+    for name, label in (("efficacy", "concept prompts"), ("generalization", "paraphrases")):
+        entry = metrics[name]
+        if entry is None:
+            rows.append((f"{name} ({label})", "not measured (no prompts)", "", "", ""))
+            continue
+        score = entry["score"]
+        rows.append((f"{name}: mean concept score ({label})", _number(score["before"]), _number(score["after"]),
+                     _number(score["change"]), ""))
+        if "rate" in entry:
+            rows.append((f"{name}: concept absent ({label})", _percent(entry["absent_before"]),
+                         _percent(entry["absent_after"]), "", target(name)))
+    specificity = metrics["specificity"]
+    for group in ("neighbours", "unrelated"):
+        entry = specificity[group]
+        if entry is None:
+            continue
+        score = entry["score"]
+        rows.append((f"specificity: own-concept score ({group})", _number(score["before"]), _number(score["after"]),
+                     _number(score["change"]), ""))
+        if "attributes_unchanged" in entry:
+            rows.append((f"specificity: attributes unchanged ({group})", "", _percent(entry["attributes_unchanged"]), "", ""))
+        rows.append((f"specificity: SSIM / PSNR to unedited ({group})", "", f"{_number(entry['ssim'])} / "
+                     f"{_number(entry['psnr'])} dB", "", ""))
+    if specificity["rate"] is not None:
+        rows.append(("specificity: neighbour and unrelated images unchanged", "", _percent(specificity["rate"]), "",
+                     target("specificity")))
+    other = specificity.get("other_attributes")
+    if other is not None:
+        ignored = ", ".join(other["ignored"]) or "none"
+        rows.append((f"specificity: other attributes unchanged on concept prompts (ignoring {ignored})", "",
+                     _percent(other["rate"]), "", target("other_attributes")))
+    quality = metrics["quality"]
+    if quality.get("frechet_distance") is not None:
+        rows.append((f"quality: Frechet distance before vs after ({quality['features']})", "",
+                     _number(quality["frechet_distance"]), "", ""))
+    return rows
+
+
+def evaluation_section(result: dict, localization: dict | None = None) -> str:
+    """Metric table, the effect curve of the localization (if known), and before/after grids per prompt group."""
+    suite, delta = result["suite"], result["delta"]
+    localization = localization or result.get("localization")
+    table = "".join(
+        f"<tr><td>{escape(name)}</td><td>{before}</td><td>{after}</td><td>{change}</td><td>{target}</td></tr>"
+        for name, before, after, change, target in _metric_rows(result)
+    )
+    layers = ", ".join(f"{layer['index']} (<code>{escape(layer['name'])}</code>)" for layer in delta["layers"])
+    edited = delta["settings"].get("concepts")
+    targets = delta["settings"].get("targets")
+    what = (f"“{escape(', '.join(edited))}” &rarr; “{escape(', '.join(targets))}”" if edited and targets else "")
+    parts = [
+        f"<h2>Evaluation: {escape(suite['name'])}</h2>",
+        f"<p>{escape(suite.get('description') or '')}</p>",
+        f"<p>Edit {what} by <code>{escape(delta['method'])}</code> on layers {layers}; base model "
+        f"<code>{escape(delta['base_model'])}</code>. Scored concept “{escape(suite['concept'])}” with "
+        f"<code>{escape(result['scorer'])}</code>; seeds {suite['seeds']}; {result['settings']['num_inference_steps']} "
+        f"steps, guidance {result['settings']['guidance_scale']}. Before and after use the same seeds.</p>",
+        "<p>Data: <a href='evaluation.json'>evaluation.json</a></p>",
+        "<h3>Metrics</h3><table class='layers metrics'><tr><th>metric</th><th>before edit</th><th>after edit</th>"
+        f"<th>change</th><th>target</th></tr>{table}</table>",
+        f"<p><small>{escape(result['metrics']['quality']['inception_fid_note'])}</small></p>",
+    ]
+    if localization:
+        parts.append(
+            f"<h3>LocoGen: effect per window of {localization['window_size']} layers</h3>"
+            f"<p>Concept “{escape(localization['concept'])}”; chosen layers {localization['chosen']}; routing every "
+            f"layer: {_number(localization['full_swap_effect'])}.</p>"
+            + effect_plot_svg(localization["windows"], localization["num_layers"], localization["chosen"])
+        )
+    columns = [f"seed {s}" for s in suite["seeds"]]
+    for group in ("concept", "paraphrases", "neighbours", "unrelated"):
+        items = [item for item in result["items"] if item["group"] == group]
+        if not items:
+            continue
+        prompts: dict[int, list[dict]] = {}
+        for item in items:
+            prompts.setdefault(item["prompt_index"], []).append(item)
+        rows = []
+        for _, row in sorted(prompts.items()):
+            first = row[0]
+            mean_before = sum(i["score_before"] for i in row) / len(row)
+            mean_after = sum(i["score_after"] for i in row) / len(row)
+            label = f"“{first['prompt']}” — score of “{first['concept']}”"
+            rows.append((f"{label}: before ({mean_before:.3g})", [i["before"] for i in row]))
+            rows.append((f"{label}: after ({mean_after:.3g})", [i["after"] for i in row]))
+        parts.append(f"<h3>{escape(_GROUP_TITLES[group])}</h3>{image_grid_html(rows, columns)}")
+    return "".join(parts)
+
+
+def evaluation_report_html(result: dict) -> str:
+    return page(f"Evaluation: {result['suite']['name']}", evaluation_section(result))

@@ -30,11 +30,33 @@ class Scorer(ABC):
 
 
 class ConceptScorer(Scorer):
-    """A scorer that measures a concept's presence in a single image."""
+    """A scorer that measures a concept's presence in a single image.
+
+    Optional abilities (used by ``locoedit.evaluate``; the defaults say "not available"):
+    ``presence_threshold`` (a score at or above it means the concept is in the image), ``check_concept``,
+    ``features`` (image features for a Frechet distance), ``predict`` (every attribute the scorer reads) and
+    ``concept_attributes`` (which of those attributes a concept stands for).
+    """
+
+    presence_threshold: float | None = None
+    feature_name: str | None = None  # what ``features`` returns, for reports
 
     @abstractmethod
     def score(self, images: Images, concept: str) -> torch.Tensor:  # [batch], higher = more of the concept
         ...
+
+    def check_concept(self, concept: str) -> None:
+        """Raise LocoeditError if this scorer cannot score ``concept`` (before any image is generated)."""
+
+    def features(self, images: Images) -> torch.Tensor | None:  # [batch, dim], or None if unavailable
+        return None
+
+    def predict(self, images: Images) -> list[dict[str, str]] | None:  # per image: attribute -> value
+        return None
+
+    def concept_attributes(self, concept: str) -> set[str]:
+        """The attributes of ``predict`` that ``concept`` is about (an edit of it may change them)."""
+        return set()
 
     def effect(self, reference: Images, images: Images, concept: str) -> torch.Tensor:
         return self.score(reference, concept) - self.score(images, concept)
@@ -99,9 +121,20 @@ class ClipScorer(ConceptScorer):
         # Unclamped (unlike torchmetrics' max(0, .)): differences stay informative for weak encoders.
         return (100 * cosine).cpu()
 
+    feature_name = "CLIP image embedding"
+
+    @torch.no_grad()
+    def features(self, images: Images) -> torch.Tensor:  # [batch, projection_dim]
+        features = self.model.get_image_features(pixel_values=self._pixels(images).to(self.device))
+        return getattr(features, "pooler_output", features).float().cpu()
+
 
 class ToyworldScorer(ConceptScorer):
+    """The toy world's probe: a concept is present when its probability is at least 0.5."""
+
     spec = "toyworld"
+    presence_threshold = 0.5
+    feature_name = "toy-world probe, penultimate layer"
 
     def __init__(self):
         from locoedit.toyworld.probe import ToyworldProbe
@@ -110,6 +143,30 @@ class ToyworldScorer(ConceptScorer):
 
     def score(self, images: Images, concept: str) -> torch.Tensor:
         return self.probe.score(images, concept).float().cpu()
+
+    def check_concept(self, concept: str) -> None:
+        try:
+            self.probe.resolve(concept)
+        except ValueError as error:
+            raise LocoeditError(str(error)) from None
+
+    def predict(self, images: Images) -> list[dict[str, str]]:
+        return self.probe.predict(images)
+
+    def concept_attributes(self, concept: str) -> set[str]:
+        return {attribute for attribute, _ in self.probe.resolve(concept)}
+
+    @torch.no_grad()
+    def features(self, images: Images) -> torch.Tensor:  # [batch, 128]
+        """The input of the probe's classification heads (the output of ``ProbeNet.body``), read by a forward hook
+        that is removed before returning; the probe's own preprocessing and batching apply."""
+        captured: list[torch.Tensor] = []
+        hook = self.probe.net.body.register_forward_hook(lambda module, args, output: captured.append(output.float().cpu()))
+        try:
+            self.probe.probabilities(images)
+        finally:
+            hook.remove()
+        return torch.cat(captured) if captured else torch.zeros(0, 0)
 
 
 def make_scorer(spec: str, device: str | torch.device = "cpu") -> Scorer:

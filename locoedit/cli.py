@@ -301,15 +301,28 @@ def evaluate(
     typer.echo(f"wrote {out / 'evaluation.json'} and {out / 'report.html'}")
 
 
-def _mount_optional_commands() -> None:
-    try:
-        from locoedit.toyworld.cli import app as toyworld_app
-    except ImportError:  # the toy world ships its weights separately in development checkouts
-        return
+@app.command()
+@user_errors
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for the report, JSON, deltas and images.")] = Path("runs/demo"),
+    quick: Annotated[bool, typer.Option(help="Fewer seeds: a smoke run, not the README's figures.")] = False,
+):
+    """The whole story on the shipped toy world: localize, edit and evaluate a style, an object and a fact."""
+    from locoedit.demo import run_demo, summary_lines
+
+    rows = run_demo(out, quick=quick)
+    for line in summary_lines(rows):
+        typer.echo(line)
+    typer.echo(f"wrote {out / 'report.html'} and {out / 'demo.json'}")
+
+
+def _add_toyworld_commands() -> None:
+    from locoedit.toyworld.cli import app as toyworld_app
+
     app.add_typer(toyworld_app, name="toyworld", help="The toy world: check prompt following of the shipped model.")
 
 
-_mount_optional_commands()
+_add_toyworld_commands()
 
 if __name__ == "__main__":
     sys.exit(app())

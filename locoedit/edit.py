@@ -106,10 +106,6 @@ class EditRequest:
                 f"got {len(self.targets)} targets for {len(self.concepts)} concepts; give one --target for all "
                 "concepts or one per concept, in the same order"
             )
-        if any(not t.strip() for t in self.targets):
-            raise LocoeditError(
-                "a target is empty; give what the concept should become, e.g. --target 'a painting' for a style"
-            )
         for concept, target in zip(self.concepts, self.all_targets):
             if concept.strip().lower() == target.strip().lower():
                 raise LocoeditError(f"target {target!r} equals its concept; the target must differ from the concept")
@@ -320,6 +316,14 @@ def _find(text: str, phrase: str, near: int = 0) -> int | None:
     return min(starts, key=lambda s: abs(s - near)) if starts else None
 
 
+def _replace(prompt: str, start: int, end: int, target: str) -> str:
+    """``prompt`` with ``prompt[start:end]`` replaced by ``target``; an empty target also drops one adjacent space."""
+    if target:
+        return prompt[:start] + target + prompt[end:]
+    before, after = prompt[:start], prompt[end:]
+    return (before.rstrip(" ") + (" " if after.startswith(" ") and before.strip() else "") + after.lstrip(" ")).strip()
+
+
 def prompt_pairs(concepts, targets, prompts) -> list[PromptPair]:
     """One (concept prompt, target prompt) pair per concept and prompt.
 
@@ -337,11 +341,12 @@ def prompt_pairs(concepts, targets, prompts) -> list[PromptPair]:
         for prompt in prompts:
             if PLACEHOLDER in prompt:
                 start = prompt.index(PLACEHOLDER)
+                end = start + len(PLACEHOLDER)
                 pairs.append(PromptPair(concept, target, prompt.replace(PLACEHOLDER, concept),
-                                        prompt.replace(PLACEHOLDER, target), start, start))
+                                        _replace(prompt, start, end, target), start, start))
             elif (start := _find(prompt, concept)) is not None:
                 end = start + len(concept)
-                pairs.append(PromptPair(concept, target, prompt, prompt[:start] + target + prompt[end:], start, start))
+                pairs.append(PromptPair(concept, target, prompt, _replace(prompt, start, end, target), start, start))
         if not any(p.concept == concept for p in pairs):
             raise LocoeditError(f"no prompt mentions concept {concept!r}; add a prompt with it or with {{c}}")
     return pairs
@@ -379,7 +384,12 @@ def aligned_positions(adapter: Adapter, pair: PromptPair, token: str) -> tuple[l
     if token == "eos":
         return [source.eos], [target.eos]
     concept = _span_positions(source, pair.concept, pair.concept_start, pair.prompt)
-    replaced = _span_positions(target, pair.target, pair.target_start, pair.target_prompt)
+    if pair.target:
+        replaced = _span_positions(target, pair.target, pair.target_start, pair.target_prompt)
+    else:
+        # Removal: the concept's rows become the row that now stands where the concept was (the next word, or EOS).
+        following = target.positions_of(pair.target_start, len(target.text))
+        replaced = [following[0] if following else target.eos]
     if token == "last-subject":
         return [concept[-1]], [replaced[-1]]
     paired = [replaced[j] for j in stretch_alignment(len(concept), len(replaced))]

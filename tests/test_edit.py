@@ -266,6 +266,16 @@ def test_different_token_counts_are_stretched(tmp_path):
     assert aligned_positions(adapter, pair, "from-concept") == ([4, 5, 6, 7, 8, 9], [4, 4, 5, 6, 7, 8])
 
 
+def test_an_empty_target_removes_the_concept(tmp_path):
+    adapter = tiny("sd", tmp_path)
+    middle, end = prompt_pairs(("red car",), ("",), ("a photo of {c} in the house", "a house of a {c}"))
+    assert middle.target_prompt == "a photo of in the house" and end.target_prompt == "a house of a"
+    # <start> a photo of red car in the house <end>: the concept's rows map to what now stands in its place
+    assert aligned_positions(adapter, middle, "all") == ([4, 5], [4, 4])
+    end_eos = adapter.tokenize(end.target_prompt).eos
+    assert aligned_positions(adapter, end, "last-subject") == ([6], [end_eos])
+
+
 @pytest.mark.parametrize("family", ["if", "pixart"])
 def test_t5_families_find_concepts_after_their_lowercasing(family, tmp_path):
     adapter = tiny(family, tmp_path)

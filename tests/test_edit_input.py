@@ -29,7 +29,6 @@ def make(**overrides):
     [
         (dict(concepts=()), "concepts is empty"),
         (dict(concepts=("  ",)), "concepts is empty"),
-        (dict(targets=("",)), "a target is empty"),
         (dict(targets=("a", "b", "c")), "got 3 targets for 1 concepts"),
         (dict(targets=("Van Gogh",)), "equals its concept"),
         (dict(prompts=("",)), "prompt or preservation prompt is empty"),

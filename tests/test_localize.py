@@ -215,3 +215,31 @@ def test_unavailable_models_and_unsupported_pipelines_are_named(tmp_path):
     (tmp_path / "other" / "model_index.json").write_text(json.dumps({"_class_name": "KandinskyPipeline"}))
     with pytest.raises(LocoeditError, match="supported pipelines: StableDiffusionPipeline"):
         load_adapter(str(tmp_path / "other"))
+
+
+@pytest.mark.gpu
+def test_batched_matches_exact_on_cuda_in_half_precision(tiny_dir):
+    """The CPU path is covered by test_batched_windows_give_the_images_of_one_loop_per_window."""
+    from locoedit.adapters import adapter_for
+    from locoedit.testing import tiny_stable_diffusion
+
+    adapter = adapter_for(tiny_stable_diffusion(tiny_dir / "sd-cuda").to("cuda", torch.float16))
+    exact, batched = _exact_and_batched(adapter)
+    assert exact.isfinite().all()
+    assert (exact - batched).abs().max() <= 1e-2  # float16 round-off over 4 steps
+
+
+def test_a_model_folder_can_recommend_its_generation_settings(tiny_sd_folder, tmp_path):
+    import shutil
+
+    from locoedit.adapters import DEFAULTS_FILE, load_adapter
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_sd_folder, folder)
+    assert load_adapter(str(folder), device="cpu").default_settings().num_inference_steps == 50
+    settings = {"num_inference_steps": 7, "guidance_scale": 2.5, "height": 16, "width": 16}
+    (folder / DEFAULTS_FILE).write_text(json.dumps({"generation": settings}))
+    assert load_adapter(str(folder), device="cpu").default_settings() == GenerationSettings(**settings)
+    (folder / DEFAULTS_FILE).write_text(json.dumps({"generation": {"steps": 7}}))
+    with pytest.raises(LocoeditError, match="locoedit.json is malformed"):
+        load_adapter(str(folder), device="cpu")

@@ -25,9 +25,12 @@ __all__ = [
     "adapter_for",
     "load_adapter",
     "resolve_model",
+    "DEFAULTS_FILE",
 ]
 
 logger = logging.getLogger(__name__)
+
+DEFAULTS_FILE = "locoedit.json"  # optional, in a pipeline folder: the settings that model is meant to be sampled with
 
 ADAPTERS: dict[str, type[Adapter]] = {
     cls.pipeline_class_name: cls
@@ -100,4 +103,18 @@ def load_adapter(model: str, dtype: torch.dtype = torch.float32, device: str | N
     pipe = getattr(diffusers, class_name).from_pretrained(location, dtype=dtype, **_LOAD_OPTIONS[class_name])
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     logger.info("loaded %s from %s on %s (%s)", class_name, location, device, dtype)
-    return ADAPTERS[class_name](pipe.to(device))
+    return ADAPTERS[class_name](pipe.to(device), _folder_defaults(location))
+
+
+def _folder_defaults(location: str) -> GenerationSettings | None:
+    """Generation settings a model folder recommends in ``locoedit.json`` (``{"generation": {...}}``)."""
+    file = Path(location) / DEFAULTS_FILE
+    if not file.is_file():
+        return None
+    try:
+        return GenerationSettings(**json.loads(file.read_text())["generation"])
+    except (KeyError, TypeError, json.JSONDecodeError) as error:
+        raise LocoeditError(
+            f"{file} is malformed ({error}); it needs {{\"generation\": {{\"num_inference_steps\", "
+            "\"guidance_scale\", \"height\", \"width\"}}}}"
+        ) from error

@@ -99,8 +99,9 @@ class Adapter(ABC):
     default_steps: int = 50
     default_guidance: float = 7.5
 
-    def __init__(self, pipe):
+    def __init__(self, pipe, defaults: GenerationSettings | None = None):
         self.pipe = pipe
+        self.defaults = defaults  # a model folder's own recommended settings (its locoedit.json), if any
         pipe.set_progress_bar_config(disable=True)
 
     @property
@@ -120,6 +121,8 @@ class Adapter(ABC):
         return self.denoiser.dtype
 
     def default_settings(self) -> GenerationSettings:
+        if self.defaults is not None:
+            return self.defaults
         side = self.default_image_size()
         return GenerationSettings(self.default_steps, self.default_guidance, side, side)
 

@@ -1,0 +1,197 @@
+"""Architectures of the toy world's pipeline: standard diffusers / transformers classes, tiny configs.
+
+Everything here is built from configs offline; the trained weights come from :mod:`.train`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .world import load_vocab
+
+#: Tokens per caption, including start and end tokens (the longest caption has 13).
+MAX_TOKENS = 16
+LATENT_CHANNELS = 4
+LATENT_SIZE = 8
+
+VAE_CONFIG = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 3,
+    up_block_types=("UpDecoderBlock2D",) * 3,
+    block_out_channels=(16, 32, 64),
+    layers_per_block=1,
+    act_fn="silu",
+    latent_channels=LATENT_CHANNELS,
+    norm_num_groups=8,
+    sample_size=32,
+    mid_block_add_attention=False,
+)
+
+TEXT_CONFIG = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    max_position_embeddings=MAX_TOKENS,
+    hidden_act="quick_gelu",
+    projection_dim=64,
+)
+
+UNET_CONFIG = dict(
+    sample_size=LATENT_SIZE,
+    in_channels=LATENT_CHANNELS,
+    out_channels=LATENT_CHANNELS,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    mid_block_type="UNetMidBlock2DCrossAttn",
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    block_out_channels=(32, 64),
+    layers_per_block=2,
+    attention_head_dim=8,
+    cross_attention_dim=64,
+    norm_num_groups=16,
+)
+
+SCHEDULER_CONFIG = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+    timestep_spacing="trailing",
+    prediction_type="epsilon",
+)
+
+DEFAULTS = {"num_inference_steps": 20, "guidance_scale": 3.0, "height": 32, "width": 32}
+
+SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
+
+
+def write_tokenizer_files(folder: Path) -> None:
+    """Write a CLIP BPE vocabulary (``vocab.json`` + ``merges.txt``) in which every word of the
+    toy world is one token. Characters stay in the vocabulary, so any lowercase text tokenizes."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    words = load_vocab().words()
+    tok = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(
+        vocab_size=4096,
+        min_frequency=1,
+        end_of_word_suffix="</w>",
+        initial_alphabet=list("abcdefghijklmnopqrstuvwxyz0123456789"),
+        show_progress=False,
+    )
+    tok.train_from_iterator(words, trainer=trainer)
+    model = json.loads(tok.to_str())["model"]
+    vocab: dict[str, int] = dict(model["vocab"])
+    for ch in "abcdefghijklmnopqrstuvwxyz0123456789":
+        for piece in (ch, ch + "</w>"):
+            vocab.setdefault(piece, len(vocab))
+    for special in SPECIAL_TOKENS:
+        vocab[special] = len(vocab)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab, indent=0, sort_keys=True))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+
+
+def build_tokenizer(folder: Path):
+    """Write the tokenizer files into ``folder`` and load them as a ``CLIPTokenizer``."""
+    from transformers import CLIPTokenizer
+
+    write_tokenizer_files(folder)
+    tokenizer = CLIPTokenizer.from_pretrained(str(folder), model_max_length=MAX_TOKENS)
+    return tokenizer
+
+
+def build_text_encoder(tokenizer, seed: int = 0):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **TEXT_CONFIG,
+    )
+    return CLIPTextModel(config)
+
+
+def build_vae(seed: int = 0):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(**VAE_CONFIG)
+
+
+def build_unet(seed: int = 0):
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(**UNET_CONFIG)
+
+
+def build_scheduler():
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(**SCHEDULER_CONFIG)
+
+
+def build_train_scheduler():
+    from diffusers import DDPMScheduler
+
+    cfg = {k: v for k, v in SCHEDULER_CONFIG.items() if k not in ("set_alpha_to_one",)}
+    return DDPMScheduler(**cfg)
+
+
+# ----------------------------------------------------------------------------------------------
+# Probe network
+# ----------------------------------------------------------------------------------------------
+
+
+class ProbeNet(nn.Module):
+    """A small CNN with one classification head per attribute.
+
+    Input: float [N, 3, 32, 32] in [0, 1]. Output: dict attribute -> logits [N, n_values].
+    """
+
+    def __init__(self, heads: dict[str, int], width: int = 32):
+        super().__init__()
+        self.heads_spec = dict(heads)
+
+        def block(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(),
+                nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(),
+            )
+
+        self.body = nn.Sequential(
+            block(5, width), nn.MaxPool2d(2),          # 16x16
+            block(width, 2 * width), nn.MaxPool2d(2),  # 8x8
+            block(2 * width, 2 * width), nn.MaxPool2d(2),  # 4x4
+            nn.Flatten(),
+            nn.Linear(2 * width * 16, 128), nn.ReLU(),
+        )
+        self.heads = nn.ModuleDict({a: nn.Linear(128, n) for a, n in heads.items()})
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        n, _, h, w = images.shape
+        # Absolute position helps the style heads (frame, corners) and is cheap.
+        ys = torch.linspace(-1, 1, h, device=images.device, dtype=images.dtype)
+        xs = torch.linspace(-1, 1, w, device=images.device, dtype=images.dtype)
+        grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij"))  # [2, H, W]
+        x = torch.cat([images * 2 - 1, grid.expand(n, 2, h, w)], dim=1)
+        feats = self.body(x)
+        return {a: head(feats) for a, head in self.heads.items()}
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,429 @@
+"""Train the toy world's pipeline and probe from a seed.
+
+    python -m locoedit.toyworld.train [--seed 0] [--out DIR] [--threads N] [--minutes M] [--resume] [--install]
+
+Phases, each checkpointed under ``--out`` so that ``--resume`` continues where a run stopped:
+
+1. ``vae``: a tiny AutoencoderKL (32x32x3 <-> 8x8x4) on fresh renders.
+2. ``probe``: the probe classifiers on fresh renders, half of them round-tripped through the VAE.
+3. ``data``: render a fixed set of scenes and encode them to latents once.
+4. ``diffusion``: the CLIP text encoder and the UNet together (epsilon prediction, 10% empty
+   captions for classifier-free guidance, an EMA of the weights), with a small prompt-following
+   check and an export of the EMA pipeline at every evaluation.
+
+The result is written to ``--out/weights`` (``pipeline/``, ``probe.safetensors``, ``defaults.json``);
+``--install`` also copies it into the package (``locoedit/toyworld/weights``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import WEIGHTS_DIR
+from .evaluate import check_prompt_following, format_table
+from .models import (
+    DEFAULTS,
+    MAX_TOKENS,
+    build_scheduler,
+    build_text_encoder,
+    build_tokenizer,
+    build_train_scheduler,
+    build_unet,
+    build_vae,
+    count_params,
+)
+from .probe import ToyworldProbe
+from .world import ATTRIBUTES, caption_for, describe_scene, load_vocab, render_batch, sample_scene
+
+logger = logging.getLogger("locoedit.toyworld.train")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m locoedit.toyworld.train", description=__doc__.split("\n")[0])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("toyworld-train"), help="checkpoints, logs and weights")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch CPU threads")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--minutes", type=float, default=None, help="stop (checkpoint + export) after this wall time")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
+    p.add_argument("--install", action="store_true", help="copy the final weights into the package")
+    p.add_argument("--vae-steps", type=int, default=700)
+    p.add_argument("--probe-steps", type=int, default=700)
+    p.add_argument("--dataset", type=int, default=40000, help="scenes encoded once for the diffusion phase")
+    p.add_argument("--steps", type=int, default=5000, help="diffusion training steps")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=6e-4)
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--eval-every", type=int, default=500)
+    p.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    return p.parse_args(argv)
+
+
+class Stopper:
+    """Wall-clock budget and SIGTERM/SIGINT: the loops checkpoint and return when ``stop`` is set."""
+
+    def __init__(self, minutes: float | None):
+        self.deadline = None if minutes is None else time.monotonic() + 60 * minutes
+        self.signalled = False
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:  # noqa: ARG002
+        logger.warning("signal %d: checkpointing and stopping", signum)
+        self.signalled = True
+
+    @property
+    def stop(self) -> bool:
+        return self.signalled or (self.deadline is not None and time.monotonic() > self.deadline)
+
+
+def atomic_save(obj, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def to_unit(images: np.ndarray) -> torch.Tensor:
+    """uint8 [N, H, W, 3] -> float [N, 3, H, W] in [0, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Phase 1: VAE
+# ----------------------------------------------------------------------------------------------
+
+
+def train_vae(args, stopper: Stopper):
+    path = args.out / "vae.pt"
+    vae = build_vae(args.seed).to(args.device)
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    rng = np.random.default_rng([args.seed, 1])
+    step = 0
+    if path.exists():
+        state = torch.load(path, weights_only=False)
+        vae.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        rng.bit_generator.state = state["rng"]
+        step = state["step"]
+        if step >= args.vae_steps:
+            vae.register_to_config(scaling_factor=state["scaling_factor"])
+            return vae.eval(), True
+    logger.info("VAE: %d parameters, %d steps at batch %d", count_params(vae), args.vae_steps, args.batch)
+    torch.manual_seed(args.seed * 1000 + step)
+    last_save = time.monotonic()
+    bar = tqdm(range(step, args.vae_steps), initial=step, total=args.vae_steps, desc="vae", mininterval=10)
+    for step in bar:
+        lr = 1e-3 * 0.5 * (1 + math.cos(math.pi * step / args.vae_steps))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        x = to_unit(render_batch([sample_scene(rng) for _ in range(args.batch)], rng)).to(args.device) * 2 - 1
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample()).sample
+        rec = F.mse_loss(recon, x)
+        loss = rec + 1e-6 * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        bar.set_postfix(mse=f"{rec.item():.5f}", refresh=False)
+        done = step + 1
+        if stopper.stop or time.monotonic() - last_save > 60 * args.checkpoint_minutes or done == args.vae_steps:
+            state = {"model": vae.state_dict(), "opt": opt.state_dict(), "rng": rng.bit_generator.state, "step": done}
+            if done == args.vae_steps:
+                state["scaling_factor"] = latent_scaling_factor(vae, args)
+                vae.register_to_config(scaling_factor=state["scaling_factor"])
+                logger.info("VAE done: mse %.5f, scaling factor %.4f", rec.item(), state["scaling_factor"])
+            atomic_save(state, path)
+            last_save = time.monotonic()
+            if stopper.stop:
+                return vae.eval(), False
+    return vae.eval(), True
+
+
+@torch.no_grad()
+def latent_scaling_factor(vae, args) -> float:
+    rng = np.random.default_rng([args.seed, 2])
+    x = to_unit(render_batch([sample_scene(rng) for _ in range(1024)], rng)).to(args.device) * 2 - 1
+    latents = vae.encode(x).latent_dist.mean
+    return float(1.0 / latents.std())
+
+
+@torch.no_grad()
+def vae_roundtrip(vae, images: torch.Tensor) -> torch.Tensor:
+    """float [N, 3, H, W] in [0, 1] -> its VAE reconstruction, same range."""
+    recon = vae.decode(vae.encode(images * 2 - 1).latent_dist.mean).sample
+    return ((recon + 1) / 2).clamp(0, 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Phase 2: probe
+# ----------------------------------------------------------------------------------------------
+
+
+def scene_targets(scenes: list[dict[str, str]], values: dict[str, tuple[str, ...]]) -> dict[str, torch.Tensor]:
+    return {a: torch.tensor([values[a].index(s[a]) for s in scenes]) for a in ATTRIBUTES}
+
+
+@torch.no_grad()
+def probe_accuracy(probe: ToyworldProbe, vae, args, n: int = 2000, roundtrip: bool = False) -> dict[str, float]:
+    rng = np.random.default_rng([args.seed, 99 if roundtrip else 98])
+    scenes = [sample_scene(rng) for _ in range(n)]
+    images = to_unit(render_batch(scenes, rng)).to(args.device)
+    if roundtrip:
+        images = torch.cat([vae_roundtrip(vae, images[i : i + 256]) for i in range(0, n, 256)])
+    pred = probe.predict(images)
+    return {a: float(np.mean([p[a] == s[a] for p, s in zip(pred, scenes)])) for a in ATTRIBUTES}
+
+
+def train_probe(args, vae, stopper: Stopper) -> tuple[ToyworldProbe, bool]:
+    path = args.out / "probe.pt"
+    probe = ToyworldProbe.create(seed=args.seed)
+    net = probe.net.to(args.device)
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
+    rng = np.random.default_rng([args.seed, 3])
+    step = 0
+    if path.exists():
+        state = torch.load(path, weights_only=False)
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        rng.bit_generator.state = state["rng"]
+        step = state["step"]
+        if step >= args.probe_steps:
+            return ToyworldProbe(net.eval(), probe.values), True
+    logger.info("probe: %d parameters, %d steps at batch %d", count_params(net), args.probe_steps, args.batch)
+    torch.manual_seed(args.seed * 1000 + 7 + step)
+    last_save = time.monotonic()
+    bar = tqdm(range(step, args.probe_steps), initial=step, total=args.probe_steps, desc="probe", mininterval=10)
+    for step in bar:
+        net.train()
+        lr = 2e-3 * 0.5 * (1 + math.cos(math.pi * step / args.probe_steps))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        scenes = [sample_scene(rng) for _ in range(args.batch)]
+        x = to_unit(render_batch(scenes, rng)).to(args.device)
+        half = args.batch // 2
+        x[:half] = vae_roundtrip(vae, x[:half])
+        x = (x + torch.randn_like(x) * torch.rand(x.shape[0], 1, 1, 1, device=x.device) * 0.05).clamp(0, 1)
+        targets = scene_targets(scenes, probe.values)
+        logits = net(x)
+        loss = sum(F.cross_entropy(logits[a], targets[a].to(args.device)) for a in ATTRIBUTES)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        done = step + 1
+        if stopper.stop or time.monotonic() - last_save > 60 * args.checkpoint_minutes or done == args.probe_steps:
+            atomic_save({"model": net.state_dict(), "opt": opt.state_dict(), "rng": rng.bit_generator.state,
+                         "step": done}, path)
+            last_save = time.monotonic()
+            if stopper.stop and done < args.probe_steps:
+                return ToyworldProbe(net.eval(), probe.values), False
+    probe = ToyworldProbe(net.eval(), probe.values)
+    logger.info("probe accuracy on fresh renders: %s", probe_accuracy(probe, vae, args))
+    logger.info("probe accuracy on VAE round-trips: %s", probe_accuracy(probe, vae, args, roundtrip=True))
+    return probe, True
+
+
+# ----------------------------------------------------------------------------------------------
+# Phase 3: dataset of latents
+# ----------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def encode_dataset(args, vae) -> tuple[torch.Tensor, list[dict[str, str]]]:
+    path = args.out / "latents.pt"
+    if path.exists():
+        data = torch.load(path, weights_only=False)
+        if data["n"] == args.dataset:
+            return data["latents"], data["scenes"]
+    rng = np.random.default_rng([args.seed, 4])
+    scenes = [sample_scene(rng) for _ in range(args.dataset)]
+    chunks = []
+    for start in tqdm(range(0, args.dataset, 256), desc="encode", mininterval=10):
+        x = to_unit(render_batch(scenes[start : start + 256], rng)).to(args.device) * 2 - 1
+        chunks.append(vae.encode(x).latent_dist.mean.cpu())
+    latents = torch.cat(chunks)  # [N, 4, 8, 8], unscaled
+    atomic_save({"n": args.dataset, "latents": latents, "scenes": scenes}, path)
+    return latents, scenes
+
+
+# ----------------------------------------------------------------------------------------------
+# Phase 4: text encoder + UNet
+# ----------------------------------------------------------------------------------------------
+
+
+def make_pipeline(vae, text_encoder, tokenizer, unet):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=build_scheduler(),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def export(pipe, probe: ToyworldProbe, dest: Path, tokenizer_dir: Path) -> None:
+    """Write ``pipeline/``, ``probe.safetensors`` and ``defaults.json`` into ``dest`` (replacing)."""
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    pipe.save_pretrained(str(tmp / "pipeline"), safe_serialization=True)
+    for name in ("vocab.json", "merges.txt"):  # the BPE files too, for readers without `tokenizers`
+        shutil.copy(tokenizer_dir / name, tmp / "pipeline" / "tokenizer" / name)
+    probe.save(tmp / "probe.safetensors")
+    (tmp / "defaults.json").write_text(json.dumps(DEFAULTS, indent=2) + "\n")
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+
+
+def train_diffusion(args, vae, probe, latents, scenes, stopper: Stopper) -> bool:
+    path = args.out / "diffusion.pt"
+    tokenizer = build_tokenizer(args.out / "tokenizer")
+    text_encoder = build_text_encoder(tokenizer, args.seed).to(args.device)
+    unet = build_unet(args.seed).to(args.device)
+    ema_te, ema_unet = copy.deepcopy(text_encoder).eval(), copy.deepcopy(unet).eval()
+    params = list(text_encoder.parameters()) + list(unet.parameters())
+    ema_params = list(ema_te.parameters()) + list(ema_unet.parameters())
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    noise_sched = build_train_scheduler()
+    alphas = noise_sched.alphas_cumprod.to(args.device)
+    rng = np.random.default_rng([args.seed, 5])
+    gen = torch.Generator().manual_seed(args.seed * 1000 + 5)
+    step, history = 0, []
+    if path.exists():
+        state = torch.load(path, weights_only=False)
+        text_encoder.load_state_dict(state["text_encoder"])
+        unet.load_state_dict(state["unet"])
+        ema_te.load_state_dict(state["ema_text_encoder"])
+        ema_unet.load_state_dict(state["ema_unet"])
+        opt.load_state_dict(state["opt"])
+        rng.bit_generator.state = state["rng"]
+        gen.set_state(state["gen"])
+        step, history = state["step"], state.get("history", [])
+        logger.info("resumed diffusion at step %d", step)
+    logger.info(
+        "diffusion: UNet %d + text encoder %d parameters, %d steps at batch %d",
+        count_params(unet), count_params(text_encoder), args.steps, args.batch,
+    )
+    scale = vae.config.scaling_factor
+    pipe = make_pipeline(vae, ema_te, tokenizer, ema_unet)
+    warmup = 200
+
+    def checkpoint(done: int) -> None:
+        atomic_save({
+            "text_encoder": text_encoder.state_dict(), "unet": unet.state_dict(),
+            "ema_text_encoder": ema_te.state_dict(), "ema_unet": ema_unet.state_dict(),
+            "opt": opt.state_dict(), "rng": rng.bit_generator.state, "gen": gen.get_state(),
+            "step": done, "history": history,
+        }, path)
+
+    last_save = time.monotonic()
+    t_start, start_step = time.monotonic(), step
+    bar = tqdm(range(step, args.steps), initial=step, total=args.steps, desc="diffusion", mininterval=10)
+    loss_avg = None
+    for step in bar:
+        text_encoder.train()
+        unet.train()
+        lr = args.lr * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.steps)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        idx = torch.randint(0, latents.shape[0], (args.batch,), generator=gen)
+        captions = []
+        for i in idx.tolist():
+            stated = describe_scene(scenes[i], rng)
+            captions.append(caption_for(stated) if stated else "")
+        ids = tokenizer(captions, padding="max_length", max_length=MAX_TOKENS, truncation=True,
+                        return_tensors="pt").input_ids.to(args.device)
+        x0 = latents[idx].to(args.device) * scale
+        noise = torch.randn(x0.shape, generator=gen).to(args.device)
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (args.batch,), generator=gen).to(args.device)
+        a = alphas[t].view(-1, 1, 1, 1)
+        noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        cond = text_encoder(ids)[0]
+        pred = unet(noisy, t, encoder_hidden_states=cond).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(args.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            torch._foreach_lerp_(ema_params, params, 1 - decay)
+        loss_avg = loss.item() if loss_avg is None else 0.98 * loss_avg + 0.02 * loss.item()
+        bar.set_postfix(loss=f"{loss_avg:.4f}", lr=f"{lr:.1e}", refresh=False)
+        done = step + 1
+        if done % args.eval_every == 0 or done == args.steps:
+            elapsed = time.monotonic() - t_start
+            result = check_prompt_following(pipe, probe, seeds=range(32), steps=DEFAULTS["num_inference_steps"],
+                                            guidance=DEFAULTS["guidance_scale"], progress=False)
+            history.append({"step": done, "loss": loss_avg, "accuracy": result["accuracy"]})
+            logger.info("step %d (%.2f s/step this run), loss %.4f, quick check (64 images): %s", done,
+                        elapsed / max(1, done - start_step), loss_avg,
+                        {k: round(v, 3) for k, v in result["accuracy"].items()})
+            export(pipe, probe, args.out / "export", args.out / "tokenizer")
+        if stopper.stop or time.monotonic() - last_save > 60 * args.checkpoint_minutes or done == args.steps:
+            checkpoint(done)
+            last_save = time.monotonic()
+            if stopper.stop and done < args.steps:
+                export(pipe, probe, args.out / "export", args.out / "tokenizer")
+                return False
+    return True
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=[logging.StreamHandler(), logging.FileHandler(args.out / "train.log")],
+    )
+    torch.set_num_threads(max(1, args.threads))
+    if not args.resume and any(args.out.glob("*.pt")):
+        raise SystemExit(f"{args.out} already holds checkpoints; pass --resume to continue or choose another --out")
+    logger.info("training the toy world: %s", vars(args))
+    stopper = Stopper(args.minutes)
+    t0 = time.monotonic()
+    vae, ok = train_vae(args, stopper)
+    if not ok:
+        return
+    probe, ok = train_probe(args, vae, stopper)
+    if not ok:
+        return
+    latents, scenes = encode_dataset(args, vae)
+    ok = train_diffusion(args, vae, probe, latents, scenes, stopper)
+    if not ok:
+        logger.info("stopped after %.1f min; resume with --resume", (time.monotonic() - t0) / 60)
+        return
+    weights = args.out / "weights"
+    shutil.rmtree(weights, ignore_errors=True)
+    shutil.copytree(args.out / "export", weights)
+    logger.info("trained in %.1f min (this run); weights in %s", (time.monotonic() - t0) / 60, weights)
+    if args.install:
+        shutil.rmtree(WEIGHTS_DIR, ignore_errors=True)
+        shutil.copytree(weights, WEIGHTS_DIR)
+        logger.info("installed into %s", WEIGHTS_DIR)
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(weights / "pipeline"))
+    pipe.set_progress_bar_config(disable=True)
+    result = check_prompt_following(pipe, ToyworldProbe.load(weights / "probe.safetensors"))
+    logger.info("prompt following (seeds 0-99):\n%s", format_table(result))
+    (weights / "check.json").write_text(json.dumps({k: v for k, v in result.items() if k != "samples"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -252,7 +252,8 @@ def suite_for_delta(delta: EditDelta, model: str) -> EvaluationSuite:
     matches = []
     for name in shipped_suites():
         suite = EvaluationSuite.load(name)
-        if (suite.edit_concept or suite.concept).strip().lower() in concepts and (suite.model == "toyworld") == toy:
+        names = {suite.concept.strip().lower(), suite.edit_concept.strip().lower()} - {""}
+        if names & set(concepts) and (suite.model == "toyworld") == toy:
             matches.append(suite)
     if len(matches) > 1:
         kind = delta.settings.get("kind")

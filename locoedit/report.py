@@ -177,8 +177,12 @@ def _metric_rows(result: dict) -> list[tuple[str, str, str, str, str]]:
     return rows
 
 
-def evaluation_section(result: dict, localization: dict | None = None) -> str:
-    """Metric table, the effect curve of the localization (if known), and before/after grids per prompt group."""
+def evaluation_section(result: dict, localization: dict | None = None, json_href: str = "evaluation.json") -> str:
+    """Metric table, the effect curve of the localization (if known), and before/after grids per prompt group.
+
+    Image paths are used as the result gives them; ``json_href`` is where the link to the result's JSON points (set
+    both when embedding the section in a page that lives in another folder).
+    """
     suite, delta = result["suite"], result["delta"]
     localization = localization or result.get("localization")
     table = "".join(
@@ -188,7 +192,10 @@ def evaluation_section(result: dict, localization: dict | None = None) -> str:
     layers = ", ".join(f"{layer['index']} (<code>{escape(layer['name'])}</code>)" for layer in delta["layers"])
     edited = delta["settings"].get("concepts")
     targets = delta["settings"].get("targets")
-    what = (f"“{escape(', '.join(edited))}” &rarr; “{escape(', '.join(targets))}”" if edited and targets else "")
+    what = ""
+    if edited and targets:
+        shown = [f"“{escape(t)}”" if t.strip() else "(removed)" for t in targets]
+        what = f"“{escape(', '.join(edited))}” &rarr; {', '.join(shown)}"
     parts = [
         f"<h2>Evaluation: {escape(suite['name'])}</h2>",
         f"<p>{escape(suite.get('description') or '')}</p>",
@@ -196,7 +203,7 @@ def evaluation_section(result: dict, localization: dict | None = None) -> str:
         f"<code>{escape(delta['base_model'])}</code>. Scored concept “{escape(suite['concept'])}” with "
         f"<code>{escape(result['scorer'])}</code>; seeds {suite['seeds']}; {result['settings']['num_inference_steps']} "
         f"steps, guidance {result['settings']['guidance_scale']}. Before and after use the same seeds.</p>",
-        "<p>Data: <a href='evaluation.json'>evaluation.json</a></p>",
+        f"<p>Data: <a href='{escape(json_href)}'>evaluation.json</a></p>",
         "<h3>Metrics</h3><table class='layers metrics'><tr><th>metric</th><th>before edit</th><th>after edit</th>"
         f"<th>change</th><th>target</th></tr>{table}</table>",
         f"<p><small>{escape(result['metrics']['quality']['inception_fid_note'])}</small></p>",

@@ -233,6 +233,9 @@ def test_the_suite_for_a_delta_is_found_by_its_concept(delta):
     assert suite_for_delta(delta, "some/sd-model").name == "sd-style-van-gogh"
     snoopy = replace(delta, settings={**delta.settings, "concepts": ["Snoopy"], "kind": "object"})
     assert suite_for_delta(snoopy, "some/sd-model").name == "sd-object-snoopy"
+    kandinsky = replace(delta, settings={**delta.settings, "concepts": ["in the style of kandinsky"]})
+    assert suite_for_delta(kandinsky, "toyworld").name == "toyworld-style-kandinsky"
+    assert suite_for_delta(replace(delta, settings={**delta.settings, "concepts": ["the sun"]}), "toyworld").kind == "fact"
     unknown = replace(delta, settings={**delta.settings, "concepts": ["a teapot"]})
     with pytest.raises(LocoeditError, match="no single shipped suite fits this delta.*pass --suite"):
         suite_for_delta(unknown, "some/sd-model")

@@ -468,6 +468,8 @@ def load_localization(source: str | Path | dict | None) -> dict | None:
     """The per-window effects of a LocoGen run (folder or ``localization.json``), reduced to what the report plots."""
     if source is None:
         return None
+    if isinstance(source, dict) and "num_layers" in source:
+        return source  # already reduced by this function
     if isinstance(source, dict):
         data, where = source, "the given localization"
     else:
@@ -661,6 +663,7 @@ def evaluate_from_request(request: EvaluationRequest, out: str | Path, default_c
     suite = EvaluationSuite.load(request.suite) if request.suite else suite_for_delta(delta, request.model)
     if request.seeds:
         suite = replace(suite, seeds=request.seeds)
+    localization = load_localization(request.localization)
     if request.dtype is not None and request.dtype not in DTYPES:
         raise LocoeditError(f"dtype {request.dtype!r} is unknown; use one of {', '.join(DTYPES)}")
     if adapter is None:
@@ -673,7 +676,7 @@ def evaluate_from_request(request: EvaluationRequest, out: str | Path, default_c
     settings = settings_for(adapter, request.steps or suite.steps,
                             request.guidance if request.guidance is not None else suite.guidance,
                             request.size or suite.size, request.size or suite.size)
-    return evaluate(adapter, delta, suite, scorer, out=out, settings=settings, localization=request.localization,
+    return evaluate(adapter, delta, suite, scorer, out=out, settings=settings, localization=localization,
                     batch_size=request.batch_size, delta_path=str(request.edit))
 
 

@@ -375,8 +375,13 @@ def test_cli_bad_input_exits_2_with_one_clear_line(model_folder, tmp_path):
         (["--suite", "no-such-suite"], "unknown suite 'no-such-suite'; shipped suites:"),
         ([], "no single shipped suite fits this delta"),  # concept 'dog' has no shipped suite
     ]
+    fits = tmp_path / "fits.safetensors"
+    assert run("edit", model_folder, "--concept", "dog", "--target", "cat", "--layers", "1", "--out", fits).exit_code == 0
+    cases.append((["--suite", suite_file, "--localization", tmp_path], "holds no localization.json"))
+    cases.append((["--suite", suite_file, "--scorer", "pixel"], "cannot score a concept in a single image"))
     for args, message in cases:
-        result = run("evaluate", model_folder, "--edit", delta, "--out", tmp_path / "out", "--steps", "2", *args)
+        edit = fits if "--localization" in args or "pixel" in args else delta
+        result = run("evaluate", model_folder, "--edit", edit, "--out", tmp_path / "out", "--steps", "2", *args)
         assert result.exit_code == 2 and message in result.output, result.output
         assert "Traceback" not in result.output
     bad = tmp_path / "bad.json"

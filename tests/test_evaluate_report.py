@@ -60,6 +60,11 @@ def test_the_localization_the_delta_came_from_is_in_the_result(evaluation):
     assert [layer["index"] for layer in result.delta["layers"]] == chosen
     assert len(result.localization["windows"]) == result.localization["num_layers"] - 1
     assert json.loads((out / "evaluation.json").read_text())["localization"]["chosen"] == chosen
+    from locoedit.evaluate import load_localization
+
+    full = json.loads((run_dir / "localization.json").read_text())
+    assert load_localization(full) == {**load_localization(run_dir), "source": "the given localization"}
+    assert load_localization(result.localization) == result.localization
 
 
 def test_report_renders_in_chromium_with_every_image_and_link(chromium, evaluation):

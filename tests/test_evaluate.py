@@ -153,10 +153,6 @@ def test_evaluating_twice_on_one_adapter_gives_the_same_result(adapter, delta, s
 
 def test_the_delta_is_reverted_when_generation_fails(adapter, delta, suite):
     before = _weights(adapter)
-
-    class Failing(ControlledScorer):
-        pass
-
     calls = {"n": 0}
     original = adapter.generate
 
@@ -169,7 +165,7 @@ def test_the_delta_is_reverted_when_generation_fails(adapter, delta, suite):
     adapter.generate = generate_then_fail
     try:
         with pytest.raises(RuntimeError, match="boom"):
-            evaluate(adapter, delta, suite, Failing(), settings=SETTINGS, batch_size=64, progress=False)
+            evaluate(adapter, delta, suite, ControlledScorer(), settings=SETTINGS, batch_size=64, progress=False)
     finally:
         del adapter.generate
     assert _weights(adapter) == before

@@ -664,6 +664,10 @@ def evaluate_from_request(request: EvaluationRequest, out: str | Path, default_c
     if request.seeds:
         suite = replace(suite, seeds=request.seeds)
     localization = load_localization(request.localization)
+    spec = request.scorer or suite.scorer or ("toyworld" if request.model == "toyworld" else f"clip:{default_clip}")
+    if scorer is None and spec == "pixel":
+        raise LocoeditError("scorer 'pixel' cannot score a concept in a single image; evaluation needs 'toyworld' or "
+                            "'clip:ID_OR_FOLDER'")
     if request.dtype is not None and request.dtype not in DTYPES:
         raise LocoeditError(f"dtype {request.dtype!r} is unknown; use one of {', '.join(DTYPES)}")
     if adapter is None:
@@ -671,7 +675,6 @@ def evaluate_from_request(request: EvaluationRequest, out: str | Path, default_c
         adapter = load_adapter(request.model, dtype, request.device)
     delta.check(adapter)
     if scorer is None:
-        spec = request.scorer or suite.scorer or ("toyworld" if request.model == "toyworld" else f"clip:{default_clip}")
         scorer = make_scorer(spec, adapter.device)
     settings = settings_for(adapter, request.steps or suite.steps,
                             request.guidance if request.guidance is not None else suite.guidance,

@@ -114,7 +114,8 @@ def run_demo(out: str | Path = "runs/demo", adapter: Adapter | None = None, seed
             result = evaluate(adapter, delta, suite, scorer, out=case_dir / name, progress=progress)
             rows.append(DemoRow(kind, variant, layers, result.headline, f"{kind}/{name}/report.html"))
             if variant == "localized":
-                case_sections.append(evaluation_section(_prefixed(result.to_json(), f"{kind}/{name}")))
+                case_sections.append(evaluation_section(_prefixed(result.to_json(), f"{kind}/{name}"),
+                                                        data_link=f"{kind}/{name}/evaluation.json"))
         sections.append(f"<section id='{kind}'><h1>{kind}: {case['concept']}</h1>{''.join(case_sections)}</section>")
     summary = {
         "model": "toyworld",

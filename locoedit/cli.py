@@ -305,12 +305,12 @@ def evaluate(
 @user_errors
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the report, JSON, deltas and images.")] = Path("runs/demo"),
-    quick: Annotated[bool, typer.Option(help="Fewer seeds: a smoke run, not the README's figures.")] = False,
+    seeds: Annotated[int | None, typer.Option(help="Seeds per prompt, to override the plan's for a quick smoke run.")] = None,
 ):
     """The whole story on the shipped toy world: localize, edit and evaluate a style, an object and a fact."""
     from locoedit.demo import run_demo, summary_lines
 
-    rows = run_demo(out, quick=quick)
+    rows = run_demo(out, seeds=seeds)
     for line in summary_lines(rows):
         typer.echo(line)
     typer.echo(f"wrote {out / 'report.html'} and {out / 'demo.json'}")

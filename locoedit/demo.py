@@ -58,9 +58,10 @@ def _random_window(num_layers: int, size: int, avoid: list[int], seed: int) -> l
     return list(range(start, start + size))
 
 
-def run_demo(out: str | Path = "runs/demo", adapter: Adapter | None = None, quick: bool = False,
+def run_demo(out: str | Path = "runs/demo", adapter: Adapter | None = None, seeds: int | None = None,
              progress: bool = True) -> list[DemoRow]:
-    """Run the demo into ``out``; ``quick`` uses fewer seeds (for tests), not for the README's figures."""
+    """Run the demo into ``out``. ``seeds`` (per prompt) overrides the plan's, for smoke runs; the README's figures
+    use the plan's."""
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not (out / "demo.json").exists():
         raise LocoeditError(f"output folder {out} is not empty and holds no demo; choose an empty or new --out")
@@ -68,8 +69,10 @@ def run_demo(out: str | Path = "runs/demo", adapter: Adapter | None = None, quic
     started = time.perf_counter()
     adapter = adapter or load_adapter("toyworld", device="cpu")
     scorer = make_scorer("toyworld")
-    seeds = tuple(range(4 if quick else plan["localize_seeds"]))
-    evaluation_seeds = tuple(range(4 if quick else plan["evaluation_seeds"]))
+    if seeds is not None and seeds < 1:
+        raise LocoeditError(f"seeds {seeds} must be >= 1")
+    localize_seeds = tuple(range(seeds or plan["localize_seeds"]))
+    evaluation_seeds = tuple(range(seeds or plan["evaluation_seeds"]))
     window = plan["window"]
     rows: list[DemoRow] = []
     sections = []
@@ -79,7 +82,7 @@ def run_demo(out: str | Path = "runs/demo", adapter: Adapter | None = None, quic
         localization = localize(
             LocalizationRequest(
                 model="toyworld", prompts=tuple(case["localize"]["prompts"]), targets=tuple(case["localize"]["targets"]),
-                concept=case["concept"], scorer="toyworld", window=window, seeds=seeds, mode="batched", chunk=4,
+                concept=case["concept"], scorer="toyworld", window=window, seeds=localize_seeds, mode="batched", chunk=4,
             ),
             out=case_dir / "localize", adapter=adapter, scorer=scorer, progress=progress,
         )
@@ -98,8 +101,10 @@ def run_demo(out: str | Path = "runs/demo", adapter: Adapter | None = None, quic
         random_window = _random_window(num_layers, window, chosen, seed=len(rows))
         variants["random window"] = (random_window, compute_edit(adapter, replace(request, layers=tuple(random_window))))
         if case["neurons"]:
-            neurons = NeuronRequest(model="toyworld", concepts=tuple(edit["concepts"]), targets=tuple(edit["targets"]),
-                                    kind=kind, prompts=tuple(edit["prompts"]), layers=tuple(chosen), token=edit["token"])
+            # The neutral prompts are LocoGen's targets: the same scenes without the concept.
+            neurons = NeuronRequest(model="toyworld", concepts=tuple(edit["concepts"]),
+                                    neutral=tuple(case["localize"]["targets"]), kind=kind,
+                                    prompts=tuple(edit["prompts"]), layers=tuple(chosen), token=edit["token"])
             variants["neurons"] = (chosen, compute_neuron_edit(adapter, neurons))
         suite = replace(EvaluationSuite.load(case["suite"]), seeds=evaluation_seeds)
         case_sections = [localization_section(_prefixed(localization.to_json(), f"{kind}/localize"))]
@@ -109,13 +114,14 @@ def run_demo(out: str | Path = "runs/demo", adapter: Adapter | None = None, quic
             result = evaluate(adapter, delta, suite, scorer, out=case_dir / name, progress=progress)
             rows.append(DemoRow(kind, variant, layers, result.headline, f"{kind}/{name}/report.html"))
             if variant == "localized":
-                case_sections.append(evaluation_section(_prefixed(result.to_json(), f"{kind}/{name}")))
+                case_sections.append(evaluation_section(_prefixed(result.to_json(), f"{kind}/{name}"),
+                                                        data_link=f"{kind}/{name}/evaluation.json"))
         sections.append(f"<section id='{kind}'><h1>{kind}: {case['concept']}</h1>{''.join(case_sections)}</section>")
     summary = {
         "model": "toyworld",
         "rows": [row.__dict__ for row in rows],
         "minutes": (time.perf_counter() - started) / 60,
-        "quick": quick,
+        "seeds": {"localize": len(localize_seeds), "evaluation": len(evaluation_seeds)},
     }
     write_json(out / "demo.json", summary)
     write_text(out / "report.html", page("locoedit demo", summary_table_html(rows) + "".join(sections)))

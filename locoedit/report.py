@@ -177,10 +177,10 @@ def _metric_rows(result: dict) -> list[tuple[str, str, str, str, str]]:
     return rows
 
 
-def evaluation_section(result: dict, localization: dict | None = None, json_href: str = "evaluation.json") -> str:
+def evaluation_section(result: dict, localization: dict | None = None, data_link: str = "evaluation.json") -> str:
     """Metric table, the effect curve of the localization (if known), and before/after grids per prompt group.
 
-    Image paths are used as the result gives them; ``json_href`` is where the link to the result's JSON points (set
+    Image paths are used as the result gives them; ``data_link`` is where the link to the result's JSON points (set
     both when embedding the section in a page that lives in another folder).
     """
     suite, delta = result["suite"], result["delta"]
@@ -203,7 +203,7 @@ def evaluation_section(result: dict, localization: dict | None = None, json_href
         f"<code>{escape(delta['base_model'])}</code>. Scored concept “{escape(suite['concept'])}” with "
         f"<code>{escape(result['scorer'])}</code>; seeds {suite['seeds']}; {result['settings']['num_inference_steps']} "
         f"steps, guidance {result['settings']['guidance_scale']}. Before and after use the same seeds.</p>",
-        f"<p>Data: <a href='{escape(json_href)}'>evaluation.json</a></p>",
+        f"<p>Data: <a href='{escape(data_link)}'>evaluation.json</a></p>",
         "<h3>Metrics</h3><table class='layers metrics'><tr><th>metric</th><th>before edit</th><th>after edit</th>"
         f"<th>change</th><th>target</th></tr>{table}</table>",
         f"<p><small>{escape(result['metrics']['quality']['inception_fid_note'])}</small></p>",

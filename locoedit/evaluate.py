@@ -538,6 +538,15 @@ class EvaluationFolder:
         write_text(self.path / "report.html", evaluation_report_html(data))
 
 
+def _check_reuse(reuse: EvaluationResult, items: list[dict], settings: GenerationSettings) -> None:
+    key = lambda rows: [(r["prompt"], r["seed"]) for r in rows]  # noqa: E731
+    if reuse.before is None or key(reuse.items) != key(items) or reuse.settings != settings:
+        raise LocoeditError(
+            "reuse: the earlier result was generated from other prompts, seeds or settings (or holds no images); "
+            "reuse only a result of the same suite and settings"
+        )
+
+
 def evaluate(
     adapter: Adapter,
     delta: EditDelta,
@@ -549,6 +558,7 @@ def evaluate(
     batch_size: int = 16,
     progress: bool = True,
     delta_path: str | None = None,
+    reuse: EvaluationResult | None = None,
 ) -> EvaluationResult:
     """Evaluate ``delta`` on ``adapter``'s model with ``suite``: generate before, apply, generate after (same seeds),
     revert in ``finally``, score. The model is left exactly as found; it is never reloaded.
@@ -557,6 +567,10 @@ def evaluate(
     folder, its ``localization.json``, or that JSON as a dict; default: the run folder the delta's layers came from,
     if any) adds the per-layer effect curve to the report. With ``out``, writes images, ``evaluation.json`` and
     ``report.html`` there.
+
+    ``reuse``: an earlier result of the same unedited model with the same suite items and settings (e.g. another
+    edit of the same concept); its "before" images are taken instead of generated again. The caller vouches that the
+    model is the same; prompts, seeds and settings are checked.
     """
     if not isinstance(scorer, ConceptScorer):
         raise LocoeditError(
@@ -569,20 +583,25 @@ def evaluate(
     for concept in suite.concepts:
         scorer.check_concept(concept)
     localization = load_localization(localization) if localization is not None else _localization_from_delta(delta)
+    settings = settings or settings_for(adapter, suite.steps, suite.guidance, suite.size, suite.size)
+    items = suite.items()
+    if reuse is not None:
+        _check_reuse(reuse, items, settings)
     folder = EvaluationFolder(out) if out is not None else None
     if folder is not None:
         folder.claim()
-    settings = settings or settings_for(adapter, suite.steps, suite.guidance, suite.size, suite.size)
     started = time.perf_counter()
-    items = suite.items()
     prompts = list(dict.fromkeys(item["prompt"] for item in items))
     encoded = adapter.encode(prompts)
     rows = [prompts.index(item["prompt"]) for item in items]
     seeds = [item["seed"] for item in items]
-    loops = 2 * -(-len(items) // batch_size)
+    loops = (1 if reuse is not None else 2) * -(-len(items) // batch_size)
     with tqdm(total=loops * settings.num_inference_steps, desc=f"evaluating {suite.name}", unit="step",
               disable=not progress, leave=False) as bar:
-        before = _generate(adapter, encoded, rows, seeds, settings, batch_size, bar)
+        if reuse is not None:
+            before = reuse.before
+        else:
+            before = _generate(adapter, encoded, rows, seeds, settings, batch_size, bar)
         applied = delta.apply(adapter)
         try:
             after = _generate(adapter, encoded, rows, seeds, settings, batch_size, bar)

@@ -395,3 +395,18 @@ def test_edit_delta_from_a_file_evaluates_like_the_computed_one(adapter, delta, 
     a = evaluate(adapter, loaded, suite, ControlledScorer(), settings=SETTINGS, progress=False)
     b = evaluate(adapter, delta, suite, ControlledScorer(), settings=SETTINGS, progress=False)
     assert torch.equal(a.after, b.after)
+
+
+def test_reusing_the_before_images_of_an_earlier_result(adapter, delta, suite, result):
+    earlier, _ = result
+    names = dict(adapter.denoiser.named_parameters())
+    identity = replace(delta, tensors={name: names[name].detach().clone() for name in delta.tensors})
+    reused = evaluate(adapter, identity, suite, ControlledScorer(), settings=SETTINGS, progress=False, reuse=earlier)
+    assert reused.before is earlier.before
+    assert torch.allclose(reused.after, earlier.before, atol=1e-5)  # the identity edit: after = unedited
+    with pytest.raises(LocoeditError, match="reuse: the earlier result was generated from other prompts"):
+        evaluate(adapter, delta, replace(suite, seeds=(0,)), ControlledScorer(), settings=SETTINGS, progress=False,
+                 reuse=earlier)
+    with pytest.raises(LocoeditError, match="other prompts, seeds or settings"):
+        evaluate(adapter, delta, suite, ControlledScorer(), settings=replace(SETTINGS, guidance_scale=2.0),
+                 progress=False, reuse=earlier)

@@ -275,6 +275,7 @@ def evaluate(
     guidance: Annotated[float | None, typer.Option(help="Classifier-free guidance scale.")] = None,
     size: Annotated[int | None, typer.Option(help="Image height and width in pixels.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per denoising loop.")] = 16,
+    screenshot: Annotated[bool, typer.Option(help="Open the report in headless Chromium: check every image and link, save report.png.")] = False,
     dtype: Annotated[str | None, typer.Option(help="float32, float16 or bfloat16 (default: the delta's).")] = None,
     device: Device = None,
 ):
@@ -299,6 +300,17 @@ def evaluate(
                f"{show(headline['concept_score_after'], False)}; unrelated SSIM {show(headline['ssim'], False)}, "
                f"PSNR {show(headline['psnr'], False)} dB; Frechet distance {show(headline['frechet_distance'], False)}")
     typer.echo(f"wrote {out / 'evaluation.json'} and {out / 'report.html'}")
+    if screenshot:
+        from locoedit.browser import check_page, find_chromium
+
+        if find_chromium() is None:
+            raise LocoeditError("--screenshot needs Chromium (Debian: apt-get install -y chromium, or set $LOCOEDIT_CHROMIUM)")
+        check = check_page(out / "report.html", screenshot=out / "report.png")
+        problems = check.broken_images + [r for r in check.missing_references if r not in check.broken_images]
+        typer.echo(f"checked the report in Chromium: {check.images} images, "
+                   f"{'all load' if check.ok else 'broken: ' + ', '.join(problems)}; wrote {out / 'report.png'}")
+        if not check.ok:
+            raise typer.Exit(1)
 
 
 @app.command()

@@ -347,10 +347,15 @@ def test_cli_edit_then_evaluate_with_a_clip_folder(model_folder, tiny_clip, tmp_
     suite_file = tmp_path / "suite.json"
     suite_file.write_text(json.dumps({**SUITE, "seeds": [0]}))
     out = tmp_path / "eval"
+    from locoedit.browser import find_chromium
+
+    screenshot = ["--screenshot"] if find_chromium() else []
     result = run("evaluate", model_folder, "--edit", delta, "--suite", suite_file, "--scorer", f"clip:{tiny_clip}",
-                 "--steps", "2", "--size", "16", "--seeds", "0-1", "--out", out)
+                 "--steps", "2", "--size", "16", "--seeds", "0-1", "--out", out, *screenshot)
     assert result.exit_code == 0, result.output
     assert "efficacy" in result.output and "wrote" in result.output
+    if screenshot:
+        assert "28 images, all load" in result.output and (out / "report.png").is_file()
     data = json.loads((out / "evaluation.json").read_text())
     assert data["suite"]["seeds"] == [0, 1] and data["settings"]["num_inference_steps"] == 2
     assert data["metrics"]["quality"]["features"] == "CLIP image embedding"

@@ -108,10 +108,13 @@ def run_demo(out: str | Path = "runs/demo", adapter: Adapter | None = None, seed
             variants["neurons"] = (chosen, compute_neuron_edit(adapter, neurons))
         suite = replace(EvaluationSuite.load(case["suite"]), seeds=evaluation_seeds)
         case_sections = [localization_section(_prefixed(localization.to_json(), f"{kind}/localize"))]
+        unedited = None  # every variant is compared with the same unedited images
         for variant, (layers, delta) in variants.items():
             name = variant.replace(" ", "-")
             delta.save(case_dir / f"{name}.safetensors")
-            result = evaluate(adapter, delta, suite, scorer, out=case_dir / name, progress=progress)
+            result = evaluate(adapter, delta, suite, scorer, out=case_dir / name, progress=progress, reuse=unedited,
+                              localization=case_dir / "localize")
+            unedited = unedited or result
             rows.append(DemoRow(kind, variant, layers, result.headline, f"{kind}/{name}/report.html"))
             if variant == "localized":
                 case_sections.append(evaluation_section(_prefixed(result.to_json(), f"{kind}/{name}"),

@@ -286,6 +286,8 @@ def export(pipe, probe: ToyworldProbe, dest: Path, tokenizer_dir: Path) -> None:
         shutil.copy(tokenizer_dir / name, tmp / "pipeline" / "tokenizer" / name)
     probe.save(tmp / "probe.safetensors")
     (tmp / "defaults.json").write_text(json.dumps(DEFAULTS, indent=2) + "\n")
+    # The same settings where locoedit.load_adapter looks for a folder's recommended sampling.
+    (tmp / "pipeline" / "locoedit.json").write_text(json.dumps({"generation": DEFAULTS}, indent=2) + "\n")
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)
 

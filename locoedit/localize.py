@@ -19,6 +19,8 @@ import difflib
 import json
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -134,7 +136,7 @@ class WindowResult:
 
     @property
     def key(self) -> str:
-        return f"window_{self.layers[0]:02d}-{self.layers[-1]:02d}"
+        return _window_key(self.layers)
 
 
 @dataclass
@@ -255,15 +257,23 @@ def _windows(num_layers: int, size: int) -> list[tuple[int, ...]]:
     return [tuple(range(start, start + size)) for start in range(num_layers - size + 1)]
 
 
-def _apply_scheduler(adapter: Adapter, name: str | None) -> None:
+@contextmanager
+def _scheduler(adapter: Adapter, name: str | None) -> Iterator[None]:
+    """Use the diffusers scheduler class ``name`` (None: the pipeline's own) for the span of the context."""
     if name is None:
+        yield
         return
     import diffusers
 
     scheduler_class = getattr(diffusers, name, None)
     if scheduler_class is None or not name.endswith("Scheduler"):
         raise LocoeditError(f"scheduler {name!r} is not a diffusers scheduler class; e.g. DDIMScheduler")
-    adapter.pipe.scheduler = scheduler_class.from_config(adapter.pipe.scheduler.config)
+    previous = adapter.pipe.scheduler
+    adapter.pipe.scheduler = scheduler_class.from_config(previous.config)
+    try:
+        yield
+    finally:
+        adapter.pipe.scheduler = previous
 
 
 ORIGINAL, TARGET = "original", "target"  # the two unrouted image groups every sweep is measured against
@@ -396,14 +406,14 @@ def localize(
             f"window {request.window} is larger than the model's {num_layers} cross-attention layers; "
             f"give --window between 1 and {num_layers}"
         )
-    _apply_scheduler(adapter, request.scheduler)
     if scorer is None:
         scorer = make_scorer(request.scorer, adapter.device)
-    run = None
-    if out is not None:
-        run = RunFolder(out)
-        run.claim(request)
-    result = LocoGen(request, adapter, scorer, run, progress).run_all()
+    with _scheduler(adapter, request.scheduler):
+        run = None
+        if out is not None:
+            run = RunFolder(out)
+            run.claim(request)
+        result = LocoGen(request, adapter, scorer, run, progress).run_all()
     if run is not None:
         from locoedit.report import localization_report_html
 

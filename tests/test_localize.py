@@ -243,3 +243,15 @@ def test_a_model_folder_can_recommend_its_generation_settings(tiny_sd_folder, tm
     (folder / DEFAULTS_FILE).write_text(json.dumps({"generation": {"steps": 7}}))
     with pytest.raises(LocoeditError, match="locoedit.json is malformed"):
         load_adapter(str(folder), device="cpu")
+
+
+def test_a_scheduler_is_used_for_the_run_only(tiny_adapters, tmp_path):
+    adapter = tiny_adapters["sd"]
+    before = adapter.pipe.scheduler
+    euler = localize(request(scheduler="EulerDiscreteScheduler"), None, adapter, PixelScorer(), progress=False)
+    ddim = localize(request(), None, adapter, PixelScorer(), progress=False)
+    assert adapter.pipe.scheduler is before
+    assert [w.effect for w in euler.final.windows] != [w.effect for w in ddim.final.windows]
+    with pytest.raises(LocoeditError, match="not a diffusers scheduler class"):
+        localize(request(scheduler="FastScheduler"), tmp_path / "run", adapter, PixelScorer())
+    assert not (tmp_path / "run").exists()

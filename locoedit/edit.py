@@ -14,10 +14,11 @@ Which rows (``token``):
   ``all``           every concept token; paired with the target's tokens by ``stretch_alignment`` when the counts
                     differ (first with first, last with last, monotone in between);
   ``eos``           the end-of-sequence token of the concept prompt, paired with the target prompt's;
-  ``from-concept``  the concept's tokens and every later real token up to and including EOS (a causal CLIP encoder
-                    colours all of them with the concept; T5 is bidirectional, so there it is a wider choice, not a
-                    complete one). The concept part is paired as in ``all``; the tail after it position by position
-                    (prompts from one template have equal tails), stretched if the tails differ.
+  ``from-concept``  the concept's tokens and every later position, EOS and padding included: the denoiser attends
+                    to every padded row, and a causal CLIP encoder colours all of them with the concept (T5 is
+                    bidirectional, so there it is a wider choice, not a complete one). The concept part is paired
+                    as in ``all``; the tail after it position by position (prompts from one template have equal
+                    tails), stretched if the tails differ.
 """
 
 from __future__ import annotations
@@ -395,8 +396,8 @@ def aligned_positions(adapter: Adapter, pair: PromptPair, token: str) -> tuple[l
     paired = [replaced[j] for j in stretch_alignment(len(concept), len(replaced))]
     if token == "all":
         return concept, paired
-    tail = list(range(concept[-1] + 1, source.eos + 1))
-    target_tail = list(range(replaced[-1] + 1, target.eos + 1))
+    tail = list(range(concept[-1] + 1, source.rows))
+    target_tail = list(range(replaced[-1] + 1, target.rows))
     if not tail or not target_tail:
         return concept, paired
     return concept + tail, paired + [target_tail[j] for j in stretch_alignment(len(tail), len(target_tail))]

@@ -254,16 +254,18 @@ def test_token_choices_pick_the_documented_positions(tmp_path):
     assert aligned_positions(adapter, pair, "all") == ([4, 5], [4, 5])
     eos = adapter.tokenize(pair.prompt).eos
     assert eos == 9 and aligned_positions(adapter, pair, "eos") == ([9], [9])
-    assert aligned_positions(adapter, pair, "from-concept") == ([4, 5, 6, 7, 8, 9], [4, 5, 6, 7, 8, 9])
+    # ... and every later row up to the tokenizer's padded length (16), which the UNet attends to
+    assert aligned_positions(adapter, pair, "from-concept") == (list(range(4, 16)), list(range(4, 16)))
 
 
 def test_different_token_counts_are_stretched(tmp_path):
     adapter = tiny("sd", tmp_path)
     (pair,) = prompt_pairs(("red car",), ("dog",), ("a photo of {c} in the house",))
-    # two concept tokens, one target token: both pair with it; the tails (in the house <end>) pair one to one
+    # two concept tokens, one target token: both pair with it
     assert aligned_positions(adapter, pair, "all") == ([4, 5], [4, 4])
     assert aligned_positions(adapter, pair, "last-subject") == ([5], [4])
-    assert aligned_positions(adapter, pair, "from-concept") == ([4, 5, 6, 7, 8, 9], [4, 4, 5, 6, 7, 8])
+    # the tails to the padded length differ (10 rows vs 11): stretched, first with first and last with last
+    assert aligned_positions(adapter, pair, "from-concept") == (list(range(4, 16)), [4, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14, 15])
 
 
 def test_an_empty_target_removes_the_concept(tmp_path):

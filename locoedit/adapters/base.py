@@ -54,6 +54,7 @@ class PromptTokens:
     ids: tuple[int, ...]  # [length] token ids, special tokens included
     offsets: tuple[tuple[int, int], ...]  # [length] character span of each token in ``text``
     special: tuple[bool, ...]  # [length] start- and end-of-sequence tokens
+    rows: int  # rows of the encoded states: the tokenizer's padded length, which the denoiser attends to
 
     @property
     def length(self) -> int:
@@ -156,6 +157,7 @@ class Adapter(ABC):
             tuple(encoded["input_ids"]),
             tuple(tuple(span) for span in encoded["offset_mapping"]),
             tuple(bool(flag) for flag in encoded["special_tokens_mask"]),
+            self.text_max_length or tokenizer.model_max_length,
         )
 
     def attention_states(self, cond: TextConditioning) -> torch.Tensor:  # [batch, tokens, dim]

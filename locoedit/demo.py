@@ -29,7 +29,6 @@ from locoedit.scoring import make_scorer
 logger = logging.getLogger(__name__)
 
 DEMO_FILE = Path(__file__).with_name("data") / "demo.json"
-VARIANTS = ("localized", "all layers", "random window", "neurons")
 
 
 @dataclass
@@ -82,7 +81,8 @@ def run_demo(out: str | Path = "runs/demo", adapter: Adapter | None = None, seed
         localization = localize(
             LocalizationRequest(
                 model="toyworld", prompts=tuple(case["localize"]["prompts"]), targets=tuple(case["localize"]["targets"]),
-                concept=case["concept"], scorer="toyworld", window=window, seeds=localize_seeds, mode="batched", chunk=4,
+                concept=case["concept"], scorer="toyworld", window=window, seeds=localize_seeds, mode="batched",
+                chunk=8,
             ),
             out=case_dir / "localize", adapter=adapter, scorer=scorer, progress=progress,
         )
@@ -98,7 +98,7 @@ def run_demo(out: str | Path = "runs/demo", adapter: Adapter | None = None, seed
             "all layers": (list(range(num_layers)),
                            compute_edit(adapter, replace(request, layers=tuple(range(num_layers))))),
         }
-        random_window = _random_window(num_layers, window, chosen, seed=len(rows))
+        random_window = _random_window(num_layers, len(chosen), chosen, seed=len(rows))
         variants["random window"] = (random_window, compute_edit(adapter, replace(request, layers=tuple(random_window))))
         if case["neurons"]:
             # The neutral prompts are LocoGen's targets: the same scenes without the concept.

@@ -248,6 +248,25 @@ def tiny_pixart_alpha(folder: str | Path, seed: int = 0):
     )
 
 
+def tiny_clip(folder: str | Path, seed: int = 0) -> Path:
+    """A tiny random-weight transformers CLIP with its tokenizer, saved like a checkpoint (for ``clip:FOLDER``)."""
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    folder = Path(folder)
+    tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(folder))
+    torch.manual_seed(seed)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=16,
+                         bos_token_id=len(tokenizer) - 2, eos_token_id=len(tokenizer) - 1),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=8,
+    )
+    CLIPModel(config).save_pretrained(folder)
+    return folder
+
+
 TINY_PIPELINES = {
     "sd": tiny_stable_diffusion,
     "sdxl": tiny_stable_diffusion_xl,

@@ -39,3 +39,10 @@ def tiny_sd_folder(tiny_dir):
     folder = tiny_dir / "sd-folder"
     tiny_stable_diffusion(tiny_dir / "sd-build").save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_folder(tiny_dir):
+    from locoedit.testing import tiny_clip
+
+    return tiny_clip(tiny_dir / "clip")

@@ -305,44 +305,15 @@ def test_other_bad_input(adapter, delta, suite, tmp_path):
 # ---------------------------------------------------------------------------------------------------- CLI
 
 
-@pytest.fixture(scope="module")
-def model_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model")
-    TINY_PIPELINES["sd"](tmp_path_factory.mktemp("tok")).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    """A tiny random-weight transformers CLIP folder (as in test_scoring), so `clip:FOLDER` works offline."""
-    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
-
-    from locoedit.testing import write_clip_tokenizer
-
-    folder = tmp_path_factory.mktemp("clip")
-    tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(folder))
-    torch.manual_seed(0)
-    config = CLIPConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=16,
-                         bos_token_id=len(tokenizer) - 2, eos_token_id=len(tokenizer) - 1),
-        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=32, patch_size=8),
-        projection_dim=8,
-    )
-    CLIPModel(config).save_pretrained(folder)
-    return folder
-
-
 def run(*args):
     from locoedit.cli import app
 
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
-def test_cli_edit_then_evaluate_with_a_clip_folder(model_folder, tiny_clip, tmp_path):
+def test_cli_edit_then_evaluate_with_a_clip_folder(tiny_sd_folder, tiny_clip_folder, tmp_path):
     delta = tmp_path / "d.safetensors"
-    assert run("edit", model_folder, "--concept", "van gogh", "--target", "a painting", "--kind", "style",
+    assert run("edit", tiny_sd_folder, "--concept", "van gogh", "--target", "a painting", "--kind", "style",
                "--layers", "1,2", "--out", delta).exit_code == 0
     suite_file = tmp_path / "suite.json"
     suite_file.write_text(json.dumps({**SUITE, "seeds": [0]}))
@@ -350,7 +321,7 @@ def test_cli_edit_then_evaluate_with_a_clip_folder(model_folder, tiny_clip, tmp_
     from locoedit.browser import find_chromium
 
     screenshot = ["--screenshot"] if find_chromium() else []
-    result = run("evaluate", model_folder, "--edit", delta, "--suite", suite_file, "--scorer", f"clip:{tiny_clip}",
+    result = run("evaluate", tiny_sd_folder, "--edit", delta, "--suite", suite_file, "--scorer", f"clip:{tiny_clip_folder}",
                  "--steps", "2", "--size", "16", "--seeds", "0-1", "--out", out, *screenshot)
     assert result.exit_code == 0, result.output
     assert "efficacy" in result.output and "wrote" in result.output
@@ -364,7 +335,7 @@ def test_cli_edit_then_evaluate_with_a_clip_folder(model_folder, tiny_clip, tmp_
     assert data["delta"]["path"] == str(delta)
 
 
-def test_cli_bad_input_exits_2_with_one_clear_line(model_folder, tmp_path):
+def test_cli_bad_input_exits_2_with_one_clear_line(tiny_sd_folder, tmp_path):
     other = tmp_path / "other"
     TINY_PIPELINES["sd"](tmp_path / "tok", seed=5).save_pretrained(other)
     delta = tmp_path / "d.safetensors"
@@ -377,19 +348,19 @@ def test_cli_bad_input_exits_2_with_one_clear_line(model_folder, tmp_path):
         ([], "no single shipped suite fits this delta"),  # concept 'dog' has no shipped suite
     ]
     fits = tmp_path / "fits.safetensors"
-    assert run("edit", model_folder, "--concept", "dog", "--target", "cat", "--layers", "1", "--out", fits).exit_code == 0
+    assert run("edit", tiny_sd_folder, "--concept", "dog", "--target", "cat", "--layers", "1", "--out", fits).exit_code == 0
     cases.append((["--suite", suite_file, "--localization", tmp_path], "holds no localization.json"))
     cases.append((["--suite", suite_file, "--scorer", "pixel"], "cannot score a concept in a single image"))
     for args, message in cases:
         edit = fits if "--localization" in args or "pixel" in args else delta
-        result = run("evaluate", model_folder, "--edit", edit, "--out", tmp_path / "out", "--steps", "2", *args)
+        result = run("evaluate", tiny_sd_folder, "--edit", edit, "--out", tmp_path / "out", "--steps", "2", *args)
         assert result.exit_code == 2 and message in result.output, result.output
         assert "Traceback" not in result.output
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({k: v for k, v in SUITE.items() if k != "paraphrases"}))
-    result = run("evaluate", model_folder, "--edit", delta, "--suite", bad, "--out", tmp_path / "out")
+    result = run("evaluate", tiny_sd_folder, "--edit", delta, "--suite", bad, "--out", tmp_path / "out")
     assert result.exit_code == 2 and "lacks the field(s) paraphrases" in result.output
-    result = run("evaluate", model_folder, "--edit", tmp_path / "missing.safetensors", "--out", tmp_path / "out")
+    result = run("evaluate", tiny_sd_folder, "--edit", tmp_path / "missing.safetensors", "--out", tmp_path / "out")
     assert result.exit_code == 2 and "does not exist" in result.output
     assert not (tmp_path / "out").exists()
 

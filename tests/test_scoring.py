@@ -5,28 +5,6 @@ from locoedit.errors import LocoeditError
 from locoedit.scoring import ClipScorer, PixelScorer, make_scorer
 
 
-@pytest.fixture(scope="module")
-def tiny_clip_folder(tmp_path_factory):
-    """A tiny random-weight transformers CLIP with a tokenizer, saved like a real checkpoint folder."""
-    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
-
-    from locoedit.testing import write_clip_tokenizer
-
-    folder = tmp_path_factory.mktemp("clip")
-    tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(folder))
-    torch.manual_seed(0)
-    config = CLIPConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=16,
-                         bos_token_id=len(tokenizer) - 2, eos_token_id=len(tokenizer) - 1),
-        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=32, patch_size=8),
-        projection_dim=8,
-    )
-    CLIPModel(config).save_pretrained(folder)
-    return folder
-
-
 def test_clip_score_is_cosine_times_100_on_a_local_folder(tiny_clip_folder):
     scorer = make_scorer(f"clip:{tiny_clip_folder}")
     assert isinstance(scorer, ClipScorer)

@@ -114,7 +114,7 @@ def train_vae(args, stopper: Stopper):
     rng = np.random.default_rng([args.seed, 1])
     step = 0
     if path.exists():
-        state = torch.load(path, weights_only=False)
+        state = torch.load(path, weights_only=True)
         vae.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         rng.bit_generator.state = state["rng"]
@@ -196,7 +196,7 @@ def train_probe(args, vae, stopper: Stopper) -> tuple[ToyworldProbe, bool]:
     rng = np.random.default_rng([args.seed, 3])
     step = 0
     if path.exists():
-        state = torch.load(path, weights_only=False)
+        state = torch.load(path, weights_only=True)
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         rng.bit_generator.state = state["rng"]
@@ -246,7 +246,7 @@ def train_probe(args, vae, stopper: Stopper) -> tuple[ToyworldProbe, bool]:
 def encode_dataset(args, vae) -> tuple[torch.Tensor, list[dict[str, str]]]:
     path = args.out / "latents.pt"
     if path.exists():
-        data = torch.load(path, weights_only=False)
+        data = torch.load(path, weights_only=True)
         if data["n"] == args.dataset:
             return data["latents"], data["scenes"]
     rng = np.random.default_rng([args.seed, 4])
@@ -307,7 +307,7 @@ def train_diffusion(args, vae, probe, latents, scenes, stopper: Stopper) -> bool
     gen = torch.Generator().manual_seed(args.seed * 1000 + 5)
     step, history = 0, []
     if path.exists():
-        state = torch.load(path, weights_only=False)
+        state = torch.load(path, weights_only=True)
         text_encoder.load_state_dict(state["text_encoder"])
         unet.load_state_dict(state["unet"])
         ema_te.load_state_dict(state["ema_text_encoder"])

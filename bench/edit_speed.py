@@ -24,30 +24,13 @@ import torch
 
 from locoedit.edit import Workspace, closed_form_edit, edit_matrix, edit_objective
 from locoedit.layers import list_cross_attention_layers
-
-SDXL_UNET = dict(
-    sample_size=128,
-    in_channels=4,
-    out_channels=4,
-    block_out_channels=(320, 640, 1280),
-    layers_per_block=2,
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    transformer_layers_per_block=(1, 2, 10),
-    attention_head_dim=(5, 10, 20),
-    cross_attention_dim=2048,
-    use_linear_projection=True,
-    addition_embed_type="text_time",
-    addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=2816,
-)
-
+from locoedit.real_configs import SDXL_UNET
 
 def sdxl_shapes() -> list[tuple[str, tuple[int, int]]]:
     from diffusers import UNet2DConditionModel
 
     with torch.device("meta"):
-        unet = UNet2DConditionModel(**SDXL_UNET)
+        unet = UNet2DConditionModel.from_config(SDXL_UNET)
     layers = list_cross_attention_layers(unet)
     return [
         (f"{layer.name}.{p}.weight", tuple(getattr(layer.module, p).weight.shape))

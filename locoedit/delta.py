@@ -96,6 +96,20 @@ class EditDelta:
     settings: dict = field(default_factory=dict)  # the method's parameters and prompts (JSON)
     version: str = __version__
 
+    @classmethod
+    def computed_on(cls, denoiser: torch.nn.Module, base_model: str, method: str, layers, tensors: dict,
+                    originals: dict, settings: dict) -> EditDelta:
+        """A delta for ``denoiser``: fingerprints it and names the edited ``layers`` by index and module path."""
+        return cls(
+            tensors=tensors,
+            originals=originals,
+            fingerprint=architecture_fingerprint(denoiser),
+            base_model=base_model,
+            method=method,
+            layers=[{"index": layer.index, "name": layer.name} for layer in layers],
+            settings=settings,
+        )
+
     @property
     def dtype(self) -> torch.dtype:
         return next(iter(self.tensors.values())).dtype

@@ -33,9 +33,8 @@ from pathlib import Path
 
 import torch
 
-from locoedit import __version__
 from locoedit.adapters import Adapter, PromptTokens, load_adapter
-from locoedit.delta import EditDelta, architecture_fingerprint, describe_original
+from locoedit.delta import EditDelta, describe_original
 from locoedit.errors import LocoeditError
 from locoedit.layers import CrossAttentionLayer
 
@@ -560,16 +559,7 @@ def compute_edit(adapter: Adapter, request: EditRequest, layers: list[CrossAtten
             "objectives": report,
         }
     )
-    return EditDelta(
-        tensors=tensors,
-        originals=originals,
-        fingerprint=architecture_fingerprint(adapter.denoiser),
-        base_model=request.model,
-        method="locoedit",
-        layers=[{"index": layer.index, "name": layer.name} for layer in layers],
-        settings=settings,
-        version=__version__,
-    )
+    return EditDelta.computed_on(adapter.denoiser, request.model, "locoedit", layers, tensors, originals, settings)
 
 
 def edit_from_request(request: EditRequest, adapter: Adapter | None = None) -> EditDelta:

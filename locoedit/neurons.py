@@ -21,9 +21,8 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 
-from locoedit import __version__
 from locoedit.adapters import Adapter, load_adapter
-from locoedit.delta import EditDelta, architecture_fingerprint, describe_original
+from locoedit.delta import EditDelta, describe_original
 from locoedit.edit import (
     DTYPES,
     KINDS,
@@ -235,16 +234,7 @@ def compute_neuron_edit(
     })
     if not all(math.isfinite(m) for item in chosen for m in item["neutral_means"]):
         raise LocoeditError("neutral activations are not finite; check the model's weights and dtype")
-    return EditDelta(
-        tensors=tensors,
-        originals=originals,
-        fingerprint=architecture_fingerprint(adapter.denoiser),
-        base_model=request.model,
-        method="neurons",
-        layers=[{"index": layer.index, "name": layer.name} for layer in layers],
-        settings=settings,
-        version=__version__,
-    )
+    return EditDelta.computed_on(adapter.denoiser, request.model, "neurons", layers, tensors, originals, settings)
 
 
 def neurons_from_request(request: NeuronRequest, adapter: Adapter | None = None) -> EditDelta:

@@ -107,21 +107,27 @@ def to_unit(images: np.ndarray) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 
 
+def resume_phase(path: Path, model: torch.nn.Module, opt, rng: np.random.Generator) -> dict | None:
+    """Restore a phase's model, optimizer and sampling RNG from its checkpoint; its contents, or None if absent."""
+    if not path.exists():
+        return None
+    state = torch.load(path, weights_only=True)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    rng.bit_generator.state = state["rng"]
+    return state
+
+
 def train_vae(args, stopper: Stopper):
     path = args.out / "vae.pt"
     vae = build_vae(args.seed).to(args.device)
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
     rng = np.random.default_rng([args.seed, 1])
-    step = 0
-    if path.exists():
-        state = torch.load(path, weights_only=True)
-        vae.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        rng.bit_generator.state = state["rng"]
-        step = state["step"]
-        if step >= args.vae_steps:
-            vae.register_to_config(scaling_factor=state["scaling_factor"])
-            return vae.eval(), True
+    state = resume_phase(path, vae, opt, rng)
+    step = state["step"] if state else 0
+    if state and step >= args.vae_steps:
+        vae.register_to_config(scaling_factor=state["scaling_factor"])
+        return vae.eval(), True
     logger.info("VAE: %d parameters, %d steps at batch %d", count_params(vae), args.vae_steps, args.batch)
     torch.manual_seed(args.seed * 1000 + step)
     last_save = time.monotonic()
@@ -194,15 +200,10 @@ def train_probe(args, vae, stopper: Stopper) -> tuple[ToyworldProbe, bool]:
     net = probe.net.to(args.device)
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
     rng = np.random.default_rng([args.seed, 3])
-    step = 0
-    if path.exists():
-        state = torch.load(path, weights_only=True)
-        net.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        rng.bit_generator.state = state["rng"]
-        step = state["step"]
-        if step >= args.probe_steps:
-            return ToyworldProbe(net.eval(), probe.values), True
+    state = resume_phase(path, net, opt, rng)
+    step = state["step"] if state else 0
+    if state and step >= args.probe_steps:
+        return ToyworldProbe(net.eval(), probe.values), True
     logger.info("probe: %d parameters, %d steps at batch %d", count_params(net), args.probe_steps, args.batch)
     torch.manual_seed(args.seed * 1000 + 7 + step)
     last_save = time.monotonic()

@@ -102,6 +102,16 @@ def load_vocab(path: str | None = None) -> Vocab:
 # ----------------------------------------------------------------------------------------------
 
 
+def _word_after(text: str, words: list[str], i: int, phrase: str, what: str, kinds: str, known) -> str:
+    """``words[i]``, which must be one of ``known`` since it follows ``phrase`` in caption ``text``."""
+    if i >= len(words) or words[i] not in known:
+        got = words[i] if i < len(words) else "<end of caption>"
+        raise ValueError(
+            f"caption {text!r}: {phrase!r} must be followed by {what}, got {got!r}; known {kinds}: {', '.join(known)}"
+        )
+    return words[i]
+
+
 def parse_caption(text: str, expand_facts: bool = True) -> dict[str, str]:
     """Read the attributes a caption states, e.g. ``"a red striped circle on black"`` ->
     ``{"color": "red", "texture": "striped", "shape": "circle", "background": "black"}``.
@@ -134,22 +144,10 @@ def parse_caption(text: str, expand_facts: bool = True) -> dict[str, str]:
             put("fact", fact)
             i += len(fact.split())
         elif words[i : i + 4] == ["in", "the", "style", "of"]:
-            if i + 4 >= len(words) or words[i + 4] not in vocab.styles:
-                got = words[i + 4] if i + 4 < len(words) else "<end of caption>"
-                raise ValueError(
-                    f"caption {text!r}: 'in the style of' must be followed by an artist, got {got!r}; "
-                    f"known artists: {', '.join(vocab.styles)}"
-                )
-            put("style", words[i + 4])
+            put("style", _word_after(text, words, i + 4, "in the style of", "an artist", "artists", vocab.styles))
             i += 5
         elif w == "on":
-            if i + 1 >= len(words) or words[i + 1] not in vocab.backgrounds:
-                got = words[i + 1] if i + 1 < len(words) else "<end of caption>"
-                raise ValueError(
-                    f"caption {text!r}: 'on' must be followed by a background, got {got!r}; "
-                    f"known backgrounds: {', '.join(vocab.backgrounds)}"
-                )
-            put("background", words[i + 1])
+            put("background", _word_after(text, words, i + 1, "on", "a background", "backgrounds", vocab.backgrounds))
             i += 2
         elif w in vocab.colors:
             put("color", w)

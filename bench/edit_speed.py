@@ -22,9 +22,9 @@ import time
 
 import torch
 
-from locoedit.edit import Workspace, closed_form_edit, edit_matrix, edit_objective
-from locoedit.layers import list_cross_attention_layers
-from locoedit.real_configs import SDXL_UNET
+from locoedit.edit.closed_form import Workspace, closed_form_edit, edit_matrix, edit_objective
+from locoedit.models.layers import list_cross_attention_layers
+from locoedit.models.real_configs import SDXL_UNET
 
 def sdxl_shapes() -> list[tuple[str, tuple[int, int]]]:
     from diffusers import UNet2DConditionModel

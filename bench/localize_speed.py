@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from locoedit.adapters import adapter_for
+from locoedit.models import adapter_for
 from locoedit.localize import LocalizationRequest, localize
 from locoedit.scoring import PixelScorer
 from locoedit.testing import tiny_stable_diffusion, tiny_stable_diffusion_xl
@@ -29,7 +29,7 @@ def real_size_sd15(folder: Path):
     from transformers import CLIPTextModel
 
     from locoedit.testing import _clip_text_config
-    from locoedit.real_configs import SD15_UNET
+    from locoedit.models.real_configs import SD15_UNET
 
     pipe = tiny_stable_diffusion(folder)
     config = _clip_text_config(768, len(pipe.tokenizer))

@@ -13,7 +13,7 @@ import logging
 import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
-from locoedit.toyworld.cli import load_pipeline
+from locoedit.cli.toyworld import load_pipeline
 from locoedit.toyworld.probe import ToyworldProbe
 
 logger = logging.getLogger("toyworld_locogen_peek")

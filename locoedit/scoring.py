@@ -16,7 +16,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from locoedit.errors import LocoeditError
+from locoedit.core.errors import LocoeditError
+from locoedit.models import Adapter
+
+DEFAULT_CLIP = "openai/clip-vit-base-patch16"  # the paper's CLIP-Score model
 
 Images = torch.Tensor  # [batch, 3, H, W] float in [0, 1]
 
@@ -156,17 +159,8 @@ class ToyworldScorer(ConceptScorer):
     def concept_attributes(self, concept: str) -> set[str]:
         return {attribute for attribute, _ in self.probe.resolve(concept)}
 
-    @torch.no_grad()
     def features(self, images: Images) -> torch.Tensor:  # [batch, 128]
-        """The input of the probe's classification heads (the output of ``ProbeNet.body``), read by a forward hook
-        that is removed before returning; the probe's own preprocessing and batching apply."""
-        captured: list[torch.Tensor] = []
-        hook = self.probe.net.body.register_forward_hook(lambda module, args, output: captured.append(output.float().cpu()))
-        try:
-            self.probe.probabilities(images)
-        finally:
-            hook.remove()
-        return torch.cat(captured) if captured else torch.zeros(0, 0)
+        return self.probe.features(images)
 
 
 def make_scorer(spec: str, device: str | torch.device = "cpu") -> Scorer:
@@ -178,3 +172,9 @@ def make_scorer(spec: str, device: str | torch.device = "cpu") -> Scorer:
     if spec.startswith("clip:") and len(spec) > len("clip:"):
         return ClipScorer(spec.removeprefix("clip:"), device)
     raise LocoeditError(f"unknown scorer {spec!r}; use 'pixel', 'toyworld' or 'clip:HUB_ID_OR_FOLDER'")
+
+
+def scorer_spec_for(adapter: Adapter) -> str:
+    """The scorer that reads ``adapter``'s concepts by default: the one its model folder names (the toy world: its
+    probe), else CLIP-Score with the paper's CLIP."""
+    return adapter.recommended.scorer or f"clip:{DEFAULT_CLIP}"

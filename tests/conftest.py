@@ -25,7 +25,7 @@ def tiny_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_adapters(tiny_dir):
     """One adapter per family around a tiny random pipeline (shared: tests must not leave changes behind)."""
-    from locoedit.adapters import adapter_for
+    from locoedit.models import adapter_for
     from locoedit.testing import TINY_PIPELINES
 
     return {name: adapter_for(build(tiny_dir / name)) for name, build in TINY_PIPELINES.items()}

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from locoedit.errors import LocoeditError
+from locoedit.core.errors import LocoeditError
 from locoedit.scoring import ClipScorer, PixelScorer, make_scorer
 
 

@@ -4,6 +4,7 @@
 probe classifiers that read every attribute of a generated picture (see :mod:`.probe`).
 """
 
+import json
 from pathlib import Path
 
 from .world import (
@@ -25,10 +26,17 @@ from .world import (
 WEIGHTS_DIR: Path = Path(__file__).with_name("weights")
 MODEL_DIR: Path = WEIGHTS_DIR / "pipeline"
 PROBE_PATH: Path = WEIGHTS_DIR / "probe.safetensors"
-DEFAULTS_PATH: Path = WEIGHTS_DIR / "defaults.json"
+MODEL_SETTINGS_PATH: Path = MODEL_DIR / "locoedit.json"  # how the model is sampled and scored (the one source)
+
+
+def sampling_defaults(model_dir: str | Path | None = None) -> dict:
+    """The generation settings a toy-world pipeline folder recommends (its ``locoedit.json``)."""
+    path = MODEL_SETTINGS_PATH if model_dir is None else Path(model_dir) / "locoedit.json"
+    return json.loads(path.read_text())["generation"]
+
 
 __all__ = [
-    "ATTRIBUTES", "DEFAULTS_PATH", "MODEL_DIR", "NO_FACT", "NO_STYLE", "PROBE_PATH", "VOCAB_PATH",
+    "ATTRIBUTES", "MODEL_DIR", "MODEL_SETTINGS_PATH", "NO_FACT", "NO_STYLE", "PROBE_PATH", "VOCAB_PATH",
     "WEIGHTS_DIR", "caption_for", "complete_scene", "load_vocab", "parse_caption", "render",
-    "render_batch", "render_scene", "sample_caption", "sample_scene",
+    "render_batch", "render_scene", "sample_caption", "sample_scene", "sampling_defaults",
 ]

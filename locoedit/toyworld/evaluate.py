@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from .world import NO_STYLE, caption_for, load_vocab, parse_caption
 
@@ -37,13 +36,13 @@ def check_prompts(seeds: Sequence[int]) -> list[tuple[int, str, dict[str, str]]]
 @torch.no_grad()
 def generate(
     pipe, prompts: Sequence[str], seeds: Sequence[int], steps: int, guidance: float, batch_size: int = 128,
-    progress: bool = True,
+    on_images: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Generate one picture per (prompt, seed); each picture has its own generator, so results do
-    not depend on batching. Returns float [N, 3, H, W] in [0, 1]."""
+    not depend on batching. ``on_images(n)`` is called after each batch of ``n`` pictures.
+    Returns float [N, 3, H, W] in [0, 1]."""
     images = []
-    starts = range(0, len(prompts), batch_size)
-    for start in tqdm(starts, desc="generate", disable=not progress, leave=False):
+    for start in range(0, len(prompts), batch_size):
         p = list(prompts[start : start + batch_size])
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds[start : start + batch_size]]
         out = pipe(
@@ -51,12 +50,14 @@ def generate(
             output_type="pt", height=32, width=32,
         )
         images.append(out.images.float().cpu())
+        if on_images is not None:
+            on_images(len(p))
     return torch.cat(images)
 
 
 def check_prompt_following(
     pipe, probe, seeds: Sequence[int] = range(100), steps: int = 20, guidance: float = 3.0,
-    batch_size: int = 128, progress: bool = True,
+    batch_size: int = 128, on_images: Callable[[int], None] | None = None,
 ) -> dict:
     """Per-attribute accuracy of the probe's reading against the prompts.
 
@@ -69,7 +70,7 @@ def check_prompt_following(
          "settings": {...}, "samples": [{"seed", "prompt", "expected", "predicted"}]}
     """
     triples = check_prompts(list(seeds))
-    images = generate(pipe, [t[1] for t in triples], [t[0] for t in triples], steps, guidance, batch_size, progress)
+    images = generate(pipe, [t[1] for t in triples], [t[0] for t in triples], steps, guidance, batch_size, on_images)
     predicted = probe.predict(images)
     hits: dict[str, list[bool]] = {a: [] for a in TARGETS}
     hits["fact_background"] = []

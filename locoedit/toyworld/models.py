@@ -69,6 +69,9 @@ SCHEDULER_CONFIG = dict(
 )
 
 DEFAULTS = {"num_inference_steps": 20, "guidance_scale": 3.0, "height": 32, "width": 32}
+# What an exported pipeline folder's ``locoedit.json`` says (read by ``locoedit.models`` as ``locoedit.model/1``):
+# sample with DEFAULTS, read concepts with the probe.
+MODEL_SETTINGS = {"format": "locoedit.model/1", "generation": DEFAULTS, "scorer": "toyworld"}
 
 SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
 
@@ -145,6 +148,22 @@ def build_scheduler():
     return DDIMScheduler(**SCHEDULER_CONFIG)
 
 
+def load_pipeline(model_dir: Path | None = None):
+    """The shipped toy-world pipeline (or one at ``model_dir``), on CPU, progress bar off."""
+    from diffusers import StableDiffusionPipeline
+
+    from . import MODEL_DIR
+
+    path = Path(model_dir) if model_dir is not None else MODEL_DIR
+    if not (path / "model_index.json").exists():
+        raise FileNotFoundError(
+            f"no toy-world pipeline at {path}; train one with `python -m locoedit.toyworld.train --install`"
+        )
+    pipe = StableDiffusionPipeline.from_pretrained(str(path))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def build_train_scheduler():
     from diffusers import DDPMScheduler
 
@@ -182,14 +201,17 @@ class ProbeNet(nn.Module):
         )
         self.heads = nn.ModuleDict({a: nn.Linear(128, n) for a, n in heads.items()})
 
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """What every head reads: [N, 128] for images [N, 3, 32, 32] in [0, 1]."""
         n, _, h, w = images.shape
         # Absolute position helps the style heads (frame, corners) and is cheap.
         ys = torch.linspace(-1, 1, h, device=images.device, dtype=images.dtype)
         xs = torch.linspace(-1, 1, w, device=images.device, dtype=images.dtype)
         grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij"))  # [2, H, W]
-        x = torch.cat([images * 2 - 1, grid.expand(n, 2, h, w)], dim=1)
-        feats = self.body(x)
+        return self.body(torch.cat([images * 2 - 1, grid.expand(n, 2, h, w)], dim=1))
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        feats = self.features(images)
         return {a: head(feats) for a, head in self.heads.items()}
 
 

@@ -105,6 +105,15 @@ class ToyworldProbe:
                 chunks[a].append(logits[a].float().softmax(-1).cpu())
         return {a: torch.cat(c) if c else torch.zeros(0, len(self.values[a])) for a, c in chunks.items()}
 
+    @torch.no_grad()
+    def features(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """The input of the classification heads, [N, 128] float32 on the CPU (a feature space for Frechet
+        distances)."""
+        images = self._check(images)
+        chunks = [self.net.features(images[start : start + batch_size]).float().cpu()
+                  for start in range(0, images.shape[0], batch_size)]
+        return torch.cat(chunks) if chunks else torch.zeros(0, 128)
+
     def predict(self, images: torch.Tensor) -> list[dict[str, str]]:
         """The most likely value of every attribute, per image (style ``"none"`` for no style)."""
         probs = self.probabilities(images)

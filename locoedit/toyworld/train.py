@@ -11,7 +11,7 @@ Phases, each checkpointed under ``--out`` so that ``--resume`` continues where a
    captions for classifier-free guidance, an EMA of the weights), with a small prompt-following
    check and an export of the EMA pipeline at every evaluation.
 
-The result is written to ``--out/weights`` (``pipeline/``, ``probe.safetensors``, ``defaults.json``);
+The result is written to ``--out/weights`` (``pipeline/`` with its ``locoedit.json``, ``probe.safetensors``);
 ``--install`` also copies it into the package (``locoedit/toyworld/weights``).
 """
 
@@ -37,6 +37,7 @@ from . import WEIGHTS_DIR
 from .evaluate import check_prompt_following, format_table
 from .models import (
     DEFAULTS,
+    MODEL_SETTINGS,
     MAX_TOKENS,
     build_scheduler,
     build_text_encoder,
@@ -278,7 +279,7 @@ def make_pipeline(vae, text_encoder, tokenizer, unet):
 
 
 def export(pipe, probe: ToyworldProbe, dest: Path, tokenizer_dir: Path) -> None:
-    """Write ``pipeline/``, ``probe.safetensors`` and ``defaults.json`` into ``dest`` (replacing)."""
+    """Write ``pipeline/`` (with its ``locoedit.json``) and ``probe.safetensors`` into ``dest`` (replacing)."""
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -286,9 +287,7 @@ def export(pipe, probe: ToyworldProbe, dest: Path, tokenizer_dir: Path) -> None:
     for name in ("vocab.json", "merges.txt"):  # the BPE files too, for readers without `tokenizers`
         shutil.copy(tokenizer_dir / name, tmp / "pipeline" / "tokenizer" / name)
     probe.save(tmp / "probe.safetensors")
-    (tmp / "defaults.json").write_text(json.dumps(DEFAULTS, indent=2) + "\n")
-    # The same settings where locoedit.load_adapter looks for a folder's recommended sampling.
-    (tmp / "pipeline" / "locoedit.json").write_text(json.dumps({"generation": DEFAULTS}, indent=2) + "\n")
+    (tmp / "pipeline" / "locoedit.json").write_text(json.dumps(MODEL_SETTINGS, indent=2) + "\n")
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)
 
@@ -372,7 +371,7 @@ def train_diffusion(args, vae, probe, latents, scenes, stopper: Stopper) -> bool
         if done % args.eval_every == 0 or done == args.steps:
             elapsed = time.monotonic() - t_start
             result = check_prompt_following(pipe, probe, seeds=range(32), steps=DEFAULTS["num_inference_steps"],
-                                            guidance=DEFAULTS["guidance_scale"], progress=False)
+                                            guidance=DEFAULTS["guidance_scale"])
             history.append({"step": done, "loss": loss_avg, "accuracy": result["accuracy"]})
             logger.info("step %d (%.2f s/step this run), loss %.4f, quick check (64 images): %s", done,
                         elapsed / max(1, done - start_step), loss_avg,

@@ -1,0 +1,23 @@
+"""How the command line reports bad input: one line on stderr, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+import functools
+
+import typer
+
+from locoedit.core.errors import LocoeditError
+
+
+def user_errors(command):
+    """Print a LocoeditError as one clear line and exit 2, instead of a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except LocoeditError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper

@@ -1,0 +1,325 @@
+"""The ``locoedit`` command line: a thin layer over the library."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from locoedit.cli.errors import user_errors
+from locoedit.cli.progress import terminal_progress
+from locoedit.core.errors import LocoeditError
+from locoedit.core.formats import to_plain
+from locoedit.core.seeds import parse_seeds
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+
+
+def parse_window(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise LocoeditError(f"window {text!r} is neither an integer nor 'auto'") from None
+
+
+def parse_layers(text: str) -> tuple[int, ...] | str:
+    """``--layers``: ``auto``, comma-separated indices ``8,9``, or a LocoGen run folder."""
+    text = text.strip()
+    if text == "auto":
+        return "auto"
+    if re.fullmatch(r"\d+(\s*,\s*\d+)*", text):
+        return tuple(int(part) for part in text.split(","))
+    return text
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+    progress: Annotated[bool | None, typer.Option("--progress/--no-progress", help="Draw progress bars (default: when stderr is a terminal).")] = None,
+):
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    ctx.obj = terminal_progress(progress)  # the progress callback every command hands the library
+
+
+Model = Annotated[str, typer.Argument(help="A hub id, a local diffusers pipeline folder, or 'toyworld'.")]
+Dtype = Annotated[str, typer.Option(help="float32, float16 or bfloat16.")]
+Device = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, ... (default: cuda if available).")]
+
+
+@app.command()
+@user_errors
+def layers(
+    model: Model,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+):
+    """List the cross-attention layers in execution order (the paper's numbering)."""
+    from locoedit.models import load_adapter
+
+    adapter = load_adapter(model, device="cpu")
+    rows = [to_plain(layer.info) for layer in adapter.layers]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    typer.echo(f"{'index':>5}  {'block':<11} {'res':>4}  {'edits':<22} module")
+    for row in rows:
+        typer.echo(
+            f"{row['index']:>5}  {row['block']:<11} {row['resolution']:>4}  {'/'.join(row['edit_projections']):<22} "
+            f"{row['name']}"
+        )
+
+
+@app.command()
+@user_errors
+def localize(
+    ctx: typer.Context,
+    model: Model,
+    prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="Original prompt (repeatable).")],
+    target: Annotated[list[str], typer.Option("--target", "-t", help="The prompt with the concept removed (one per --prompt).")],
+    out: Annotated[Path, typer.Option(help="Run folder: JSON, images, report.html. Rerun to resume.")],
+    concept: Annotated[str, typer.Option(help="Text to score; default: the words the target drops.")] = "",
+    scorer: Annotated[str | None, typer.Option(help="pixel, toyworld or clip:ID_OR_FOLDER (default: the model's concept scorer: the probe for the toy world, the paper's CLIP otherwise).")] = None,
+    window: Annotated[str, typer.Option(help="Window size m, or 'auto'.")] = "2",
+    threshold: Annotated[float, typer.Option(help="For --window auto: fraction of the all-layer effect a window must reach.")] = 0.5,
+    seeds: Annotated[str, typer.Option(help="e.g. 0,1,2,3 or 0-15.")] = "0,1,2,3",
+    steps: Annotated[int | None, typer.Option(help="Denoising steps (default: the model's).")] = None,
+    guidance: Annotated[float | None, typer.Option(help="Classifier-free guidance scale.")] = None,
+    size: Annotated[int | None, typer.Option(help="Image height and width in pixels.")] = None,
+    scheduler: Annotated[str | None, typer.Option(help="A diffusers scheduler class, e.g. DDIMScheduler.")] = None,
+    mode: Annotated[str, typer.Option(help="exact (one loop per window, as the paper) or batched.")] = "batched",
+    chunk: Annotated[int, typer.Option(help="Windows per denoising loop in batched mode.")] = 8,
+    route_added_text: Annotated[bool, typer.Option(help="Also route SD-XL pooled / IF time-embedding text.")] = False,
+    dtype: Dtype = "float32",
+    device: Device = None,
+):
+    """LocoGen: find the window of cross-attention layers that controls a concept."""
+    from locoedit.localize import LocalizationRequest
+    from locoedit.localize import localize as run_localize
+
+    request = LocalizationRequest(
+        model=model,
+        prompts=tuple(prompt),
+        targets=tuple(target),
+        concept=concept,
+        scorer=scorer,
+        window=parse_window(window),
+        auto_threshold=threshold,
+        seeds=parse_seeds(seeds),
+        steps=steps,
+        guidance=guidance,
+        height=size,
+        width=size,
+        scheduler=scheduler,
+        mode=mode,
+        chunk=chunk,
+        dtype=dtype,
+        device=device,
+        route_added_text=route_added_text,
+    )
+    result = run_localize(request, out=out, progress=ctx.obj)
+    typer.echo(f"concept {request.concept!r}: window size {result.window_size}")
+    for window_result in result.windows:
+        mark = "  <- chosen" if window_result.layers == result.chosen.layers else ""
+        typer.echo(f"  layers {window_result.layers}: effect {window_result.effect:+.4f} "
+                   f"+- {window_result.effect_std:.4f}{mark}")
+    typer.echo(f"all layers: effect {result.full_swap_effect:+.4f}")
+    typer.echo(f"wrote {out / 'localization.json'} and {out / 'report.html'}")
+
+
+@app.command()
+@user_errors
+def generate(
+    ctx: typer.Context,
+    model: Model,
+    prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="Prompt (repeatable).")],
+    out: Annotated[Path, typer.Option(help="Folder for the PNGs and generation.json.")] = Path("generated"),
+    seeds: Annotated[str, typer.Option(help="e.g. 0-15.")] = "0-3",
+    steps: Annotated[int | None, typer.Option(help="Denoising steps (default: the model's).")] = None,
+    guidance: Annotated[float | None, typer.Option(help="Classifier-free guidance scale.")] = None,
+    size: Annotated[int | None, typer.Option(help="Image height and width in pixels.")] = None,
+    dtype: Dtype = "float32",
+    device: Device = None,
+):
+    """Generate images for prompts and seeds with any supported model."""
+    from locoedit.workflows.generate import GenerationRequest, generate_to_folder
+
+    request = GenerationRequest(model, tuple(prompt), parse_seeds(seeds), steps, guidance, size, dtype, device)
+    record = generate_to_folder(request, out, progress=ctx.obj)
+    typer.echo(f"wrote {len(record.images)} images and {out / 'generation.json'}")
+
+
+Concepts = Annotated[list[str], typer.Option("--concept", help="Concept text to edit (repeat for several).")]
+Targets = Annotated[list[str] | None, typer.Option("--target", help="What the concept should become (one, or one per concept).")]
+Kind = Annotated[str, typer.Option(help="style, object or fact: picks the shipped prompt templates.")]
+Prompts = Annotated[list[str] | None, typer.Option("--prompt", help="Prompt template with {c}, or a prompt containing the concept (repeat); default: the kind's templates.")]
+Layers = Annotated[str, typer.Option(help="'auto' (run LocoGen first), indices like 8,9, or a `locoedit localize` run folder.")]
+Token = Annotated[str, typer.Option(help="last-subject, all, eos or from-concept: which token rows to edit.")]
+OutDelta = Annotated[Path, typer.Option("--out", help="Delta file to write (.safetensors).")]
+
+
+@app.command()
+@user_errors
+def edit(
+    ctx: typer.Context,
+    model: Model,
+    concept: Concepts,
+    out: OutDelta,
+    target: Targets = None,
+    kind: Kind = "object",
+    prompt: Prompts = None,
+    layers: Layers = "auto",
+    preserve: Annotated[list[str] | None, typer.Option("--preserve", help="Prompt whose keys and values should stay (repeat).")] = None,
+    preserve_scale: Annotated[float, typer.Option(help="Weight of the preservation rows.")] = 1.0,
+    lambda_key: Annotated[float, typer.Option("--lambda-key", help="Regulariser of the key edits (> 0).")] = 0.1,
+    lambda_value: Annotated[float, typer.Option("--lambda-value", help="Regulariser of the value edits (> 0).")] = 0.1,
+    token: Token = "last-subject",
+    window: Annotated[int, typer.Option(help="LocoGen window size for --layers auto.")] = 2,
+    dtype: Dtype = "float32",
+    device: Device = None,
+):
+    """LocoEdit: closed-form edit of the key/value projections of the localized layers; writes a delta file."""
+    from locoedit.edit import EditRequest, edit_to_file
+
+    if not target:
+        raise LocoeditError("give --target: what the concept should become (e.g. --target 'a painting')")
+    request = EditRequest(
+        model=model, concepts=tuple(concept), targets=tuple(target), kind=kind, prompts=tuple(prompt or ()),
+        layers=parse_layers(layers), preserve=tuple(preserve or ()), preserve_scale=preserve_scale,
+        lambda_key=lambda_key, lambda_value=lambda_value, token=token, dtype=dtype, device=device,
+        auto_window=window,
+    )
+    delta = edit_to_file(request, out, progress=ctx.obj)
+    names = ", ".join(str(layer["index"]) for layer in delta.layers)
+    typer.echo(f"edited layers {names} ({len(delta.tensors)} matrices, {delta.settings['concept_rows']} concept rows) -> {out}")
+
+
+@app.command()
+@user_errors
+def neurons(
+    ctx: typer.Context,
+    model: Model,
+    concept: Concepts,
+    out: OutDelta,
+    neutral: Annotated[list[str] | None, typer.Option("--neutral", help="Neutral prompt (repeat); default: the prompts with --target in the concept's place.")] = None,
+    target: Targets = None,
+    kind: Kind = "object",
+    prompt: Prompts = None,
+    layers: Layers = "auto",
+    top_k: Annotated[int, typer.Option("--top-k", help="Neurons replaced per key/value projection.")] = 8,
+    token: Token = "last-subject",
+    window: Annotated[int, typer.Option(help="LocoGen window size for --layers auto.")] = 2,
+    dtype: Dtype = "float32",
+    device: Device = None,
+):
+    """Neuron-level edit: replace the key/value neurons that respond most to the concept by their neutral mean."""
+    from locoedit.edit.neurons import NeuronRequest, neurons_to_file
+
+    request = NeuronRequest(
+        model=model, concepts=tuple(concept), neutral=tuple(neutral or ()), targets=tuple(target or ()), kind=kind,
+        prompts=tuple(prompt or ()), layers=parse_layers(layers), top_k=top_k, token=token, dtype=dtype,
+        device=device, auto_window=window,
+    )
+    delta = neurons_to_file(request, out, progress=ctx.obj)
+    count = sum(len(item["neurons"]) for item in delta.settings["chosen_neurons"])
+    typer.echo(f"replaced {count} neurons in layers {', '.join(str(l['index']) for l in delta.layers)} -> {out}")
+
+
+@app.command()
+@user_errors
+def apply(
+    model: Model,
+    delta: Annotated[Path, typer.Argument(help="Delta file written by `locoedit edit` or `locoedit neurons`.")],
+    out: Annotated[Path, typer.Option("--out", help="New folder for the edited diffusers pipeline.")],
+    device: Device = None,
+):
+    """Apply a delta to MODEL and write the full edited pipeline (save_pretrained; loadable by plain diffusers)."""
+    from locoedit.edit.apply import apply_delta_to_folder
+
+    written = apply_delta_to_folder(model, delta, out, device=device)
+    typer.echo(f"wrote edited pipeline -> {written}")
+
+
+@app.command()
+@user_errors
+def evaluate(
+    ctx: typer.Context,
+    model: Model,
+    edit: Annotated[Path, typer.Option("--edit", help="Delta file written by `locoedit edit` or `locoedit neurons`.")],
+    out: Annotated[Path, typer.Option(help="Folder for images, evaluation.json and report.html.")],
+    suite: Annotated[str | None, typer.Option(help="A shipped suite name (e.g. toyworld-style-kandinsky) or a suite .json file; default: the shipped suite for the delta's concept.")] = None,
+    scorer: Annotated[str | None, typer.Option(help="toyworld or clip:ID_OR_FOLDER (default: the suite's, else toyworld for the toy model, else CLIP).")] = None,
+    localization: Annotated[Path | None, typer.Option(help="A `locoedit localize` run folder: adds its per-layer effect curve to the report.")] = None,
+    seeds: Annotated[str | None, typer.Option(help="Override the suite's seeds, e.g. 0-7.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Denoising steps (default: the suite's, else the model's).")] = None,
+    guidance: Annotated[float | None, typer.Option(help="Classifier-free guidance scale.")] = None,
+    size: Annotated[int | None, typer.Option(help="Image height and width in pixels.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per denoising loop.")] = 16,
+    screenshot: Annotated[bool, typer.Option(help="Open the report in headless Chromium: check every image and link, save report.png.")] = False,
+    dtype: Annotated[str | None, typer.Option(help="float32, float16 or bfloat16 (default: the delta's).")] = None,
+    device: Device = None,
+):
+    """Evaluate an edit: efficacy, generalization, specificity and quality, before vs after with the same seeds."""
+    from locoedit.evaluate import EvaluationRequest, evaluate_from_request
+
+    request = EvaluationRequest(
+        model=model, edit=str(edit), suite=suite, scorer=scorer,
+        localization=None if localization is None else str(localization), seeds=parse_seeds(seeds) if seeds else (),
+        steps=steps, guidance=guidance, size=size, batch_size=batch_size, dtype=dtype, device=device,
+    )
+    result = evaluate_from_request(request, out, progress=ctx.obj)
+    headline = result.headline
+    typer.echo(f"suite {result.suite.name}: {len(result.items)} images before and after the edit")
+
+    def show(value, percent=True):
+        return "-" if value is None else (f"{100 * value:.1f}%" if percent else f"{value:.4g}")
+
+    typer.echo(f"  efficacy {show(headline.efficacy)}  generalization {show(headline.generalization)}  "
+               f"specificity {show(headline.specificity)}  other attributes {show(headline.other_attributes)}")
+    typer.echo(f"  concept score {show(headline.concept_score_before, False)} -> "
+               f"{show(headline.concept_score_after, False)}; unrelated SSIM {show(headline.ssim, False)}, "
+               f"PSNR {show(headline.psnr, False)} dB; Frechet distance {show(headline.frechet_distance, False)}")
+    typer.echo(f"wrote {out / 'evaluation.json'} and {out / 'report.html'}")
+    if screenshot:
+        from locoedit.report.browser import check_page, find_chromium
+
+        if find_chromium() is None:
+            raise LocoeditError("--screenshot needs Chromium (Debian: apt-get install -y chromium, or set $LOCOEDIT_CHROMIUM)")
+        check = check_page(out / "report.html", screenshot=out / "report.png")
+        problems = check.broken_images + [r for r in check.missing_references if r not in check.broken_images]
+        typer.echo(f"checked the report in Chromium: {check.images} images, "
+                   f"{'all load' if check.ok else 'broken: ' + ', '.join(problems)}; wrote {out / 'report.png'}")
+        if not check.ok:
+            raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def demo(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option(help="Folder for the report, JSON, deltas and images.")] = Path("runs/demo"),
+    seeds: Annotated[int | None, typer.Option(help="Seeds per prompt, to override the plan's for a quick smoke run.")] = None,
+):
+    """The whole story on the shipped toy world: localize, edit and evaluate a style, an object and a fact."""
+    from locoedit.workflows.demo import run_demo, summary_lines
+
+    rows = run_demo(out, seeds=seeds, progress=ctx.obj)
+    for line in summary_lines(rows):
+        typer.echo(line)
+    typer.echo(f"wrote {out / 'report.html'} and {out / 'demo.json'}")
+
+
+def _add_toyworld_commands() -> None:
+    from locoedit.cli.toyworld import app as toyworld_app
+
+    app.add_typer(toyworld_app, name="toyworld", help="The toy world: check prompt following of the shipped model.")
+
+
+_add_toyworld_commands()

@@ -1,0 +1,41 @@
+"""Write an edited model as a full diffusers pipeline folder (``locoedit apply``)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from locoedit.core.errors import LocoeditError
+from locoedit.interventions.delta import EditDelta
+from locoedit.models import DEFAULTS_FILE, load_adapter, resolve_model
+
+
+def apply_delta_to_folder(model: str, delta_path: str | Path, out_dir: str | Path, device: str | None = None) -> Path:
+    """Load ``model``, apply the delta and write the edited pipeline with ``save_pretrained`` to ``out_dir``.
+
+    The folder is written next to ``out_dir`` and renamed into place, so ``out_dir`` holds a complete pipeline or
+    nothing; an existing non-empty ``out_dir`` is refused. The model is loaded in the dtype the delta was computed
+    for. The base folder's ``locoedit.json`` (how the model is meant to be sampled and scored) is carried over.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise LocoeditError(f"output {out_dir} exists and is not an empty folder; choose a new --out")
+    delta = EditDelta.load(delta_path)
+    adapter = load_adapter(model, dtype=delta.dtype, device=device or "cpu")
+    delta.apply(adapter)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
+    try:
+        adapter.pipe.save_pretrained(staging)
+        base_settings = Path(resolve_model(model)) / DEFAULTS_FILE
+        if base_settings.is_file():
+            shutil.copy2(base_settings, staging / DEFAULTS_FILE)
+        if out_dir.exists():
+            out_dir.rmdir()  # empty, checked above
+        os.replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir

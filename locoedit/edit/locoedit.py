@@ -1,0 +1,158 @@
+"""LocoEdit: rewrite the key and value projections of the localized cross-attention layers in closed form.
+
+For each edited projection ``W`` the concept's text rows should produce what the target's rows produce today, while
+``W`` moves as little as possible (:mod:`locoedit.edit.closed_form`). Which rows: :mod:`locoedit.edit.rows`.
+Preservation prompts add rows that map to themselves (``X_p -> X_p``), as UCE does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from locoedit.core.dtypes import dtype_named
+from locoedit.core.errors import LocoeditError
+from locoedit.core.formats import JsonRecord
+from locoedit.core.progress import ProgressCallback
+from locoedit.edit.closed_form import Workspace, edit_matrix
+from locoedit.edit.common import as_tuple, check_positive, check_texts, normalise_common_fields
+from locoedit.edit.layers import auto_localization, resolve_layers
+from locoedit.edit.rows import (
+    PromptPair,
+    TextRows,
+    aligned_positions,
+    all_real_positions,
+    encode_rows,
+    prompt_pairs,
+)
+from locoedit.edit.templates import prompt_templates
+from locoedit.interventions.delta import EditDelta, check_delta_path, describe_original
+from locoedit.models import Adapter, load_adapter
+from locoedit.models.layers import CrossAttentionLayer
+
+
+@dataclass(frozen=True)
+class EditRequest(JsonRecord):
+    """A LocoEdit of one or more concepts. Validates on construction; serialises to JSON."""
+
+    FORMAT = "locoedit.edit-request/1"
+
+    model: str
+    concepts: tuple[str, ...]
+    targets: tuple[str, ...]  # one per concept, or one for all
+    kind: str = "object"  # which shipped templates to use when ``prompts`` is empty
+    prompts: tuple[str, ...] = ()  # templates with "{c}", or prompts that contain a concept's text
+    layers: tuple[int, ...] | str = "auto"  # indices, "auto" (run LocoGen first), or a LocoGen run folder
+    preserve: tuple[str, ...] = ()  # prompts whose keys and values should stay
+    preserve_scale: float = 1.0  # weight of the preservation rows relative to the concept rows
+    lambda_key: float = 0.1
+    lambda_value: float = 0.1
+    token: str = "last-subject"
+    dtype: str = "float32"
+    device: str | None = None
+    auto_window: int = 2  # LocoGen window size for layers="auto"
+    auto_steps: int | None = None  # LocoGen denoising steps for layers="auto"; None = the family's default
+    auto_seeds: tuple[int, ...] = (0, 1, 2, 3)
+    auto_scorer: str | None = None  # LocoGen scorer for layers="auto"; None = the model's concept scorer
+
+    def __post_init__(self):
+        normalise_common_fields(self)
+        for name in ("targets", "preserve"):
+            object.__setattr__(self, name, as_tuple(getattr(self, name)))
+        check_texts(self.prompts + self.preserve,
+                    "a prompt or preservation prompt is empty; every --prompt and --preserve needs text")
+        if any(not isinstance(t, str) for t in self.targets):
+            raise LocoeditError(f"targets {self.targets!r} must be text (an empty target removes the concept)")
+        if len(self.targets) not in (1, len(self.concepts)):
+            raise LocoeditError(
+                f"got {len(self.targets)} targets for {len(self.concepts)} concepts; give one --target for all "
+                "concepts or one per concept, in the same order"
+            )
+        for concept, target in zip(self.concepts, self.all_targets):
+            if concept.strip().lower() == target.strip().lower():
+                raise LocoeditError(f"target {target!r} equals its concept; the target must differ from the concept")
+        check_positive("lambda_key", self.lambda_key, "--lambda-key")
+        check_positive("lambda_value", self.lambda_value, "--lambda-value")
+        check_positive("preserve_scale", self.preserve_scale, "--preserve-scale")
+
+    @property
+    def all_targets(self) -> tuple[str, ...]:
+        return self.targets * len(self.concepts) if len(self.targets) == 1 else self.targets
+
+    @property
+    def prompt_set(self) -> tuple[str, ...]:
+        return self.prompts or prompt_templates(self.kind)
+
+    def pairs(self) -> list[PromptPair]:
+        return prompt_pairs(self.concepts, self.all_targets, self.prompt_set)
+
+
+@dataclass
+class EditRows:
+    concept: TextRows  # X_o
+    target: TextRows  # X_t, aligned row by row with ``concept``
+    preserve: TextRows | None  # X_p, mapped to themselves
+    pairs: list[PromptPair]
+
+    def matrices(self, layer: CrossAttentionLayer, preserve_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stacked (sources, targets) [rows, in] for ``layer``, preservation rows weighted by sqrt(scale)."""
+        sources, targets = self.concept.at(layer), self.target.at(layer)
+        if self.preserve is not None:
+            kept = self.preserve.at(layer) * math.sqrt(preserve_scale)
+            sources, targets = torch.cat([sources, kept]), torch.cat([targets, kept])
+        return sources, targets
+
+
+def build_rows(adapter: Adapter, request: EditRequest) -> EditRows:
+    pairs = request.pairs()
+    aligned = [aligned_positions(adapter, pair, request.token) for pair in pairs]
+    concept = encode_rows(adapter, [p.prompt for p in pairs], [a for a, _ in aligned])
+    target = encode_rows(adapter, [p.target_prompt for p in pairs], [b for _, b in aligned])
+    preserve = None
+    if request.preserve:
+        preserve = encode_rows(adapter, list(request.preserve), all_real_positions(adapter, request.preserve))
+    return EditRows(concept, target, preserve, pairs)
+
+
+def compute_edit(adapter: Adapter, request: EditRequest, layers: list[CrossAttentionLayer] | None = None,
+                 progress: ProgressCallback | None = None) -> EditDelta:
+    """The LocoEdit of ``request`` on ``adapter``'s model, as a delta. The model is not modified."""
+    if layers is None:
+        auto = auto_localization(request, request.pairs()) if request.layers == "auto" else None
+        layers = resolve_layers(adapter, request.layers, auto, progress)
+    rows = build_rows(adapter, request)
+    tensors, originals, report = {}, {}, []
+    workspace = Workspace()
+    for layer in layers:
+        sources, targets = rows.matrices(layer, request.preserve_scale)  # [rows, in] float64
+        for projection, lam in zip(layer.edit_projections, (request.lambda_key, request.lambda_value)):
+            name = f"{layer.name}.{projection}.weight"
+            weight = getattr(layer.module, projection).weight  # [out, in]
+            new, objective = edit_matrix(weight, sources, targets, lam, name, workspace)
+            tensors[name] = new.cpu()
+            originals[name] = describe_original(weight)
+            report.append({"parameter": name, "objective": objective})
+    settings = request.to_json()
+    settings.update(
+        {
+            "prompt_pairs": [[p.prompt, p.target_prompt] for p in rows.pairs],
+            "concept_rows": len(rows.concept),
+            "preserve_rows": 0 if rows.preserve is None else len(rows.preserve),
+            "objectives": report,
+        }
+    )
+    return EditDelta.computed_on(adapter.denoiser, request.model, "locoedit", layers, tensors, originals, settings)
+
+
+def edit_to_file(request: EditRequest, out: str | Path, adapter: Adapter | None = None,
+                 progress: ProgressCallback | None = None) -> EditDelta:
+    """Load the model (unless an adapter is given), compute the edit and write it to ``out`` (atomically); on any
+    error nothing is written. The CLI's ``edit`` command."""
+    check_delta_path(out)
+    adapter = adapter or load_adapter(request.model, dtype_named(request.dtype), request.device)
+    delta = compute_edit(adapter, request, progress=progress)
+    delta.save(out)
+    return delta

@@ -1,0 +1,190 @@
+"""Neuron-level LocoEdit: silence the key/value output neurons of the localized layers that respond to a concept.
+
+For each edited projection (``to_k``/``to_v``, IF: ``add_k_proj``/``add_v_proj``) with output ``a = x W^T + b``:
+
+1. Activations on concept rows (the concept's tokens in its prompts, chosen by ``token`` as in ``locoedit.edit``)
+   and on neutral rows (every real token but the start token of the neutral prompts).
+2. Each output neuron j gets the z-score ``z_j = (mean_concept_j - mean_neutral_j) / std_neutral_j``; the ``top_k``
+   neurons by ``|z_j|`` are chosen, per projection.
+3. Each chosen neuron is replaced by its neutral mean ``m_j``: with a bias (IF, PixArt) exactly, ``W_j = 0`` and
+   ``b_j = m_j``. Without a bias (SD, SD-XL) no linear row is constant, so ``W_j = m_j u^T`` where ``u`` is the ridge
+   fit of ``X u = 1`` over all concept and neutral rows: the neuron then outputs about ``m_j`` on text like the
+   prompts (the fit's residual is recorded in the delta's settings).
+
+The result is an :class:`~locoedit.interventions.delta.EditDelta` (method ``"neurons"``), like a closed-form edit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from locoedit.core.dtypes import dtype_named
+from locoedit.core.errors import LocoeditError
+from locoedit.core.formats import JsonRecord
+from locoedit.core.progress import ProgressCallback
+from locoedit.edit.closed_form import to_model_dtype
+from locoedit.edit.common import as_tuple, check_positive, check_texts, normalise_common_fields
+from locoedit.edit.layers import auto_localization, resolve_layers
+from locoedit.edit.rows import concept_positions, concept_prompts, encode_rows, prompt_pairs
+from locoedit.edit.templates import prompt_templates
+from locoedit.interventions.delta import EditDelta, check_delta_path, describe_original
+from locoedit.models import Adapter, load_adapter
+from locoedit.models.layers import CrossAttentionLayer
+
+
+@dataclass(frozen=True)
+class NeuronRequest(JsonRecord):
+    """A neuron-level edit. Validates on construction; serialises to JSON."""
+
+    FORMAT = "locoedit.neuron-request/1"
+
+    model: str
+    concepts: tuple[str, ...]
+    neutral: tuple[str, ...] = ()  # neutral prompts; empty = the concept prompts with ``targets`` in its place
+    targets: tuple[str, ...] = ()  # the concept's replacement: neutral prompts when ``neutral`` is empty; LocoGen
+    kind: str = "object"
+    prompts: tuple[str, ...] = ()  # templates with "{c}" or prompts containing a concept; empty = the kind's
+    layers: tuple[int, ...] | str = "auto"
+    top_k: int = 8  # neurons replaced per projection
+    token: str = "last-subject"
+    fit_lambda: float = 1e-3  # ridge of the constant fit used for projections without a bias
+    dtype: str = "float32"
+    device: str | None = None
+    auto_window: int = 2
+    auto_steps: int | None = None
+    auto_seeds: tuple[int, ...] = (0, 1, 2, 3)
+    auto_scorer: str | None = None
+
+    def __post_init__(self):
+        normalise_common_fields(self)
+        for name in ("neutral", "targets"):
+            object.__setattr__(self, name, as_tuple(getattr(self, name)))
+        check_texts(self.prompts + self.neutral + self.targets,
+                    "a prompt, neutral prompt or target is empty; every one needs text")
+        if not self.neutral and not self.targets:
+            raise LocoeditError("no neutral prompts: give --neutral prompts, or a --target to put in the concept's place")
+        if self.targets and len(self.targets) not in (1, len(self.concepts)):
+            raise LocoeditError(f"got {len(self.targets)} targets for {len(self.concepts)} concepts; give one or one each")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
+            raise LocoeditError(f"top_k {self.top_k!r} must be an integer >= 1 (--top-k)")
+        check_positive("fit_lambda", self.fit_lambda, "--fit-lambda")
+        if self.layers == "auto" and not self.targets:
+            raise LocoeditError("layers='auto' runs LocoGen, which needs a --target for the concept; or give --layers")
+
+    @property
+    def prompt_set(self) -> tuple[str, ...]:
+        return self.prompts or prompt_templates(self.kind)
+
+    def pairs(self):
+        """(concept prompt, target prompt) pairs; needs ``targets``."""
+        targets = self.targets * len(self.concepts) if len(self.targets) == 1 else self.targets
+        return prompt_pairs(self.concepts, targets, self.prompt_set)
+
+
+def neuron_zscores(
+    concept: torch.Tensor,  # [n_concept, out] activations on concept rows
+    neutral: torch.Tensor,  # [n_neutral, out] activations on neutral rows
+) -> torch.Tensor:  # [out]
+    """z_j = (mean_concept_j - mean_neutral_j) / std_neutral_j (std floored at 1e-6 of its mean over neurons)."""
+    std = neutral.std(dim=0, unbiased=neutral.shape[0] > 1)
+    floor = 1e-6 * std.mean().clamp_min(1e-12)
+    return (concept.mean(dim=0) - neutral.mean(dim=0)) / std.clamp_min(floor)
+
+
+def constant_fit(rows: torch.Tensor, lam: float) -> torch.Tensor:  # [in]
+    """u = argmin ||X u - 1||^2 + lam ||u||^2 = X^T (X X^T + lam I)^{-1} 1 (an n x n solve), float64."""
+    x = rows.to(torch.float64)  # [n, in]
+    ones = torch.ones(x.shape[0], 1, dtype=torch.float64, device=x.device)
+    gram = x @ x.T + lam * torch.eye(x.shape[0], dtype=torch.float64, device=x.device)
+    return (x.T @ torch.linalg.solve(gram, ones)).squeeze(1)
+
+
+def _neutral_prompts(request: NeuronRequest) -> list[str]:
+    return list(request.neutral) or [p.target_prompt for p in request.pairs()]
+
+
+def _neutral_positions(adapter: Adapter, prompt: str) -> list[int]:
+    tokens = adapter.tokenize(prompt)
+    return [i for i in range(tokens.length) if not tokens.special[i] or i == tokens.eos]
+
+
+def _activations(projection: torch.nn.Linear, rows: torch.Tensor) -> torch.Tensor:  # [rows, out] float64
+    out = rows @ projection.weight.detach().double().T
+    return out if projection.bias is None else out + projection.bias.detach().double()
+
+
+def compute_neuron_edit(
+    adapter: Adapter, request: NeuronRequest, layers: list[CrossAttentionLayer] | None = None,
+    progress: ProgressCallback | None = None,
+) -> EditDelta:
+    """The neuron-level edit of ``request`` on ``adapter``'s model, as a delta. The model is not modified."""
+    if layers is None:
+        auto = auto_localization(request, request.pairs()) if request.layers == "auto" else None
+        layers = resolve_layers(adapter, request.layers, auto, progress)
+    concept_items = concept_prompts(request.concepts, request.prompt_set)
+    neutral_prompts = _neutral_prompts(request)
+    concept_rows = encode_rows(
+        adapter, [item.prompt for item in concept_items],
+        [concept_positions(adapter, item, request.token) for item in concept_items],
+    )
+    neutral_rows = encode_rows(adapter, neutral_prompts, [_neutral_positions(adapter, p) for p in neutral_prompts])
+    tensors, originals, chosen = {}, {}, []
+    for layer in layers:
+        x_concept, x_neutral = concept_rows.at(layer), neutral_rows.at(layer)  # [n, in]
+        direction, residual = None, 0.0
+        for projection_name in layer.edit_projections:
+            projection = getattr(layer.module, projection_name)
+            top_k = min(request.top_k, projection.out_features)
+            concept_acts, neutral_acts = _activations(projection, x_concept), _activations(projection, x_neutral)
+            scores = neuron_zscores(concept_acts, neutral_acts)  # [out]
+            neurons = torch.argsort(scores.abs(), descending=True)[:top_k]
+            means = neutral_acts.mean(dim=0)[neurons]  # [k]
+            weight = projection.weight.detach().double().clone()  # [out, in]
+            prefix = f"{layer.name}.{projection_name}"
+            if projection.bias is not None:
+                weight[neurons] = 0.0
+                bias = projection.bias.detach().double().clone()
+                bias[neurons] = means
+                tensors[f"{prefix}.bias"] = to_model_dtype(bias, projection.bias, f"{prefix}.bias").cpu()
+                originals[f"{prefix}.bias"] = describe_original(projection.bias)
+            else:
+                if direction is None:
+                    fit_rows = torch.cat([x_concept, x_neutral])
+                    direction = constant_fit(fit_rows, request.fit_lambda)  # [in]
+                    residual = float((fit_rows @ direction - 1).abs().mean())
+                weight[neurons] = means[:, None] * direction[None, :]
+            tensors[f"{prefix}.weight"] = to_model_dtype(weight, projection.weight, f"{prefix}.weight").cpu()
+            originals[f"{prefix}.weight"] = describe_original(projection.weight)
+            chosen.append({
+                "parameter": prefix,
+                "neurons": neurons.tolist(),
+                "zscores": [round(float(scores[j]), 4) for j in neurons],
+                "neutral_means": [float(m) for m in means],
+                "constant_fit_residual": None if projection.bias is not None else residual,
+            })
+    settings = request.to_json()
+    settings.update({
+        "concept_prompts": [item.prompt for item in concept_items],
+        "neutral_prompts": neutral_prompts,
+        "concept_rows": len(concept_rows),
+        "neutral_rows": len(neutral_rows),
+        "chosen_neurons": chosen,
+    })
+    if not all(math.isfinite(m) for item in chosen for m in item["neutral_means"]):
+        raise LocoeditError("neutral activations are not finite; check the model's weights and dtype")
+    return EditDelta.computed_on(adapter.denoiser, request.model, "neurons", layers, tensors, originals, settings)
+
+
+def neurons_to_file(request: NeuronRequest, out: str | Path, adapter: Adapter | None = None,
+                    progress: ProgressCallback | None = None) -> EditDelta:
+    """Load the model (unless an adapter is given), compute the neuron edit and write it to ``out`` (atomically);
+    the CLI's ``neurons`` command."""
+    check_delta_path(out)
+    adapter = adapter or load_adapter(request.model, dtype_named(request.dtype), request.device)
+    delta = compute_neuron_edit(adapter, request, progress=progress)
+    delta.save(out)
+    return delta

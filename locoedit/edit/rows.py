@@ -1,0 +1,209 @@
+"""Which text rows an edit reads: prompts that carry a concept, and the token positions chosen in them.
+
+LocoEdit and the neuron-level edit choose their concept rows with the same code (:func:`concept_positions`).
+
+Which rows (``token``):
+  ``last-subject``  the concept's last token, paired with the target's last token (the paper's default);
+  ``all``           every concept token; paired with the target's tokens by ``stretch_alignment`` when the counts
+                    differ (first with first, last with last, monotone in between);
+  ``eos``           the end-of-sequence token of the concept prompt, paired with the target prompt's;
+  ``from-concept``  the concept's tokens and every later position, EOS and padding included: the denoiser attends
+                    to every padded row, and a causal CLIP encoder colours all of them with the concept (T5 is
+                    bidirectional, so there it is a wider choice, not a complete one). The concept part is paired
+                    as in ``all``; the tail after it position by position (prompts from one template have equal
+                    tails), stretched if the tails differ.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from locoedit.core.errors import LocoeditError
+from locoedit.models import Adapter, PromptTokens
+from locoedit.models.layers import CrossAttentionLayer
+
+TOKEN_CHOICES = ("last-subject", "all", "eos", "from-concept")
+PLACEHOLDER = "{c}"
+
+
+@dataclass(frozen=True)
+class ConceptPrompt:
+    concept: str
+    prompt: str  # a prompt with the concept
+    start: int  # character position of the concept in ``prompt``
+
+
+@dataclass(frozen=True)
+class PromptPair:
+    concept: str
+    target: str
+    prompt: str  # a prompt with the concept
+    target_prompt: str  # the same prompt with the target in the concept's place
+    concept_start: int  # character position of the concept in ``prompt``
+    target_start: int  # character position of the target in ``target_prompt``
+
+    @property
+    def concept_prompt(self) -> ConceptPrompt:
+        return ConceptPrompt(self.concept, self.prompt, self.concept_start)
+
+
+def _find(text: str, phrase: str, near: int = 0) -> int | None:
+    """Start of the occurrence of ``phrase`` in ``text`` (case-insensitive, whole words) nearest to ``near``."""
+    pattern = r"(?<!\w)" + re.escape(phrase.strip().lower()) + r"(?!\w)"
+    starts = [m.start() for m in re.finditer(pattern, text.lower())]
+    return min(starts, key=lambda s: abs(s - near)) if starts else None
+
+
+def _replace(prompt: str, start: int, end: int, target: str) -> str:
+    """``prompt`` with ``prompt[start:end]`` replaced by ``target``; an empty target also drops one adjacent space."""
+    if target:
+        return prompt[:start] + target + prompt[end:]
+    before, after = prompt[:start], prompt[end:]
+    return (before.rstrip(" ") + (" " if after.startswith(" ") and before.strip() else "") + after.lstrip(" ")).strip()
+
+
+def concept_prompts(concepts, prompts) -> list[ConceptPrompt]:
+    """Every (concept, prompt) combination that carries the concept, concept-major.
+
+    A prompt with ``{c}`` is a template used for every concept; a prompt without it is used for the concepts whose
+    text it contains.
+    """
+    for prompt in prompts:
+        if PLACEHOLDER not in prompt and not any(_find(prompt, c) is not None for c in concepts):
+            raise LocoeditError(
+                f"prompt {prompt!r} contains none of the concepts {list(concepts)}; write {{c}} where the concept goes"
+            )
+    found = []
+    for concept in (c.strip() for c in concepts):
+        before = len(found)
+        for prompt in prompts:
+            if PLACEHOLDER in prompt:
+                found.append(ConceptPrompt(concept, prompt.replace(PLACEHOLDER, concept), prompt.index(PLACEHOLDER)))
+            elif (start := _find(prompt, concept)) is not None:
+                found.append(ConceptPrompt(concept, prompt, start))
+        if len(found) == before:
+            raise LocoeditError(f"no prompt mentions concept {concept!r}; add a prompt with it or with {{c}}")
+    return found
+
+
+def prompt_pairs(concepts, targets, prompts) -> list[PromptPair]:
+    """One (concept prompt, target prompt) pair per concept and prompt; ``targets`` aligned with ``concepts``."""
+    target_of = {c.strip(): t.strip() for c, t in zip(concepts, targets)}
+    pairs = []
+    for item in concept_prompts(concepts, prompts):
+        target = target_of[item.concept]
+        end = item.start + len(item.concept)
+        pairs.append(PromptPair(item.concept, target, item.prompt, _replace(item.prompt, item.start, end, target),
+                                item.start, item.start))
+    return pairs
+
+
+def stretch_alignment(count: int, into: int) -> list[int]:
+    """For each of ``count`` concept tokens, the index of its partner among ``into`` target tokens.
+
+    Equal counts pair position by position. Otherwise first pairs with first and last with last, the rest evenly in
+    between (so several concept tokens may share a target token, or target tokens may go unused); a single concept
+    token pairs with the target's last token, its subject.
+    """
+    if count == into:
+        return list(range(count))
+    if count == 1:
+        return [into - 1]
+    return [round(i * (into - 1) / (count - 1)) for i in range(count)]
+
+
+def _concept_span(tokens: PromptTokens, item: ConceptPrompt) -> list[int]:
+    start = _find(tokens.text, item.concept, item.start)
+    positions = [] if start is None else tokens.positions_of(start, start + len(item.concept))
+    if not positions:
+        raise LocoeditError(
+            f"{item.concept!r} is not among the tokens of prompt {item.prompt!r} (the encoder keeps {tokens.length} "
+            "tokens, specials included); shorten the prompt or put the concept earlier"
+        )
+    return positions
+
+
+def _select(span: list[int], rows: int, token: str) -> list[int]:
+    """What ``token`` (any choice but ``eos``) selects, given a phrase's token span and the padded length."""
+    if token == "last-subject":
+        return [span[-1]]
+    if token == "all":
+        return list(span)
+    return span + list(range(span[-1] + 1, rows))
+
+
+def concept_positions(adapter: Adapter, item: ConceptPrompt, token: str) -> list[int]:
+    """The token positions of ``item.prompt`` that ``token`` selects for its concept."""
+    tokens = adapter.tokenize(item.prompt)
+    if token == "eos":
+        return [tokens.eos]
+    return _select(_concept_span(tokens, item), tokens.rows, token)
+
+
+def aligned_positions(adapter: Adapter, pair: PromptPair, token: str) -> tuple[list[int], list[int]]:
+    """Token positions in the concept prompt (those of :func:`concept_positions`) and, aligned one to one, in the
+    target prompt."""
+    tokens, target = adapter.tokenize(pair.prompt), adapter.tokenize(pair.target_prompt)
+    if token == "eos":
+        return [tokens.eos], [target.eos]
+    span = _concept_span(tokens, pair.concept_prompt)
+    source = _select(span, tokens.rows, token)
+    if pair.target:
+        replaced = _concept_span(target, ConceptPrompt(pair.target, pair.target_prompt, pair.target_start))
+    else:
+        # Removal: the concept's rows become the row that now stands where the concept was (the next word, or EOS).
+        following = target.positions_of(pair.target_start, len(target.text))
+        replaced = [following[0] if following else target.eos]
+    if token == "last-subject":
+        return source, [replaced[-1]]
+    paired = [replaced[j] for j in stretch_alignment(len(span), len(replaced))]
+    tail = source[len(span):]  # from-concept: every position after the concept
+    if not tail:
+        return source, paired
+    target_tail = list(range(replaced[-1] + 1, target.rows)) or [replaced[-1]]
+    return source, paired + [target_tail[j] for j in stretch_alignment(len(tail), len(target_tail))]
+
+
+@dataclass
+class TextRows:
+    """Selected token rows of a batch of encoded prompts, as a layer's key/value projections read them."""
+
+    states: torch.Tensor  # [prompts, tokens, dim] attention states (model dtype)
+    prompt_index: torch.Tensor  # [rows] long
+    position_index: torch.Tensor  # [rows] long
+
+    def __len__(self) -> int:
+        return int(self.prompt_index.numel())
+
+    def at(self, layer: CrossAttentionLayer) -> torch.Tensor:  # [rows, dim] float64
+        """The rows as ``layer``'s key/value projections receive them.
+
+        Layers with ``norm_cross`` (DeepFloyd IF's group norm) normalise the full padded prompt first, then rows are
+        picked, exactly as the attention processor does.
+        """
+        states = self.states
+        with torch.no_grad():
+            if layer.module.norm_cross is not None:
+                states = layer.module.norm_encoder_hidden_states(states)
+            return states[self.prompt_index, self.position_index].to(torch.float64)
+
+
+def encode_rows(adapter: Adapter, prompts: list[str], positions: list[list[int]]) -> TextRows:
+    """Encode ``prompts`` and select ``positions[i]`` of prompt ``i``."""
+    with torch.no_grad():
+        states = adapter.attention_states(adapter.encode(list(prompts)).conditional)  # [prompts, tokens, dim]
+    tokens = states.shape[1]
+    for prompt, chosen in zip(prompts, positions):
+        if chosen and max(chosen) >= tokens:
+            raise LocoeditError(f"prompt {prompt!r}: token position {max(chosen)} is beyond the {tokens} encoded")
+    prompt_index = torch.tensor([i for i, chosen in enumerate(positions) for _ in chosen], dtype=torch.long)
+    position_index = torch.tensor([p for chosen in positions for p in chosen], dtype=torch.long)
+    return TextRows(states, prompt_index.to(states.device), position_index.to(states.device))
+
+
+def all_real_positions(adapter: Adapter, prompts) -> list[list[int]]:
+    """Every non-padding position of each prompt (start and end tokens included)."""
+    return [list(range(adapter.tokenize(p).length)) for p in prompts]

@@ -1,0 +1,230 @@
+"""Evaluate an edit: did the concept go (efficacy, generalization), and what else changed (specificity, quality)?
+
+:func:`evaluate` generates every (prompt, seed) of a suite with the unedited model, generates them again with the
+delta installed (same seeds), which reverts it afterwards, even after an error: the model is left exactly as it was
+found. Then it scores both sets (:mod:`locoedit.evaluate.result` defines the metrics).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from locoedit.core.dtypes import check_dtype, dtype_named
+from locoedit.core.errors import LocoeditError
+from locoedit.core.io import write_png, write_text
+from locoedit.core.progress import ProgressCallback, ProgressTask
+from locoedit.core.seeds import check_seeds
+from locoedit.evaluate.metrics import psnr, ssim
+from locoedit.evaluate.report import evaluation_report_html
+from locoedit.evaluate.result import DeltaSummary, EffectCurve, EvaluationItem, EvaluationResult, Metrics
+from locoedit.evaluate.suite import EvaluationSuite, suite_for_delta
+from locoedit.interventions.delta import EditDelta
+from locoedit.localize import LocalizationResult
+from locoedit.localize.result import RESULT_FILE
+from locoedit.models import Adapter, EncodedPrompts, GenerationSettings, load_adapter
+from locoedit.scoring import ConceptScorer, Scorer, make_scorer, scorer_spec_for
+
+logger = logging.getLogger(__name__)
+
+RESULT_FILE_NAME = "evaluation.json"
+
+
+def _generate(adapter: Adapter, encoded: EncodedPrompts, rows: list[int], seeds: list[int],
+              settings: GenerationSettings, batch_size: int, task: ProgressTask) -> torch.Tensor:  # [rows, 3, H, W]
+    images = []
+    for start in range(0, len(rows), batch_size):
+        chunk = slice(start, start + batch_size)
+        images.append(adapter.generate(encoded.take(rows[chunk]), seeds[chunk], settings, on_step=task.advance))
+    return torch.cat(images)
+
+
+def effect_curve(source: str | Path | LocalizationResult | EffectCurve) -> EffectCurve:
+    """The per-window effects of a LocoGen run (its folder, its ``localization.json``, or the result itself)."""
+    if isinstance(source, EffectCurve):
+        return source
+    if isinstance(source, LocalizationResult):
+        return EffectCurve.of(source, "the given localization")
+    path = Path(source)
+    return EffectCurve.of(LocalizationResult.load(path), str(path / RESULT_FILE if path.is_dir() else path))
+
+
+def _curve_of_delta(delta: EditDelta) -> EffectCurve | None:
+    layers = delta.settings.get("layers")
+    if isinstance(layers, str) and layers != "auto" and (Path(layers) / RESULT_FILE).is_file():
+        try:
+            return effect_curve(layers)
+        except LocoeditError as error:
+            logger.warning("ignoring the delta's localization: %s", error)
+    return None
+
+
+class EvaluationFolder:
+    """Where an evaluation is written: images/{before,after}/GROUP/pI_sS.png, evaluation.json, report.html."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def claim(self) -> None:
+        if self.path.exists() and not self.path.is_dir():
+            raise LocoeditError(f"output {self.path} is a file; give a folder for --out")
+        if self.path.is_dir() and any(self.path.iterdir()) and not (self.path / RESULT_FILE_NAME).is_file():
+            raise LocoeditError(
+                f"output folder {self.path} is not empty and holds no evaluation; choose an empty or new --out"
+            )
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def write(self, result: EvaluationResult) -> None:
+        for item, before, after in zip(result.items, result.before, result.after):
+            write_png(self.path / item.before, before)
+            write_png(self.path / item.after, after)
+        result.write(self.path / RESULT_FILE_NAME)
+        write_text(self.path / "report.html", evaluation_report_html(result))
+
+
+def _check_reuse(reuse: EvaluationResult, items, settings: GenerationSettings) -> None:
+    if (reuse.before is None or [(r.prompt, r.seed) for r in reuse.items] != [(r.prompt, r.seed) for r in items]
+            or reuse.settings != settings):
+        raise LocoeditError(
+            "reuse: the earlier result was generated from other prompts, seeds or settings (or holds no images); "
+            "reuse only a result of the same suite and settings"
+        )
+
+
+def evaluate(
+    adapter: Adapter,
+    delta: EditDelta,
+    suite: EvaluationSuite,
+    scorer: Scorer,
+    out: str | Path | None = None,
+    settings: GenerationSettings | None = None,
+    localization: str | Path | LocalizationResult | EffectCurve | None = None,
+    batch_size: int = 16,
+    progress: ProgressCallback | None = None,
+    delta_path: str | None = None,
+    reuse: EvaluationResult | None = None,
+) -> EvaluationResult:
+    """Evaluate ``delta`` on ``adapter``'s model with ``suite``: generate before, then after with the delta
+    installed (same seeds; reverted afterwards), score. The model is left exactly as found; it is never reloaded.
+
+    ``settings`` defaults to the suite's (else the model's) steps, guidance and size. ``localization`` (a LocoGen run
+    folder, its ``localization.json``, or the result; default: the run folder the delta's layers came from, if any)
+    adds the per-layer effect curve to the report. With ``out``, writes images, ``evaluation.json`` and
+    ``report.html`` there.
+
+    ``reuse``: an earlier result of the same unedited model with the same suite items and settings (e.g. another
+    edit of the same concept); its "before" images are taken instead of generated again. The caller vouches that the
+    model is the same; prompts, seeds and settings are checked.
+    """
+    if not isinstance(scorer, ConceptScorer):
+        raise LocoeditError(
+            f"scorer {scorer.spec!r} cannot score a concept in a single image; evaluation needs 'toyworld' or "
+            "'clip:ID_OR_FOLDER'"
+        )
+    if batch_size < 1:
+        raise LocoeditError(f"batch_size {batch_size} must be >= 1")
+    delta.check(adapter)  # another model, or an edit already applied: refuse before generating anything
+    for concept in suite.concepts:
+        scorer.check_concept(concept)
+    curve = effect_curve(localization) if localization is not None else _curve_of_delta(delta)
+    settings = settings or adapter.settings(suite.steps, suite.guidance, suite.size, suite.size)
+    items = suite.items()
+    if reuse is not None:
+        _check_reuse(reuse, items, settings)
+    folder = EvaluationFolder(out) if out is not None else None
+    if folder is not None:
+        folder.claim()
+    started = time.perf_counter()
+    prompts = list(dict.fromkeys(item.prompt for item in items))
+    encoded = adapter.encode(prompts)
+    rows = [prompts.index(item.prompt) for item in items]
+    seeds = [item.seed for item in items]
+    loops = (1 if reuse is not None else 2) * -(-len(items) // batch_size)
+    task = ProgressTask(progress, f"evaluating {suite.name}", loops * settings.num_inference_steps)
+    before = reuse.before if reuse is not None else _generate(adapter, encoded, rows, seeds, settings, batch_size, task)
+    with delta.installed(adapter):
+        after = _generate(adapter, encoded, rows, seeds, settings, batch_size, task)
+    generation_s = time.perf_counter() - started
+
+    started = time.perf_counter()
+    scores_before = torch.empty(len(items))
+    scores_after = torch.empty(len(items))
+    for concept in suite.concepts:
+        index = torch.tensor([i for i, item in enumerate(items) if item.concept == concept])
+        scores_before[index] = scorer.score(before[index], concept).float()
+        scores_after[index] = scorer.score(after[index], concept).float()
+    similarity, peak = ssim(before, after), psnr(before, after)
+    attributes_before, attributes_after = scorer.predict(before), scorer.predict(after)
+    features_before = scorer.features(before)
+    features = None if features_before is None else (features_before, scorer.features(after))
+    scored = [
+        EvaluationItem.of(
+            item, score_before=scores_before[i].item(), score_after=scores_after[i].item(), ssim=similarity[i].item(),
+            psnr=peak[i].item(), attributes_before=None if attributes_before is None else attributes_before[i],
+            attributes_after=None if attributes_after is None else attributes_after[i],
+        )
+        for i, item in enumerate(items)
+    ]
+    metrics = Metrics.of(scored, scorer, suite.concept, features)
+    timings = {"generation_s": generation_s, "scoring_s": time.perf_counter() - started}
+    result = EvaluationResult(suite, settings, scorer.spec, DeltaSummary.of(delta, delta_path), scored, metrics, curve,
+                              timings, before=before, after=after)
+    if folder is not None:
+        folder.write(result)
+    return result
+
+
+@dataclass(frozen=True)
+class EvaluationRequest:
+    """The CLI's ``evaluate``: model, delta file, suite, and overrides. Validates on construction."""
+
+    model: str
+    edit: str  # delta file
+    suite: str | None = None  # shipped name or JSON file; None = the shipped suite for the delta's concept
+    scorer: str | None = None  # None = the suite's hint, else the model's concept scorer
+    localization: str | None = None  # LocoGen run folder for the effect curve
+    seeds: tuple[int, ...] = ()  # () = the suite's
+    steps: int | None = None
+    guidance: float | None = None
+    size: int | None = None
+    batch_size: int = 16
+    dtype: str | None = None  # None = the delta's dtype
+    device: str | None = None
+
+    def __post_init__(self):
+        if self.seeds:
+            object.__setattr__(self, "seeds", check_seeds(self.seeds))
+        for name in ("steps", "size", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise LocoeditError(f"{name} must be a positive integer, got {value}")
+        if self.dtype is not None:
+            check_dtype(self.dtype)
+
+
+def evaluate_from_request(request: EvaluationRequest, out: str | Path, adapter: Adapter | None = None,
+                          scorer: Scorer | None = None, progress: ProgressCallback | None = None) -> EvaluationResult:
+    """Load the delta (first: bad input fails before the model loads), the suite, the model and the scorer; evaluate."""
+    delta = EditDelta.load(request.edit)
+    suite = EvaluationSuite.load(request.suite) if request.suite else suite_for_delta(delta, request.model)
+    if request.seeds:
+        suite = replace(suite, seeds=request.seeds)
+    curve = effect_curve(request.localization) if request.localization else None
+    if scorer is None and (request.scorer or suite.scorer) == "pixel":
+        raise LocoeditError("scorer 'pixel' cannot score a concept in a single image; evaluation needs 'toyworld' or "
+                            "'clip:ID_OR_FOLDER'")
+    if adapter is None:
+        dtype = dtype_named(request.dtype) if request.dtype else delta.dtype
+        adapter = load_adapter(request.model, dtype, request.device)
+    delta.check(adapter)
+    if scorer is None:
+        scorer = make_scorer(request.scorer or suite.scorer or scorer_spec_for(adapter), adapter.device)
+    settings = adapter.settings(request.steps or suite.steps,
+                                request.guidance if request.guidance is not None else suite.guidance,
+                                request.size or suite.size, request.size or suite.size)
+    return evaluate(adapter, delta, suite, scorer, out=out, settings=settings, localization=curve,
+                    batch_size=request.batch_size, delta_path=str(request.edit), progress=progress)

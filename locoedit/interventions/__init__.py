@@ -1,0 +1,14 @@
+"""Interventions: changes to how a model computes, all installed the same way.
+
+Each is an :class:`Intervention` (the contract lives with the adapters, in ``locoedit.models.intervention``):
+``adapter.generate(prompts, seeds, settings, interventions=[...])`` prepares, installs (restoring the model on exit,
+also after an error) and verifies every one. Text routing (LocoGen), hidden-state recording and patching (causal
+tracing) and weight deltas (edits) are the three kinds.
+"""
+
+from locoedit.interventions.delta import AppliedDelta, EditDelta
+from locoedit.interventions.patching import ActivationPatch, ActivationRecorder
+from locoedit.interventions.routing import Routing, TextRouting
+from locoedit.models.intervention import Intervention
+
+__all__ = ["ActivationPatch", "ActivationRecorder", "AppliedDelta", "EditDelta", "Intervention", "Routing", "TextRouting"]

@@ -1,0 +1,227 @@
+"""Edits as data: an :class:`EditDelta` holds the new values of a few denoiser parameters and what they replace.
+
+Computing an edit (``locoedit.edit``, ``locoedit.edit.neurons``) never touches the model; it returns a delta.
+``delta.apply(pipe)`` checks that the model is the one the delta was computed for (architecture fingerprint,
+sha256, shape and dtype of every original parameter), writes the new values in place under ``no_grad`` and returns
+an :class:`AppliedDelta` whose ``revert()`` restores the originals bit for bit (also a context manager). A delta is
+also an intervention: ``adapter.generate(..., interventions=[delta])`` generates with it and reverts after.
+
+A delta file is safetensors (read with ``safe_open``, never unpickled): one tensor per edited parameter, named by
+its path in the denoiser (``down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight``), with string
+metadata: format, locoedit version, base model, fingerprint, method, layers, settings (lambdas, token choice,
+prompts, ...), and the sha256 of each original and each edited tensor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from locoedit import __version__
+from locoedit.core.errors import LocoeditError
+from locoedit.core.io import write_safetensors
+from locoedit.models import Adapter, adapter_for
+from locoedit.models.intervention import Intervention
+
+FORMAT = "locoedit-delta/1"
+_METADATA_KEYS = ("format", "locoedit_version", "base_model", "fingerprint", "method", "layers", "settings",
+                  "originals", "edited_sha256")
+
+
+def check_delta_path(path: str | Path) -> Path:
+    """A delta file's path must end in ``.safetensors``; checked before any work is done."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise LocoeditError(f"--out {path} must end in .safetensors (a delta file)")
+    return path
+
+
+def tensor_sha256(tensor: torch.Tensor) -> str:
+    """sha256 of the tensor's raw bytes in its own dtype (row-major), as numpy's ``tobytes()`` would give them."""
+    flat = tensor.detach().contiguous().cpu().reshape(-1)
+    return hashlib.sha256(flat.view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def architecture_fingerprint(denoiser: torch.nn.Module) -> str:
+    """sha256 over the denoiser's class and its sorted (parameter name, shape) list; independent of dtype and values."""
+    lines = [type(denoiser).__name__]
+    lines += sorted(f"{name}:{tuple(p.shape)}" for name, p in denoiser.named_parameters())
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def _denoiser_of(model) -> torch.nn.Module:
+    """The denoiser of an adapter, a pipeline, or a denoiser module itself."""
+    if isinstance(model, Adapter):
+        return model.denoiser
+    if isinstance(model, torch.nn.Module):
+        return model
+    return adapter_for(model).denoiser
+
+
+def describe_original(parameter: torch.Tensor) -> dict:
+    return {"sha256": tensor_sha256(parameter), "shape": list(parameter.shape), "dtype": str(parameter.dtype)}
+
+
+class AppliedDelta:
+    """A delta written into a model. ``revert()`` puts the original values back, bit for bit."""
+
+    def __init__(self, parameters: dict[str, torch.nn.Parameter], originals: dict[str, torch.Tensor]):
+        self._parameters = parameters
+        self._originals = originals  # clones of the values before the edit
+        self.reverted = False
+
+    def revert(self) -> None:
+        if self.reverted:
+            return
+        with torch.no_grad():
+            for name, parameter in self._parameters.items():
+                parameter.copy_(self._originals[name])
+        self.reverted = True
+
+    def __enter__(self) -> AppliedDelta:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.revert()
+
+
+@dataclass
+class EditDelta(Intervention):
+    """New values for a few denoiser parameters, and everything needed to check where they may be applied."""
+
+    tensors: dict[str, torch.Tensor]  # parameter path in the denoiser -> new value, in the parameter's dtype
+    originals: dict[str, dict]  # parameter path -> {"sha256", "shape", "dtype"} of the value it replaces
+    fingerprint: str  # architecture_fingerprint of the denoiser it was computed on
+    base_model: str  # hub id or folder the model was loaded from (informational; not checked)
+    method: str  # "locoedit" or "neurons"
+    layers: list[dict]  # [{"index", "name"}] of the edited cross-attention layers
+    settings: dict = field(default_factory=dict)  # the method's parameters and prompts (JSON)
+    version: str = __version__
+
+    @classmethod
+    def computed_on(cls, denoiser: torch.nn.Module, base_model: str, method: str, layers, tensors: dict,
+                    originals: dict, settings: dict) -> EditDelta:
+        """A delta for ``denoiser``: fingerprints it and names the edited ``layers`` by index and module path."""
+        return cls(
+            tensors=tensors,
+            originals=originals,
+            fingerprint=architecture_fingerprint(denoiser),
+            base_model=base_model,
+            method=method,
+            layers=[{"index": layer.index, "name": layer.name} for layer in layers],
+            settings=settings,
+        )
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(iter(self.tensors.values())).dtype
+
+    def check(self, model) -> dict[str, torch.nn.Parameter]:
+        """The parameters this delta replaces in ``model``; raises LocoeditError if it was computed for another model."""
+        denoiser = _denoiser_of(model)
+        if architecture_fingerprint(denoiser) != self.fingerprint:
+            raise LocoeditError(
+                f"this delta was computed for another architecture (fingerprint {self.fingerprint[:12]}, base model "
+                f"{self.base_model!r}); the model given is a {type(denoiser).__name__} with fingerprint "
+                f"{architecture_fingerprint(denoiser)[:12]}: apply it to the model it was computed on"
+            )
+        parameters = dict(denoiser.named_parameters())
+        found = {}
+        for name, new in self.tensors.items():
+            if name not in parameters:
+                raise LocoeditError(f"the model has no parameter {name}; this delta was computed for another model")
+            parameter, recorded = parameters[name], self.originals[name]
+            if list(new.shape) != list(parameter.shape) or list(recorded["shape"]) != list(parameter.shape):
+                raise LocoeditError(
+                    f"{name}: the delta holds a {list(new.shape)} matrix but the model's is {list(parameter.shape)}; "
+                    "the delta is damaged or for another model"
+                )
+            if str(parameter.dtype) != recorded["dtype"] or new.dtype != parameter.dtype:
+                raise LocoeditError(
+                    f"{name}: the delta was computed for {recorded['dtype']} weights but the model's are "
+                    f"{parameter.dtype}; load the model with that dtype"
+                )
+            if tensor_sha256(parameter) != recorded["sha256"]:
+                raise LocoeditError(
+                    f"{name}: the model's original matrix differs from the one the delta was computed on (sha256 "
+                    f"{recorded['sha256'][:12]}); it is another model, or this or another edit is already applied"
+                )
+            found[name] = parameter
+        return found
+
+    def apply(self, model) -> AppliedDelta:
+        """Write the delta into ``model`` (adapter, pipeline or denoiser); returns a handle that reverts it."""
+        parameters = self.check(model)
+        originals = {name: parameter.detach().clone() for name, parameter in parameters.items()}
+        with torch.no_grad():
+            for name, parameter in parameters.items():
+                # copy_ keeps the parameter contiguous (safetensors refuses a transposed nn.Parameter).
+                parameter.copy_(self.tensors[name].to(parameter.device))
+        return AppliedDelta(parameters, originals)
+
+    @contextmanager
+    def installed(self, adapter: Adapter) -> Iterator[None]:
+        with self.apply(adapter):
+            yield
+
+    def metadata(self) -> dict[str, str]:
+        return {
+            "format": FORMAT,
+            "locoedit_version": self.version,
+            "base_model": self.base_model,
+            "fingerprint": self.fingerprint,
+            "method": self.method,
+            "layers": json.dumps(self.layers),
+            "settings": json.dumps(self.settings),
+            "originals": json.dumps(self.originals),
+            "edited_sha256": json.dumps({name: tensor_sha256(t) for name, t in self.tensors.items()}),
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write the delta as one safetensors file, atomically."""
+        return write_safetensors(path, self.tensors, self.metadata())
+
+    @classmethod
+    def load(cls, path: str | Path) -> EditDelta:
+        """Read a delta file written by :meth:`save`; refuses anything else (never unpickles)."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise LocoeditError(f"delta file {path} does not exist; give the .safetensors file written by an edit")
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+                tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+        except Exception as error:  # safetensors raises its own error type, and OSError / ValueError
+            raise LocoeditError(
+                f"{path} is not a readable safetensors file ({type(error).__name__}: {error}); a delta must be the "
+                "file written by locoedit edit / neurons (locoedit never unpickles)"
+            ) from error
+        if metadata.get("format") != FORMAT:
+            raise LocoeditError(
+                f"{path} is a safetensors file but not a locoedit delta (format {metadata.get('format')!r}, "
+                f"expected {FORMAT!r})"
+            )
+        missing = [key for key in _METADATA_KEYS if key not in metadata]
+        if missing:
+            raise LocoeditError(f"{path} is a damaged locoedit delta: metadata lacks {', '.join(missing)}")
+        try:
+            layers, settings, originals, edited = (
+                json.loads(metadata[key]) for key in ("layers", "settings", "originals", "edited_sha256")
+            )
+        except json.JSONDecodeError as error:
+            raise LocoeditError(f"{path} is a damaged locoedit delta: its metadata is not valid JSON ({error})") from error
+        if set(originals) != set(tensors) or set(edited) != set(tensors):
+            raise LocoeditError(f"{path} is a damaged locoedit delta: its tensors and its metadata name different parameters")
+        for name, tensor in tensors.items():
+            if tensor_sha256(tensor) != edited[name]:
+                raise LocoeditError(f"{path} is corrupt: tensor {name} does not match its recorded sha256")
+        return cls(tensors, originals, metadata["fingerprint"], metadata["base_model"], metadata["method"], layers,
+                   settings, metadata["locoedit_version"])

@@ -1,0 +1,97 @@
+"""What determines a LocoGen run: the :class:`LocalizationRequest`."""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass
+
+from locoedit.core.dtypes import check_dtype
+from locoedit.core.errors import LocoeditError
+from locoedit.core.formats import JsonRecord
+from locoedit.core.seeds import check_seeds
+
+MODES = ("exact", "batched")
+
+
+def infer_concept(prompt: str, target: str) -> str:
+    """The words of ``prompt`` that ``target`` drops, e.g. ("a house in the style of Van Gogh", "a house")."""
+    words, kept = prompt.split(), target.split()
+    matcher = difflib.SequenceMatcher(a=words, b=kept, autojunk=False)
+    dropped = [w for tag, i1, i2, _, _ in matcher.get_opcodes() if tag in ("delete", "replace") for w in words[i1:i2]]
+    return " ".join(dropped)
+
+
+def _positive_int(name: str, value) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise LocoeditError(f"{name} must be a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True)
+class LocalizationRequest(JsonRecord):
+    """Everything that determines a LocoGen run. Validates on construction; serialises to JSON (request.json)."""
+
+    FORMAT = "locoedit.localization-request/1"
+
+    model: str
+    prompts: tuple[str, ...]
+    targets: tuple[str, ...]
+    concept: str = ""  # scored text; empty = the words the targets drop from the prompts
+    scorer: str | None = None  # None = the model's concept scorer (see locoedit.scoring.scorer_spec_for)
+    window: int | str = 2  # an integer m, or "auto": the smallest m whose best window passes auto_threshold
+    auto_threshold: float = 0.5  # fraction of the effect of routing *all* layers that a window must reach
+    seeds: tuple[int, ...] = (0, 1, 2, 3)
+    steps: int | None = None  # None = the model's default
+    guidance: float | None = None
+    height: int | None = None
+    width: int | None = None
+    scheduler: str | None = None  # a diffusers scheduler class name; None = the pipeline's own
+    mode: str = "batched"
+    chunk: int = 8  # windows per denoising loop in batched mode
+    dtype: str = "float32"
+    device: str | None = None
+    route_added_text: bool = False
+
+    def __post_init__(self):
+        for name in ("prompts", "targets"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
+        object.__setattr__(self, "seeds", check_seeds((self.seeds,) if isinstance(self.seeds, int) else self.seeds))
+        if not self.prompts:
+            raise LocoeditError("prompts is empty; give at least one original prompt (--prompt)")
+        if len(self.prompts) != len(self.targets):
+            raise LocoeditError(
+                f"got {len(self.prompts)} prompts and {len(self.targets)} targets; give one target per prompt, "
+                "in the same order"
+            )
+        for prompt, target in zip(self.prompts, self.targets):
+            if not isinstance(prompt, str) or not isinstance(target, str) or not prompt.strip() or not target.strip():
+                raise LocoeditError("a prompt or target is empty; every --prompt and --target needs text")
+            if prompt.strip() == target.strip():
+                raise LocoeditError(
+                    f"target {target!r} equals its prompt; the target must be the prompt with the concept removed"
+                )
+        if not self.concept:
+            concepts = {infer_concept(p, t) for p, t in zip(self.prompts, self.targets)}
+            if len(concepts) != 1 or not next(iter(concepts)):
+                raise LocoeditError(
+                    f"cannot infer one concept from the prompts and targets (got {sorted(concepts)}); pass --concept"
+                )
+            object.__setattr__(self, "concept", concepts.pop())
+        if self.window != "auto" and (isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1):
+            raise LocoeditError(f"window {self.window!r} is invalid; give an integer m >= 1 or 'auto'")
+        if isinstance(self.auto_threshold, bool) or not isinstance(self.auto_threshold, (int, float)) or not (
+            0 < self.auto_threshold <= 1
+        ):
+            raise LocoeditError(f"auto_threshold {self.auto_threshold!r} must be in (0, 1]")
+        if self.mode not in MODES:
+            raise LocoeditError(f"mode {self.mode!r} is unknown; use 'exact' or 'batched'")
+        _positive_int("chunk", self.chunk)
+        check_dtype(self.dtype)
+        for name in ("steps", "height", "width"):
+            _positive_int(name, getattr(self, name))
+        guidance = self.guidance
+        if guidance is not None and (
+            isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance)
+        ):
+            raise LocoeditError(f"guidance must be a finite number, got {guidance!r}")

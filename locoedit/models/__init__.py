@@ -1,0 +1,125 @@
+"""One adapter per model family, and loading a pipeline by hub id, local folder or a registered short name.
+
+Short names (:data:`NAMED_MODELS`) map to folders shipped with locoedit; the toy world registers itself here. A model
+folder may hold ``locoedit.json`` (:class:`ModelSettings`): the generation settings and the concept scorer it is
+meant to be used with. Nothing above this package branches on a model's name or family.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from locoedit import toyworld
+from locoedit.models.base import (
+    Adapter,
+    EncodedPrompts,
+    GenerationSettings,
+    ModelSettings,
+    PromptTokens,
+    TextConditioning,
+)
+from locoedit.models.deepfloyd_if import DeepFloydIFAdapter
+from locoedit.models.pixart import PixArtAlphaAdapter
+from locoedit.models.stable_diffusion import StableDiffusionAdapter
+from locoedit.models.stable_diffusion_xl import StableDiffusionXLAdapter
+from locoedit.core.errors import LocoeditError
+
+__all__ = [
+    "Adapter",
+    "EncodedPrompts",
+    "GenerationSettings",
+    "ModelSettings",
+    "NAMED_MODELS",
+    "PromptTokens",
+    "TextConditioning",
+    "ADAPTERS",
+    "adapter_for",
+    "load_adapter",
+    "resolve_model",
+    "DEFAULTS_FILE",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULTS_FILE = "locoedit.json"  # optional, in a pipeline folder: the settings that model is meant to be used with
+
+NAMED_MODELS: dict[str, Path] = {"toyworld": toyworld.MODEL_DIR}  # short name -> shipped pipeline folder
+
+ADAPTERS: dict[str, type[Adapter]] = {
+    cls.pipeline_class_name: cls
+    for cls in (StableDiffusionAdapter, StableDiffusionXLAdapter, DeepFloydIFAdapter, PixArtAlphaAdapter)
+}
+
+# Components that are not needed to generate and that would otherwise be fetched or warn offline.
+_LOAD_OPTIONS = {
+    "StableDiffusionPipeline": {"safety_checker": None, "requires_safety_checker": False},
+    "StableDiffusionXLPipeline": {"add_watermarker": False},
+    "IFPipeline": {"safety_checker": None, "watermarker": None, "requires_safety_checker": False},
+    "PixArtAlphaPipeline": {},
+}
+
+
+def _unsupported(class_name: str, where: str) -> LocoeditError:
+    return LocoeditError(
+        f"{where} is a {class_name}, which locoedit does not support; supported pipelines: {', '.join(ADAPTERS)}"
+    )
+
+
+def adapter_for(pipe) -> Adapter:
+    """The adapter for an already loaded diffusers pipeline."""
+    for cls in type(pipe).__mro__:
+        if cls.__name__ in ADAPTERS:
+            return ADAPTERS[cls.__name__](pipe)
+    raise _unsupported(type(pipe).__name__, "the pipeline")
+
+
+def resolve_model(model: str) -> str:
+    """A local folder path or a hub id for ``model``; a short name of :data:`NAMED_MODELS` is its shipped folder."""
+    return str(NAMED_MODELS[model]) if model in NAMED_MODELS else model
+
+
+def _pipeline_class_name(model: str) -> str:
+    path = Path(model).expanduser()
+    if path.is_dir():
+        index = path / "model_index.json"
+        if not index.is_file():
+            raise LocoeditError(
+                f"{model} is a folder but not a diffusers pipeline (no model_index.json); "
+                "point at a folder written by save_pretrained, or at a hub id"
+            )
+        return json.loads(index.read_text())["_class_name"]
+    if path.is_absolute() or model.startswith((".", "~")) or model.count("/") > 1:
+        raise LocoeditError(f"model folder {model} does not exist; give an existing local folder or a hub id")
+    from diffusers import DiffusionPipeline
+
+    try:
+        return DiffusionPipeline.load_config(model)["_class_name"]
+    except Exception as error:  # the hub client raises many types for offline, missing and gated repos
+        raise LocoeditError(
+            f"model {model!r} is neither a local folder nor available from the hub ({type(error).__name__}); "
+            "weights must be local or reachable: download them into a folder (or the hub cache) and pass that"
+        ) from error
+
+
+def load_adapter(model: str, dtype: torch.dtype = torch.float32, device: str | None = None) -> Adapter:
+    """Load a supported pipeline from a hub id or local folder and wrap it in its family's adapter."""
+    import diffusers
+
+    location = resolve_model(model)
+    class_name = _pipeline_class_name(location)
+    if class_name not in ADAPTERS:
+        raise _unsupported(class_name, repr(model))
+    pipe = getattr(diffusers, class_name).from_pretrained(location, dtype=dtype, **_LOAD_OPTIONS[class_name])
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    logger.info("loaded %s from %s on %s (%s)", class_name, location, device, dtype)
+    return ADAPTERS[class_name](pipe.to(device), _folder_settings(location))
+
+
+def _folder_settings(location: str) -> ModelSettings:
+    """What a model folder recommends in ``locoedit.json``; nothing for a hub id or a folder without one."""
+    file = Path(location) / DEFAULTS_FILE
+    return ModelSettings.read(file) if file.is_file() else ModelSettings()

@@ -1,0 +1,245 @@
+"""What every model family provides: its cross-attention layers, prompt encoding and denoising loop."""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, ExitStack, nullcontext
+from dataclasses import dataclass, replace
+from functools import cached_property
+
+import torch
+
+from locoedit.core.errors import LocoeditError
+from locoedit.core.formats import JsonRecord
+from locoedit.models.intervention import Intervention
+from locoedit.models.layers import CrossAttentionLayer, list_cross_attention_layers
+
+
+@dataclass(frozen=True)
+class TextConditioning:
+    """A batch of encoded prompts, in the form the pipeline's ``prompt_embeds`` arguments take."""
+
+    embeds: torch.Tensor  # [batch, tokens, dim]
+    mask: torch.Tensor | None = None  # [batch, tokens], PixArt's text attention mask
+    pooled: torch.Tensor | None = None  # [batch, dim], SD-XL's pooled text embedding
+
+    def take(self, rows: list[int]) -> TextConditioning:
+        index = torch.tensor(rows, dtype=torch.long, device=self.embeds.device)
+        pick = lambda t: None if t is None else t.index_select(0, index)  # noqa: E731
+        return TextConditioning(pick(self.embeds), pick(self.mask), pick(self.pooled))
+
+    def where(self, rows: torch.Tensor, other: TextConditioning) -> TextConditioning:
+        """This conditioning, with ``other``'s pooled embedding in the selected rows ([batch] bool)."""
+        if self.pooled is None:
+            return self
+        rows = rows.to(self.pooled.device)[:, None]
+        return replace(self, pooled=torch.where(rows, other.pooled, self.pooled))
+
+
+@dataclass(frozen=True)
+class EncodedPrompts:
+    conditional: TextConditioning
+    unconditional: TextConditioning  # the empty prompt, as the pipeline itself would encode it
+
+    def take(self, rows: list[int]) -> EncodedPrompts:
+        return EncodedPrompts(self.conditional.take(rows), self.unconditional.take(rows))
+
+
+@dataclass(frozen=True)
+class PromptTokens:
+    """One prompt as the pipeline's tokenizer splits it. Position ``i`` is row ``i`` of the encoded states;
+    positions from ``length`` on are padding."""
+
+    text: str  # the prompt after the pipeline's own preprocessing (IF and PixArt lowercase it)
+    ids: tuple[int, ...]  # [length] token ids, special tokens included
+    offsets: tuple[tuple[int, int], ...]  # [length] character span of each token in ``text``
+    special: tuple[bool, ...]  # [length] start- and end-of-sequence tokens
+    rows: int  # rows of the encoded states: the tokenizer's padded length, which the denoiser attends to
+
+    @property
+    def length(self) -> int:
+        return len(self.ids)
+
+    @property
+    def eos(self) -> int:
+        """Position of the end-of-sequence token (the last real token)."""
+        return self.length - 1
+
+    def positions_of(self, start: int, end: int) -> list[int]:
+        """The non-special token positions whose characters overlap ``text[start:end]``."""
+        return [
+            i for i, ((a, b), special) in enumerate(zip(self.offsets, self.special))
+            if not special and a < end and b > start
+        ]
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    num_inference_steps: int
+    guidance_scale: float
+    height: int
+    width: int
+
+    def __post_init__(self):
+        for name in ("num_inference_steps", "height", "width"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise LocoeditError(f"{name} must be a positive integer, got {value!r}")
+        guidance = self.guidance_scale
+        if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
+            raise LocoeditError(f"guidance_scale must be a finite number, got {guidance!r}")
+
+    def to_json(self) -> dict:
+        return {
+            "num_inference_steps": self.num_inference_steps,
+            "guidance_scale": self.guidance_scale,
+            "height": self.height,
+            "width": self.width,
+        }
+
+
+@dataclass(frozen=True)
+class ModelSettings(JsonRecord):
+    """What a model folder recommends in its ``locoedit.json``: how to sample it, and which scorer reads its
+    concepts (the toy world: its probe). Missing entries fall back to the family's defaults."""
+
+    FORMAT = "locoedit.model/1"
+
+    generation: GenerationSettings | None = None
+    scorer: str | None = None
+
+
+StepCallback = Callable[[], None]
+
+
+class Adapter(ABC):
+    """One model family. Shared code talks to a pipeline only through this interface."""
+
+    pipeline_class_name: str
+    denoiser_name: str = "unet"
+    default_steps: int = 50
+    default_guidance: float = 7.5
+
+    def __init__(self, pipe, recommended: ModelSettings | None = None):
+        self.pipe = pipe
+        self.recommended = recommended or ModelSettings()  # the model folder's own locoedit.json, if any
+        pipe.set_progress_bar_config(disable=True)
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        return getattr(self.pipe, self.denoiser_name)
+
+    @cached_property
+    def layers(self) -> list[CrossAttentionLayer]:
+        return list_cross_attention_layers(self.denoiser)
+
+    @property
+    def device(self) -> torch.device:
+        return self.denoiser.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.denoiser.dtype
+
+    def default_settings(self) -> GenerationSettings:
+        if self.recommended.generation is not None:
+            return self.recommended.generation
+        side = self.default_image_size()
+        return GenerationSettings(self.default_steps, self.default_guidance, side, side)
+
+    def settings(
+        self, steps: int | None = None, guidance: float | None = None, height: int | None = None, width: int | None = None
+    ) -> GenerationSettings:
+        """The model's default settings with whatever the caller set (None = the default)."""
+        defaults = self.default_settings()
+        return GenerationSettings(
+            defaults.num_inference_steps if steps is None else steps,
+            defaults.guidance_scale if guidance is None else guidance,
+            defaults.height if height is None else height,
+            defaults.width if width is None else width,
+        )
+
+    @abstractmethod
+    def default_image_size(self) -> int: ...
+
+    @abstractmethod
+    def encode(self, prompts: list[str]) -> EncodedPrompts: ...
+
+    # Tokens a prompt is padded or truncated to by ``encode``; None = the tokenizer's ``model_max_length``.
+    text_max_length: int | None = None
+
+    def preprocess_text(self, prompt: str) -> str:
+        """The prompt as the pipeline hands it to its tokenizer."""
+        return prompt
+
+    def tokenize(self, prompt: str) -> PromptTokens:
+        """Split ``prompt`` exactly as ``encode`` does, with each token's characters (for finding a concept)."""
+        tokenizer = self.pipe.tokenizer
+        text = self.preprocess_text(prompt)
+        encoded = tokenizer(
+            text,
+            max_length=self.text_max_length or tokenizer.model_max_length,
+            truncation=True,
+            add_special_tokens=True,
+            return_offsets_mapping=True,
+            return_special_tokens_mask=True,
+        )
+        return PromptTokens(
+            text,
+            tuple(encoded["input_ids"]),
+            tuple(tuple(span) for span in encoded["offset_mapping"]),
+            tuple(bool(flag) for flag in encoded["special_tokens_mask"]),
+            self.text_max_length or tokenizer.model_max_length,
+        )
+
+    def attention_states(self, cond: TextConditioning) -> torch.Tensor:  # [batch, tokens, dim]
+        """The text states as the cross-attention layers receive them (after any projection in the denoiser)."""
+        return cond.embeds
+
+    def route_added_text(
+        self, rows: torch.Tensor, original: TextConditioning, target: TextConditioning
+    ) -> tuple[TextConditioning, AbstractContextManager[None]]:
+        """Where text reaches the denoiser outside cross-attention, give the selected rows ([batch] bool) the target's
+        text. Returns the conditioning to hand the pipeline and a context to run it in. Default: no such path."""
+        return original, nullcontext()
+
+    @abstractmethod
+    def _run_pipeline(
+        self,
+        prompts: EncodedPrompts,
+        generators: list[torch.Generator],
+        settings: GenerationSettings,
+        on_step: StepCallback | None,
+    ) -> torch.Tensor:  # [batch, 3, H, W] in [0, 1], any device and dtype
+        ...
+
+    def generate(
+        self,
+        prompts: EncodedPrompts,
+        seeds: list[int],
+        settings: GenerationSettings,
+        interventions: Sequence[Intervention] = (),
+        on_step: StepCallback | None = None,
+    ) -> torch.Tensor:  # [batch, 3, H, W] float32 on CPU, in [0, 1]
+        """Generate one image per row of ``prompts``; row ``b`` starts from noise seeded by ``seeds[b]`` alone.
+
+        Each intervention is prepared, installed for the whole denoising loop (restored even if it raises) and
+        verified after it.
+        """
+        batch = prompts.conditional.embeds.shape[0]
+        if len(seeds) != batch:
+            raise ValueError(f"got {len(seeds)} seeds for {batch} prompts; give one seed per prompt row")
+        # One CPU generator per row: a row's noise then depends on its seed only, not on its batch neighbours.
+        generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in seeds]
+        with torch.no_grad():
+            for intervention in interventions:
+                prompts = intervention.prepare(self, prompts)
+            with ExitStack() as stack:
+                for intervention in interventions:
+                    stack.enter_context(intervention.installed(self))
+                images = self._run_pipeline(prompts, generators, settings, on_step)
+        for intervention in interventions:
+            intervention.verify()
+        return images.float().cpu().clamp(0, 1)

@@ -1,0 +1,38 @@
+"""SD-XL: ``StableDiffusionXLPipeline`` (two CLIP text encoders, hidden states concatenated to 2048-d)."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+from locoedit.models.base import Adapter, EncodedPrompts, GenerationSettings, TextConditioning
+from locoedit.models.stable_diffusion import _step_end
+
+
+class StableDiffusionXLAdapter(Adapter):
+    pipeline_class_name = "StableDiffusionXLPipeline"
+    default_guidance = 5.0
+
+    def default_image_size(self) -> int:
+        return self.pipe.default_sample_size * self.pipe.vae_scale_factor
+
+    def encode(self, prompts: list[str]) -> EncodedPrompts:
+        cond, uncond, pooled, uncond_pooled = self.pipe.encode_prompt(
+            prompt=prompts, device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=True
+        )
+        return EncodedPrompts(TextConditioning(cond, pooled=pooled), TextConditioning(uncond, pooled=uncond_pooled))
+
+    def route_added_text(self, rows, original, target):
+        # The pooled embedding enters through the added time/text condition, once per row for all layers.
+        return original.where(rows, target), nullcontext()
+
+    def _run_pipeline(self, prompts, generators, settings: GenerationSettings, on_step):
+        return self.pipe(
+            prompt_embeds=prompts.conditional.embeds,
+            negative_prompt_embeds=prompts.unconditional.embeds,
+            pooled_prompt_embeds=prompts.conditional.pooled,
+            negative_pooled_prompt_embeds=prompts.unconditional.pooled,
+            generator=generators,
+            output_type="pt",
+            callback_on_step_end=_step_end(on_step),
+            **settings.to_json(),
+        ).images

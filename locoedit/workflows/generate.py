@@ -1,0 +1,67 @@
+"""Plain generation with any supported model: one image per (prompt, seed), written with a JSON record."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from locoedit.core.dtypes import check_dtype, dtype_named
+from locoedit.core.errors import LocoeditError
+from locoedit.core.formats import JsonRecord
+from locoedit.core.io import write_png
+from locoedit.core.progress import ProgressCallback, ProgressTask
+from locoedit.core.seeds import check_seeds
+from locoedit.models import Adapter, GenerationSettings, load_adapter
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    model: str
+    prompts: tuple[str, ...]
+    seeds: tuple[int, ...] = (0, 1, 2, 3)
+    steps: int | None = None  # None = the model's default
+    guidance: float | None = None
+    size: int | None = None
+    dtype: str = "float32"
+    device: str | None = None
+
+    def __post_init__(self):
+        if not self.prompts or not all(isinstance(p, str) and p.strip() for p in self.prompts):
+            raise LocoeditError("give at least one non-empty --prompt")
+        object.__setattr__(self, "seeds", check_seeds(self.seeds))
+        check_dtype(self.dtype)
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    prompt: str
+    seed: int
+    path: str  # relative to the output folder
+
+
+@dataclass(frozen=True)
+class GenerationRecord(JsonRecord):
+    FORMAT = "locoedit.generation/1"
+
+    request: GenerationRequest
+    settings: GenerationSettings
+    images: list[GeneratedImage]
+
+
+def generate_to_folder(request: GenerationRequest, out: str | Path, adapter: Adapter | None = None,
+                       progress: ProgressCallback | None = None) -> GenerationRecord:
+    adapter = adapter or load_adapter(request.model, dtype_named(request.dtype), request.device)
+    settings = adapter.settings(request.steps, request.guidance, request.size, request.size)
+    out = Path(out)
+    rows = [(p, seed) for p in range(len(request.prompts)) for seed in request.seeds]
+    encoded = adapter.encode(list(request.prompts)).take([p for p, _ in rows])
+    task = ProgressTask(progress, "generating", settings.num_inference_steps)
+    images = adapter.generate(encoded, [seed for _, seed in rows], settings, on_step=task.advance)
+    records = []
+    for (p, seed), image in zip(rows, images):
+        path = f"p{p}_s{seed}.png"
+        write_png(out / path, image)
+        records.append(GeneratedImage(request.prompts[p], seed, path))
+    record = GenerationRecord(request, settings, records)
+    record.write(out / "generation.json")
+    return record

@@ -1,0 +1,77 @@
+"""The edit / neurons / apply commands through typer, on a tiny pipeline folder."""
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+from typer.testing import CliRunner  # noqa: E402
+
+from locoedit.cli import app as locoedit_app  # noqa: E402
+from locoedit.interventions.delta import EditDelta  # noqa: E402
+from locoedit.testing import TINY_PIPELINES  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("model")
+    TINY_PIPELINES["sd"](tmp_path_factory.mktemp("tok")).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def app():
+    return locoedit_app
+
+
+def run(app, *args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_edit_then_apply(app, model, tmp_path):
+    delta = tmp_path / "van-gogh.safetensors"
+    result = run(app, "edit", model, "--concept", "van gogh", "--concept", "monet", "--kind", "style",
+                 "--target", "a painting", "--layers", "1,2", "--preserve", "a dog", "--lambda-key", "0.2",
+                 "--lambda-value", "0.3", "--token", "all", "--out", delta)
+    assert result.exit_code == 0, result.output
+    loaded = EditDelta.load(delta)
+    assert [layer["index"] for layer in loaded.layers] == [1, 2]
+    assert loaded.settings["concepts"] == ["van gogh", "monet"] and loaded.settings["lambda_value"] == 0.3
+    result = run(app, "apply", model, delta, "--out", tmp_path / "edited")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "edited" / "model_index.json").is_file()
+
+
+def test_neurons_writes_the_same_kind_of_delta(app, model, tmp_path):
+    delta = tmp_path / "n.safetensors"
+    result = run(app, "neurons", model, "--concept", "dog", "--kind", "object", "--neutral", "a photo of a cat",
+                 "--neutral", "a photo of a tree", "--layers", "3", "--top-k", "2", "--out", delta)
+    assert result.exit_code == 0, result.output
+    assert EditDelta.load(delta).method == "neurons"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--lambda-key", "0"], "lambda_key must be a finite number > 0"),
+        (["--layers", "5,9"], "out of range"),
+        (["--token", "middle"], "token 'middle' is unknown"),
+        (["--prompt", "a photo of a house"], "contains none of the concepts"),
+    ],
+)
+def test_bad_input_exits_2_and_writes_nothing(app, model, tmp_path, args, message):
+    delta = tmp_path / "d.safetensors"
+    base = ["edit", model, "--concept", "van gogh", "--target", "a painting", "--layers", "1", "--out", delta]
+    result = run(app, *base, *args)
+    assert result.exit_code == 2 and message in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_apply_refuses_a_delta_for_another_model(app, model, tmp_path):
+    other = tmp_path / "other"
+    TINY_PIPELINES["sd"](tmp_path / "tok", seed=5).save_pretrained(other)
+    delta = tmp_path / "d.safetensors"
+    assert run(app, "edit", model, "--concept", "dog", "--target", "cat", "--layers", "1", "--out", delta).exit_code == 0
+    result = run(app, "apply", str(other), delta, "--out", tmp_path / "edited")
+    assert result.exit_code == 2 and "original matrix differs" in result.output
+    assert not (tmp_path / "edited").exists()

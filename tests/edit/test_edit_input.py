@@ -1,0 +1,130 @@
+"""Bad input to LocoEdit: a clear LocoeditError naming the field and the fix, and nothing written."""
+
+import json
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+from locoedit.models import adapter_for  # noqa: E402
+from locoedit.cli.main import parse_layers  # noqa: E402
+from locoedit.edit import EditRequest, compute_edit, edit_to_file  # noqa: E402
+from locoedit.edit.layers import resolve_layers  # noqa: E402
+from locoedit.core.errors import LocoeditError  # noqa: E402
+from locoedit.localize import LocalizationRequest, localize  # noqa: E402
+from locoedit.scoring import PixelScorer  # noqa: E402
+from locoedit.testing import TINY_PIPELINES  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def sd(tmp_path_factory):
+    return adapter_for(TINY_PIPELINES["sd"](tmp_path_factory.mktemp("sd")))
+
+
+def make(**overrides):
+    base = dict(model="tiny", concepts=("van gogh",), targets=("a painting",), kind="style", layers=(1,))
+    base.update(overrides)
+    return EditRequest(**base)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(concepts=()), "concepts is empty"),
+        (dict(concepts=("  ",)), "concepts is empty"),
+        (dict(targets=("a", "b", "c")), "got 3 targets for 1 concepts"),
+        (dict(targets=("Van Gogh",)), "equals its concept"),
+        (dict(prompts=("",)), "prompt or preservation prompt is empty"),
+        (dict(preserve=(" ",)), "prompt or preservation prompt is empty"),
+        (dict(lambda_key=0.0), "lambda_key must be a finite number > 0"),
+        (dict(lambda_value=-1.0), "lambda_value must be a finite number > 0"),
+        (dict(lambda_key=float("nan")), "lambda_key must be a finite number > 0"),
+        (dict(preserve_scale=0), "preserve_scale must be"),
+        (dict(token="first"), "token 'first' is unknown"),
+        (dict(kind="animal"), "kind 'animal' is unknown"),
+        (dict(layers=()), "layers .* must be non-empty"),
+        (dict(layers=(-1,)), "must be non-empty non-negative"),
+        (dict(layers=(1, 1)), "repeats an index"),
+        (dict(layers="/no/such/run"), "neither 'auto'"),
+        (dict(dtype="float8"), "dtype 'float8' is unknown"),
+    ],
+)
+def test_bad_requests_are_refused_on_construction(overrides, message):
+    with pytest.raises(LocoeditError, match=message):
+        make(**overrides)
+
+
+def test_layer_indices_out_of_range(sd, tmp_path):
+    out = tmp_path / "delta.safetensors"
+    with pytest.raises(LocoeditError, match=r"out of range: this model has 7 cross-attention layers \(0..6\)"):
+        edit_to_file(make(layers=(6, 7)), out, adapter=sd)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_concept_not_among_the_prompts_tokens(sd, tmp_path):
+    out = tmp_path / "delta.safetensors"
+    long_prompt = "a photo of a dog in the house of the cat in the tree of the car in the style of {c}"
+    with pytest.raises(LocoeditError, match="is not among the tokens of prompt"):
+        edit_to_file(make(prompts=(long_prompt,)), out, adapter=sd)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_prompt_without_the_concept(sd):
+    with pytest.raises(LocoeditError, match="contains none of the concepts"):
+        compute_edit(sd, make(prompts=("a photo of a dog",)))
+
+
+def test_out_must_be_a_safetensors_path(sd, tmp_path):
+    with pytest.raises(LocoeditError, match="must end in .safetensors"):
+        edit_to_file(make(), tmp_path / "delta.pt", adapter=sd)
+
+
+def test_parse_layers():
+    assert parse_layers("auto") == "auto"
+    assert parse_layers("8,9") == (8, 9)
+    assert parse_layers(" 3 ") == (3,)
+    assert parse_layers("runs/van-gogh") == "runs/van-gogh"
+
+
+@pytest.fixture(scope="module")
+def run_result(sd, tmp_path_factory):
+    """A finished LocoGen run of the tiny model, as `locoedit localize` writes it."""
+    request = LocalizationRequest(model="tiny", prompts=("a house in the style of van gogh",), targets=("a house",),
+                                  scorer="pixel", window=2, seeds=(0,), steps=2)
+    return localize(request, tmp_path_factory.mktemp("run"), sd, PixelScorer())
+
+
+def _run_choosing(result, tmp_path, layers, names):
+    data = result.to_json()
+    data["chosen"].update(layers=layers, names=names)
+    (tmp_path / "localization.json").write_text(json.dumps(data))
+    return str(tmp_path)
+
+
+def test_layers_from_a_localize_run_folder(sd, run_result, tmp_path):
+    folder = _run_choosing(run_result, tmp_path, [2, 3], [sd.layers[i].name for i in (2, 3)])
+    assert [layer.index for layer in resolve_layers(sd, folder)] == [2, 3]
+    delta = compute_edit(sd, make(layers=folder))
+    assert [layer["index"] for layer in delta.layers] == [2, 3]
+
+
+def test_a_run_folder_of_another_model_is_refused(sd, run_result, tmp_path):
+    folder = _run_choosing(run_result, tmp_path, [2], ["transformer_blocks.2.attn2"])
+    with pytest.raises(LocoeditError, match="the run was for another model"):
+        resolve_layers(sd, folder)
+
+
+def test_auto_layers_default_to_the_models_concept_scorer(sd):
+    # A model folder without a locoedit.json gets the paper's CLIP-Score, never the concept-blind pixel scorer.
+    req = make(layers="auto", auto_window=2, auto_steps=2, auto_seeds=(0,), prompts=("a painting in the style of {c}",))
+    with pytest.raises(LocoeditError, match="CLIP weights 'openai/clip-vit-base-patch16' are not available"):
+        compute_edit(sd, req)
+
+
+def test_auto_layers_run_locogen_first(sd, tiny_clip_folder):
+    req = make(layers="auto", auto_window=2, auto_steps=2, auto_seeds=(0,), prompts=("a painting in the style of {c}",),
+               auto_scorer=f"clip:{tiny_clip_folder}")
+    delta = compute_edit(sd, req)
+    chosen = [layer["index"] for layer in delta.layers]
+    assert len(chosen) == 2 and chosen[1] == chosen[0] + 1

@@ -1,0 +1,77 @@
+import pytest
+import torch
+from diffusers import PixArtTransformer2DModel, UNet2DConditionModel
+
+from locoedit.models import GenerationSettings
+from locoedit.models.layers import list_cross_attention_layers
+from locoedit.models import real_configs
+
+
+def _meta(model_class, config):
+    with torch.device("meta"):
+        return model_class.from_config(config)
+
+
+@pytest.mark.parametrize(
+    "model_class, config, count, projections",
+    [
+        (UNet2DConditionModel, real_configs.SD15_UNET, 16, ("to_k", "to_v")),
+        (UNet2DConditionModel, real_configs.SD21_UNET, 16, ("to_k", "to_v")),
+        (UNet2DConditionModel, real_configs.SDXL_UNET, 70, ("to_k", "to_v")),
+        (UNet2DConditionModel, real_configs.IF_I_XL_UNET, 22, ("add_k_proj", "add_v_proj")),
+        (PixArtTransformer2DModel, real_configs.PIXART_ALPHA_TRANSFORMER, 28, ("to_k", "to_v")),
+    ],
+    ids=["sd-1.5", "sd-2.1", "sd-xl", "if-i-xl", "pixart-alpha"],
+)
+def test_real_layouts_have_the_papers_layer_counts(model_class, config, count, projections):
+    layers = list_cross_attention_layers(_meta(model_class, config))
+    assert len(layers) == count
+    assert [layer.index for layer in layers] == list(range(count))
+    assert {layer.edit_projections for layer in layers} == {projections}
+
+
+def test_sd15_layers_run_down_mid_up_with_numeric_block_order():
+    layers = list_cross_attention_layers(_meta(UNet2DConditionModel, real_configs.SD15_UNET))
+    blocks = [layer.block for layer in layers]
+    assert blocks == ["down.0"] * 2 + ["down.1"] * 2 + ["down.2"] * 2 + ["mid"] + ["up.1"] * 3 + ["up.2"] * 3 + ["up.3"] * 3
+    assert [layer.resolution for layer in layers] == [64, 64, 32, 32, 16, 16, 8, 16, 16, 16, 32, 32, 32, 64, 64, 64]
+    assert layers[6].name == "mid_block.attentions.0.transformer_blocks.0.attn2"
+
+
+def test_sdxl_transformer_blocks_are_ordered_numerically_past_ten():
+    layers = list_cross_attention_layers(_meta(UNet2DConditionModel, real_configs.SDXL_UNET))
+    down_2 = [layer.name for layer in layers if layer.name.startswith("down_blocks.2.attentions.0.")]
+    assert [int(name.split(".")[5]) for name in down_2] == list(range(10))
+    assert [layer.block for layer in layers].count("mid") == 10
+
+
+def test_pixart_blocks_are_ordered_numerically():
+    layers = list_cross_attention_layers(_meta(PixArtTransformer2DModel, real_configs.PIXART_ALPHA_TRANSFORMER))
+    assert [layer.name for layer in layers] == [f"transformer_blocks.{i}.attn2" for i in range(28)]
+    assert {layer.resolution for layer in layers} == {64}
+
+
+def test_layer_order_matches_execution_order(tiny_adapters):
+    """Record which cross-attention modules run, in order, during one real forward pass of each family."""
+    for name, adapter in tiny_adapters.items():
+        ran = []
+        hooks = [
+            layer.module.register_forward_pre_hook(lambda module, args, index=layer.index: ran.append(index))
+            for layer in adapter.layers
+        ]
+        try:
+            adapter.generate(adapter.encode(["a red circle"]), [0], GenerationSettings(1, 1.0, 16, 16))
+        finally:
+            for hook in hooks:
+                hook.remove()
+        assert ran == list(range(len(adapter.layers))), name
+
+
+def test_a_denoiser_without_text_is_refused():
+    from diffusers import UNet2DModel
+
+    with pytest.raises(ValueError, match="no cross-attention"):
+        list_cross_attention_layers(UNet2DModel(
+            block_out_channels=(8, 8), norm_num_groups=4, sample_size=8,
+            down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+        ))

@@ -43,7 +43,7 @@ def time_sweep(adapter, mode: str, chunk: int, steps: int) -> float:
     request = LocalizationRequest(model="bench", prompts=("a house in the style of van gogh",), targets=("a house",),
                                   window=2, seeds=(0, 1), steps=steps, mode=mode, chunk=chunk)
     start = time.perf_counter()
-    localize(request, None, adapter, PixelScorer(), progress=False)
+    localize(request, None, adapter, PixelScorer())
     return time.perf_counter() - start
 
 

@@ -1,16 +1,15 @@
 """Time the shipped toy-world pipeline: 64 images, default sampler, on CPU.
 
-    PYTHONPATH=. python bench/toyworld_speed.py [--threads N] [--batch 64] [--repeats 3]
+    python bench/toyworld_speed.py [--threads N] [--batch 64] [--repeats 3]
 """
 
 import argparse
-import json
 import logging
 import time
 
 import torch
 
-from locoedit.toyworld import DEFAULTS_PATH, MODEL_DIR
+from locoedit.toyworld import MODEL_DIR, sampling_defaults
 
 logger = logging.getLogger("toyworld_speed")
 
@@ -26,7 +25,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     from diffusers import StableDiffusionPipeline
 
-    defaults = json.loads(DEFAULTS_PATH.read_text())
+    defaults = sampling_defaults()
     t0 = time.perf_counter()
     pipe = StableDiffusionPipeline.from_pretrained(str(MODEL_DIR))
     pipe.set_progress_bar_config(disable=True)

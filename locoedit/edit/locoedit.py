@@ -140,6 +140,7 @@ def compute_edit(adapter: Adapter, request: EditRequest, layers: list[CrossAtten
         {
             "prompt_pairs": [[p.prompt, p.target_prompt] for p in rows.pairs],
             "concept_rows": len(rows.concept),
+            "concept_positions": rows.concept.positions(),
             "preserve_rows": 0 if rows.preserve is None else len(rows.preserve),
             "objectives": report,
         }

@@ -171,6 +171,7 @@ def compute_neuron_edit(
         "concept_prompts": [item.prompt for item in concept_items],
         "neutral_prompts": neutral_prompts,
         "concept_rows": len(concept_rows),
+        "concept_positions": concept_rows.positions(),
         "neutral_rows": len(neutral_rows),
         "chosen_neurons": chosen,
     })

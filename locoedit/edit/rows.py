@@ -178,6 +178,13 @@ class TextRows:
     def __len__(self) -> int:
         return int(self.prompt_index.numel())
 
+    def positions(self) -> list[list[int]]:
+        """The token positions selected in each prompt, as recorded in a delta's settings."""
+        chosen: list[list[int]] = [[] for _ in range(self.states.shape[0])]
+        for prompt, position in zip(self.prompt_index.tolist(), self.position_index.tolist()):
+            chosen[prompt].append(position)
+        return chosen
+
     def at(self, layer: CrossAttentionLayer) -> torch.Tensor:  # [rows, dim] float64
         """The rows as ``layer``'s key/value projections receive them.
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -113,10 +115,28 @@ def load_adapter(model: str, dtype: torch.dtype = torch.float32, device: str | N
     class_name = _pipeline_class_name(location)
     if class_name not in ADAPTERS:
         raise _unsupported(class_name, repr(model))
-    pipe = getattr(diffusers, class_name).from_pretrained(location, dtype=dtype, **_LOAD_OPTIONS[class_name])
+    with _quiet_loading():
+        pipe = getattr(diffusers, class_name).from_pretrained(location, dtype=dtype, **_LOAD_OPTIONS[class_name])
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     logger.info("loaded %s from %s on %s (%s)", class_name, location, device, dtype)
     return ADAPTERS[class_name](pipe.to(device), _folder_settings(location))
+
+
+@contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """Without diffusers' and transformers' own loading bars: progress is the front end's to draw."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    enabled = [(lib, lib.is_progress_bar_enabled()) for lib in (diffusers_logging, transformers_logging)]
+    for lib, _ in enabled:
+        lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib, was_enabled in enabled:
+            if was_enabled:
+                lib.enable_progress_bar()
 
 
 def _folder_settings(location: str) -> ModelSettings:

@@ -255,7 +255,7 @@ def evaluate(
     edit: Annotated[Path, typer.Option("--edit", help="Delta file written by `locoedit edit` or `locoedit neurons`.")],
     out: Annotated[Path, typer.Option(help="Folder for images, evaluation.json and report.html.")],
     suite: Annotated[str | None, typer.Option(help="A shipped suite name (e.g. toyworld-style-kandinsky) or a suite .json file; default: the shipped suite for the delta's concept.")] = None,
-    scorer: Annotated[str | None, typer.Option(help="toyworld or clip:ID_OR_FOLDER (default: the suite's, else toyworld for the toy model, else CLIP).")] = None,
+    scorer: Annotated[str | None, typer.Option(help="toyworld or clip:ID_OR_FOLDER (default: the suite's, else the model's concept scorer).")] = None,
     localization: Annotated[Path | None, typer.Option(help="A `locoedit localize` run folder: adds its per-layer effect curve to the report.")] = None,
     seeds: Annotated[str | None, typer.Option(help="Override the suite's seeds, e.g. 0-7.")] = None,
     steps: Annotated[int | None, typer.Option(help="Denoising steps (default: the suite's, else the model's).")] = None,

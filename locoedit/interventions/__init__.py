@@ -1,6 +1,6 @@
 """Interventions: changes to how a model computes, all installed the same way.
 
-Each is an :class:`Intervention` (the contract lives with the adapters, in ``locoedit.models.intervention``):
+Each is an :class:`Intervention` (the contract lives with the adapters that run it, in ``locoedit.models``):
 ``adapter.generate(prompts, seeds, settings, interventions=[...])`` prepares, installs (restoring the model on exit,
 also after an error) and verifies every one. Text routing (LocoGen), hidden-state recording and patching (causal
 tracing) and weight deltas (edits) are the three kinds.
@@ -9,6 +9,6 @@ tracing) and weight deltas (edits) are the three kinds.
 from locoedit.interventions.delta import AppliedDelta, EditDelta
 from locoedit.interventions.patching import ActivationPatch, ActivationRecorder
 from locoedit.interventions.routing import Routing, TextRouting
-from locoedit.models.intervention import Intervention
+from locoedit.models import Intervention
 
 __all__ = ["ActivationPatch", "ActivationRecorder", "AppliedDelta", "EditDelta", "Intervention", "Routing", "TextRouting"]

@@ -26,8 +26,7 @@ import torch
 from locoedit import __version__
 from locoedit.core.errors import LocoeditError
 from locoedit.core.io import write_safetensors
-from locoedit.models import Adapter, adapter_for
-from locoedit.models.intervention import Intervention
+from locoedit.models import Adapter, Intervention, adapter_for
 
 FORMAT = "locoedit-delta/1"
 _METADATA_KEYS = ("format", "locoedit_version", "base_model", "fingerprint", "method", "layers", "settings",

@@ -15,8 +15,7 @@ from contextlib import contextmanager
 import torch
 
 from locoedit.core.errors import LocoeditError
-from locoedit.models import Adapter
-from locoedit.models.intervention import Intervention
+from locoedit.models import Adapter, Intervention
 
 
 def _site(adapter: Adapter, name: str) -> torch.nn.Module:

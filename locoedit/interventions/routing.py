@@ -14,8 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from locoedit.models import Adapter, EncodedPrompts, TextConditioning
-from locoedit.models.intervention import Intervention
+from locoedit.models import Adapter, EncodedPrompts, Intervention, TextConditioning
 from locoedit.models.layers import CrossAttentionLayer
 
 

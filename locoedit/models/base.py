@@ -13,7 +13,6 @@ import torch
 
 from locoedit.core.errors import LocoeditError
 from locoedit.core.formats import JsonRecord
-from locoedit.models.intervention import Intervention
 from locoedit.models.layers import CrossAttentionLayer, list_cross_attention_layers
 
 
@@ -112,6 +111,27 @@ class ModelSettings(JsonRecord):
 
 
 StepCallback = Callable[[], None]
+
+
+class Intervention(ABC):
+    """A change to how an adapter's model computes, for the span of one generation or of a ``with`` block.
+
+    - ``prepare`` may rewrite the encoded prompts handed to the pipeline (text that reaches the denoiser outside
+      the modules an intervention hooks); by default it returns them unchanged;
+    - ``installed`` is a context manager that installs the change on entry and restores the model on exit, also
+      when generation raises;
+    - ``verify`` runs after a generation that finished and raises if the change never took effect (for instance
+      because something replaced its attention processors mid-run).
+    """
+
+    def prepare(self, adapter: Adapter, prompts: EncodedPrompts) -> EncodedPrompts:
+        return prompts
+
+    @abstractmethod
+    def installed(self, adapter: Adapter) -> AbstractContextManager[None]: ...
+
+    def verify(self) -> None:
+        return None
 
 
 class Adapter(ABC):

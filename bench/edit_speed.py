@@ -1,6 +1,6 @@
 """Time LocoEdit on all key/value matrices of the real-size SD-XL UNet (random weights) against the official formula.
 
-    PYTHONPATH=. python bench/edit_speed.py [--rows 8] [--lam 0.1] [--threads 1] [--official-limit N]
+    python bench/edit_speed.py [--rows 8] [--lam 0.1] [--threads 1] [--official-limit N]
 
 The layer table comes from SD-XL's UNet config instantiated on the ``meta`` device (70 cross-attention layers,
 140 ``to_k``/``to_v`` matrices of 640 or 1280 x 2048); each matrix gets seeded random float32 weights. The text rows

@@ -27,12 +27,9 @@ class LayerInfo:
 
 
 @dataclass(frozen=True)
-class CrossAttentionLayer:
-    index: int  # position in execution order, 0-based
-    name: str  # module path inside the denoiser
-    block: str  # "down.1", "mid", "up.2", or "transformer" for DiT-style denoisers
-    resolution: int  # side length of the token grid the layer attends from
-    edit_projections: tuple[str, str]  # the key and value projections LocoEdit rewrites
+class CrossAttentionLayer(LayerInfo):
+    """A cross-attention layer of a loaded denoiser: its description and the module itself."""
+
     module: Attention
 
     @property

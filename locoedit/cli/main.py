@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -16,9 +17,25 @@ from locoedit.cli.progress import terminal_progress
 from locoedit.core.errors import LocoeditError
 from locoedit.core.formats import to_plain
 from locoedit.core.seeds import parse_seeds
+from locoedit.edit import EditRequest
+from locoedit.edit.neurons import NeuronRequest
+from locoedit.evaluate import EvaluationRequest
+from locoedit.localize import LocalizationRequest
+from locoedit.workflows.generate import GenerationRequest
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
+
+
+def default(request_class, name: str):
+    """The library's default for a request field: the one place defaults are decided (shown by --help)."""
+    return next(f.default for f in dataclasses.fields(request_class) if f.name == name)
+
+
+def seeds_text(seeds: tuple[int, ...]) -> str:
+    """Seeds as they are typed: a run of consecutive seeds as a range."""
+    consecutive = len(seeds) > 1 and list(seeds) == list(range(seeds[0], seeds[0] + len(seeds)))
+    return f"{seeds[0]}-{seeds[-1]}" if consecutive else ",".join(map(str, seeds))
 
 
 def parse_window(text: str) -> int | str:
@@ -52,6 +69,7 @@ def main(
 
 Model = Annotated[str, typer.Argument(help="A hub id, a local diffusers pipeline folder, or 'toyworld'.")]
 Dtype = Annotated[str, typer.Option(help="float32, float16 or bfloat16.")]
+L, E, N = LocalizationRequest, EditRequest, NeuronRequest
 Device = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, ... (default: cuda if available).")]
 
 
@@ -87,21 +105,20 @@ def localize(
     out: Annotated[Path, typer.Option(help="Run folder: JSON, images, report.html. Rerun to resume.")],
     concept: Annotated[str, typer.Option(help="Text to score; default: the words the target drops.")] = "",
     scorer: Annotated[str | None, typer.Option(help="pixel, toyworld or clip:ID_OR_FOLDER (default: the model's concept scorer: the probe for the toy world, the paper's CLIP otherwise).")] = None,
-    window: Annotated[str, typer.Option(help="Window size m, or 'auto'.")] = "2",
-    threshold: Annotated[float, typer.Option(help="For --window auto: fraction of the all-layer effect a window must reach.")] = 0.5,
-    seeds: Annotated[str, typer.Option(help="e.g. 0,1,2,3 or 0-15.")] = "0,1,2,3",
+    window: Annotated[str, typer.Option(help="Window size m, or 'auto'.")] = str(default(L, "window")),
+    threshold: Annotated[float, typer.Option(help="For --window auto: fraction of the all-layer effect a window must reach.")] = default(L, "auto_threshold"),
+    seeds: Annotated[str, typer.Option(help="e.g. 0,1,2,3 or 0-15.")] = seeds_text(default(L, "seeds")),
     steps: Annotated[int | None, typer.Option(help="Denoising steps (default: the model's).")] = None,
     guidance: Annotated[float | None, typer.Option(help="Classifier-free guidance scale.")] = None,
     size: Annotated[int | None, typer.Option(help="Image height and width in pixels.")] = None,
     scheduler: Annotated[str | None, typer.Option(help="A diffusers scheduler class, e.g. DDIMScheduler.")] = None,
-    mode: Annotated[str, typer.Option(help="exact (one loop per window, as the paper) or batched.")] = "batched",
-    chunk: Annotated[int, typer.Option(help="Windows per denoising loop in batched mode.")] = 8,
-    route_added_text: Annotated[bool, typer.Option(help="Also route SD-XL pooled / IF time-embedding text.")] = False,
-    dtype: Dtype = "float32",
+    mode: Annotated[str, typer.Option(help="exact (one loop per window, as the paper) or batched.")] = default(L, "mode"),
+    chunk: Annotated[int, typer.Option(help="Windows per denoising loop in batched mode.")] = default(L, "chunk"),
+    route_added_text: Annotated[bool, typer.Option(help="Also route SD-XL pooled / IF time-embedding text.")] = default(L, "route_added_text"),
+    dtype: Dtype = default(L, "dtype"),
     device: Device = None,
 ):
     """LocoGen: find the window of cross-attention layers that controls a concept."""
-    from locoedit.localize import LocalizationRequest
     from locoedit.localize import localize as run_localize
 
     request = LocalizationRequest(
@@ -141,15 +158,15 @@ def generate(
     model: Model,
     prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="Prompt (repeatable).")],
     out: Annotated[Path, typer.Option(help="Folder for the PNGs and generation.json.")] = Path("generated"),
-    seeds: Annotated[str, typer.Option(help="e.g. 0-15.")] = "0-3",
+    seeds: Annotated[str, typer.Option(help="e.g. 0-15.")] = seeds_text(default(GenerationRequest, "seeds")),
     steps: Annotated[int | None, typer.Option(help="Denoising steps (default: the model's).")] = None,
     guidance: Annotated[float | None, typer.Option(help="Classifier-free guidance scale.")] = None,
     size: Annotated[int | None, typer.Option(help="Image height and width in pixels.")] = None,
-    dtype: Dtype = "float32",
+    dtype: Dtype = default(GenerationRequest, "dtype"),
     device: Device = None,
 ):
     """Generate images for prompts and seeds with any supported model."""
-    from locoedit.workflows.generate import GenerationRequest, generate_to_folder
+    from locoedit.workflows.generate import generate_to_folder
 
     request = GenerationRequest(model, tuple(prompt), parse_seeds(seeds), steps, guidance, size, dtype, device)
     record = generate_to_folder(request, out, progress=ctx.obj)
@@ -173,25 +190,23 @@ def edit(
     concept: Concepts,
     out: OutDelta,
     target: Targets = None,
-    kind: Kind = "object",
+    kind: Kind = default(E, "kind"),
     prompt: Prompts = None,
-    layers: Layers = "auto",
+    layers: Layers = default(E, "layers"),
     preserve: Annotated[list[str] | None, typer.Option("--preserve", help="Prompt whose keys and values should stay (repeat).")] = None,
-    preserve_scale: Annotated[float, typer.Option(help="Weight of the preservation rows.")] = 1.0,
-    lambda_key: Annotated[float, typer.Option("--lambda-key", help="Regulariser of the key edits (> 0).")] = 0.1,
-    lambda_value: Annotated[float, typer.Option("--lambda-value", help="Regulariser of the value edits (> 0).")] = 0.1,
-    token: Token = "last-subject",
-    window: Annotated[int, typer.Option(help="LocoGen window size for --layers auto.")] = 2,
-    dtype: Dtype = "float32",
+    preserve_scale: Annotated[float, typer.Option(help="Weight of the preservation rows.")] = default(E, "preserve_scale"),
+    lambda_key: Annotated[float, typer.Option("--lambda-key", help="Regulariser of the key edits (> 0).")] = default(E, "lambda_key"),
+    lambda_value: Annotated[float, typer.Option("--lambda-value", help="Regulariser of the value edits (> 0).")] = default(E, "lambda_value"),
+    token: Token = default(E, "token"),
+    window: Annotated[int, typer.Option(help="LocoGen window size for --layers auto.")] = default(E, "auto_window"),
+    dtype: Dtype = default(E, "dtype"),
     device: Device = None,
 ):
     """LocoEdit: closed-form edit of the key/value projections of the localized layers; writes a delta file."""
-    from locoedit.edit import EditRequest, edit_to_file
+    from locoedit.edit import edit_to_file
 
-    if not target:
-        raise LocoeditError("give --target: what the concept should become (e.g. --target 'a painting')")
     request = EditRequest(
-        model=model, concepts=tuple(concept), targets=tuple(target), kind=kind, prompts=tuple(prompt or ()),
+        model=model, concepts=tuple(concept), targets=tuple(target or ()), kind=kind, prompts=tuple(prompt or ()),
         layers=parse_layers(layers), preserve=tuple(preserve or ()), preserve_scale=preserve_scale,
         lambda_key=lambda_key, lambda_value=lambda_value, token=token, dtype=dtype, device=device,
         auto_window=window,
@@ -210,17 +225,17 @@ def neurons(
     out: OutDelta,
     neutral: Annotated[list[str] | None, typer.Option("--neutral", help="Neutral prompt (repeat); default: the prompts with --target in the concept's place.")] = None,
     target: Targets = None,
-    kind: Kind = "object",
+    kind: Kind = default(N, "kind"),
     prompt: Prompts = None,
-    layers: Layers = "auto",
-    top_k: Annotated[int, typer.Option("--top-k", help="Neurons replaced per key/value projection.")] = 8,
-    token: Token = "last-subject",
-    window: Annotated[int, typer.Option(help="LocoGen window size for --layers auto.")] = 2,
-    dtype: Dtype = "float32",
+    layers: Layers = default(N, "layers"),
+    top_k: Annotated[int, typer.Option("--top-k", help="Neurons replaced per key/value projection.")] = default(N, "top_k"),
+    token: Token = default(N, "token"),
+    window: Annotated[int, typer.Option(help="LocoGen window size for --layers auto.")] = default(N, "auto_window"),
+    dtype: Dtype = default(N, "dtype"),
     device: Device = None,
 ):
     """Neuron-level edit: replace the key/value neurons that respond most to the concept by their neutral mean."""
-    from locoedit.edit.neurons import NeuronRequest, neurons_to_file
+    from locoedit.edit.neurons import neurons_to_file
 
     request = NeuronRequest(
         model=model, concepts=tuple(concept), neutral=tuple(neutral or ()), targets=tuple(target or ()), kind=kind,
@@ -261,13 +276,13 @@ def evaluate(
     steps: Annotated[int | None, typer.Option(help="Denoising steps (default: the suite's, else the model's).")] = None,
     guidance: Annotated[float | None, typer.Option(help="Classifier-free guidance scale.")] = None,
     size: Annotated[int | None, typer.Option(help="Image height and width in pixels.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per denoising loop.")] = 16,
+    batch_size: Annotated[int, typer.Option(help="Images per denoising loop.")] = default(EvaluationRequest, "batch_size"),
     screenshot: Annotated[bool, typer.Option(help="Open the report in headless Chromium: check every image and link, save report.png.")] = False,
     dtype: Annotated[str | None, typer.Option(help="float32, float16 or bfloat16 (default: the delta's).")] = None,
     device: Device = None,
 ):
     """Evaluate an edit: efficacy, generalization, specificity and quality, before vs after with the same seeds."""
-    from locoedit.evaluate import EvaluationRequest, evaluate_from_request
+    from locoedit.evaluate import evaluate_from_request
 
     request = EvaluationRequest(
         model=model, edit=str(edit), suite=suite, scorer=scorer,

@@ -64,6 +64,9 @@ class EditRequest(JsonRecord):
             object.__setattr__(self, name, as_tuple(getattr(self, name)))
         check_texts(self.prompts + self.preserve,
                     "a prompt or preservation prompt is empty; every --prompt and --preserve needs text")
+        if not self.targets:
+            raise LocoeditError("give --target: what the concept should become (e.g. --target 'a painting'; "
+                                "--target '' removes it)")
         if any(not isinstance(t, str) for t in self.targets):
             raise LocoeditError(f"targets {self.targets!r} must be text (an empty target removes the concept)")
         if len(self.targets) not in (1, len(self.concepts)):

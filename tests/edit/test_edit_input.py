@@ -34,6 +34,7 @@ def make(**overrides):
         (dict(concepts=()), "concepts is empty"),
         (dict(concepts=("  ",)), "concepts is empty"),
         (dict(targets=("a", "b", "c")), "got 3 targets for 1 concepts"),
+        (dict(targets=()), "give --target: what the concept should become"),
         (dict(targets=("Van Gogh",)), "equals its concept"),
         (dict(prompts=("",)), "prompt or preservation prompt is empty"),
         (dict(preserve=(" ",)), "prompt or preservation prompt is empty"),

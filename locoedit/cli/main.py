@@ -6,7 +6,6 @@ import dataclasses
 import json
 import logging
 import re
-import sys
 from pathlib import Path
 from typing import Annotated
 

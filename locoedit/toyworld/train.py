@@ -48,7 +48,7 @@ from .models import (
     count_params,
 )
 from .probe import ToyworldProbe
-from .world import ATTRIBUTES, caption_for, describe_scene, load_vocab, render_batch, sample_scene
+from .world import ATTRIBUTES, caption_for, describe_scene, render_batch, sample_scene
 
 logger = logging.getLogger("locoedit.toyworld.train")
 

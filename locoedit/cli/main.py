@@ -63,6 +63,12 @@ def main(
     progress: Annotated[bool | None, typer.Option("--progress/--no-progress", help="Draw progress bars (default: when stderr is a terminal).")] = None,
 ):
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:  # advice meant for the libraries' own users (e.g. "install torchvision"), not for ours
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
+
+        diffusers_logging.set_verbosity_error()
+        transformers_logging.set_verbosity_error()
     ctx.obj = terminal_progress(progress)  # the progress callback every command hands the library
 
 

@@ -74,3 +74,14 @@ def test_missing_model_folder(tmp_path):
 def test_parse_seeds():
     assert parse_seeds("0,1,2,3") == (0, 1, 2, 3)
     assert parse_seeds("0-3,10") == (0, 1, 2, 3, 10)
+
+
+def test_an_error_after_loading_a_model_is_one_line(tmp_path):
+    """Third-party advice (transformers' "install torchvision") is not shown without --verbose."""
+    result = invoke("edit", "toyworld", "--concept", "circle", "--target", "square", "--layers", "99",
+                    "--out", tmp_path / "d.safetensors")
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "error: layer indices [99] are out of range: this model has 11 cross-attention layers (0..10)"
+    ]
+    assert not (tmp_path / "d.safetensors").exists()

@@ -63,3 +63,27 @@ def test_hooks_are_removed_and_mismatches_named(tiny_adapters):
     assert not module._forward_hooks, "a failed generation leaves no hook behind"
     with pytest.raises(LocoeditError, match="the denoiser has no module 'down_blocks.9'"):
         adapter.generate(prompts, [0], SETTINGS, [ActivationRecorder(["down_blocks.9"])])
+
+
+@pytest.mark.gpu
+def test_interventions_on_cuda_in_half_precision(tiny_dir):
+    """The CPU path is covered above; here recorded states, routing targets and deltas move to the GPU."""
+    from locoedit.edit import EditRequest, compute_edit
+    from locoedit.interventions import Routing, TextRouting
+    from locoedit.models import adapter_for
+    from locoedit.testing import tiny_stable_diffusion
+
+    adapter = adapter_for(tiny_stable_diffusion(tiny_dir / "sd-cuda-patch").to("cuda", torch.float16))
+    a, b = adapter.encode(["a red circle"]), adapter.encode(["a house in the style of van gogh"])
+    recorder = ActivationRecorder([""])
+    image_a = adapter.generate(a, [0], SETTINGS, [recorder])
+    patched = adapter.generate(b, [0], SETTINGS, [ActivationPatch("", recorder.outputs[""])])
+    assert image_a.isfinite().all() and (patched - image_a).abs().max() < 1e-2
+    every_layer = TextRouting(Routing.uniform(range(len(adapter.layers)), 1), a.conditional)
+    assert (adapter.generate(b, [0], SETTINGS, [every_layer]) - image_a).abs().max() < 1e-2
+    delta = compute_edit(adapter, EditRequest(model="tiny", concepts=("van gogh",), targets=("a painting",),
+                                              kind="style", layers=(1, 2)))
+    weights = {n: p.clone() for n, p in adapter.denoiser.named_parameters()}
+    edited = adapter.generate(b, [0], SETTINGS, [delta])
+    assert edited.isfinite().all() and (edited - adapter.generate(b, [0], SETTINGS)).abs().max() > 1e-3
+    assert all(torch.equal(p, weights[n]) for n, p in adapter.denoiser.named_parameters())

@@ -225,7 +225,16 @@ class Adapter(ABC):
         text. Returns the conditioning to hand the pipeline and a context to run it in. Default: no such path."""
         return original, nullcontext()
 
+    # Pipelines that still take diffusers' older per-step ``callback(step, timestep, latents)`` (IF, PixArt).
+    legacy_step_callback: bool = False
+
     @abstractmethod
+    def pipeline_inputs(self, prompts: EncodedPrompts) -> dict:
+        """The pipeline's keyword arguments that carry these encoded prompts (and its other family options)."""
+
+    def postprocess(self, images: torch.Tensor) -> torch.Tensor:  # [batch, 3, H, W] as output_type="pt" gives them
+        return images
+
     def _run_pipeline(
         self,
         prompts: EncodedPrompts,
@@ -233,7 +242,18 @@ class Adapter(ABC):
         settings: GenerationSettings,
         on_step: StepCallback | None,
     ) -> torch.Tensor:  # [batch, 3, H, W] in [0, 1], any device and dtype
-        ...
+        step = {}
+        if on_step is not None and self.legacy_step_callback:
+            step = {"callback": lambda index, timestep, latents: on_step()}
+        elif on_step is not None:
+            def step_end(pipe, index, timestep, tensors):
+                on_step()
+                return tensors  # the pipeline continues with what the callback returns
+
+            step = {"callback_on_step_end": step_end}
+        images = self.pipe(**self.pipeline_inputs(prompts), generator=generators, output_type="pt", **step,
+                           **settings.to_json()).images
+        return self.postprocess(images)
 
     def generate(
         self,

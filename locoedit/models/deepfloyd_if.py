@@ -6,13 +6,14 @@ from contextlib import contextmanager
 
 import torch
 
-from locoedit.models.base import Adapter, EncodedPrompts, GenerationSettings, TextConditioning
+from locoedit.models.base import Adapter, EncodedPrompts, TextConditioning
 
 
 class DeepFloydIFAdapter(Adapter):
     pipeline_class_name = "IFPipeline"
     default_guidance = 7.0
     text_max_length = 77  # IFPipeline.encode_prompt pads and truncates to 77 T5 tokens
+    legacy_step_callback = True
 
     def preprocess_text(self, prompt: str) -> str:
         return self.pipe._text_preprocessing(prompt, clean_caption=False)[0]
@@ -49,14 +50,9 @@ class DeepFloydIFAdapter(Adapter):
         finally:
             handle.remove()
 
-    def _run_pipeline(self, prompts, generators, settings: GenerationSettings, on_step):
-        images = self.pipe(
-            prompt_embeds=prompts.conditional.embeds,
-            negative_prompt_embeds=prompts.unconditional.embeds,
-            generator=generators,
-            output_type="pt",
-            clean_caption=False,
-            callback=None if on_step is None else (lambda step, timestep, latents: on_step()),
-            **settings.to_json(),
-        ).images
+    def pipeline_inputs(self, prompts):
+        return {"prompt_embeds": prompts.conditional.embeds, "negative_prompt_embeds": prompts.unconditional.embeds,
+                "clean_caption": False}
+
+    def postprocess(self, images):
         return images / 2 + 0.5  # IF returns its raw [-1, 1] samples for output_type="pt"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from locoedit.models.base import Adapter, EncodedPrompts, GenerationSettings, TextConditioning
+from locoedit.models.base import Adapter, EncodedPrompts, TextConditioning
 
 
 class PixArtAlphaAdapter(Adapter):
@@ -13,6 +13,7 @@ class PixArtAlphaAdapter(Adapter):
     default_steps = 20
     default_guidance = 4.5
     text_max_length = 120  # PixArtAlphaPipeline.encode_prompt's default max_sequence_length
+    legacy_step_callback = True
 
     def preprocess_text(self, prompt: str) -> str:
         return self.pipe._text_preprocessing(prompt, clean_caption=False)[0]
@@ -29,17 +30,13 @@ class PixArtAlphaAdapter(Adapter):
     def attention_states(self, cond: TextConditioning) -> torch.Tensor:
         return self.pipe.transformer.caption_projection(cond.embeds.to(self.dtype))
 
-    def _run_pipeline(self, prompts, generators, settings: GenerationSettings, on_step):
-        return self.pipe(
-            prompt_embeds=prompts.conditional.embeds,
-            prompt_attention_mask=prompts.conditional.mask,
-            negative_prompt_embeds=prompts.unconditional.embeds,
-            negative_prompt_attention_mask=prompts.unconditional.mask,
-            negative_prompt=None,
-            generator=generators,
-            output_type="pt",
-            clean_caption=False,
-            use_resolution_binning=False,
-            callback=None if on_step is None else (lambda step, timestep, latents: on_step()),
-            **settings.to_json(),
-        ).images
+    def pipeline_inputs(self, prompts):
+        return {
+            "prompt_embeds": prompts.conditional.embeds,
+            "prompt_attention_mask": prompts.conditional.mask,
+            "negative_prompt_embeds": prompts.unconditional.embeds,
+            "negative_prompt_attention_mask": prompts.unconditional.mask,
+            "negative_prompt": None,
+            "clean_caption": False,
+            "use_resolution_binning": False,
+        }

@@ -2,19 +2,7 @@
 
 from __future__ import annotations
 
-
-from locoedit.models.base import Adapter, EncodedPrompts, GenerationSettings, StepCallback, TextConditioning
-
-
-def _step_end(on_step: StepCallback | None):
-    if on_step is None:
-        return None
-
-    def callback(pipe, step, timestep, tensors):
-        on_step()
-        return tensors
-
-    return callback
+from locoedit.models.base import Adapter, EncodedPrompts, TextConditioning
 
 
 class StableDiffusionAdapter(Adapter):
@@ -27,12 +15,5 @@ class StableDiffusionAdapter(Adapter):
         cond, uncond = self.pipe.encode_prompt(prompts, self.device, 1, do_classifier_free_guidance=True)
         return EncodedPrompts(TextConditioning(cond), TextConditioning(uncond))
 
-    def _run_pipeline(self, prompts, generators, settings: GenerationSettings, on_step):
-        return self.pipe(
-            prompt_embeds=prompts.conditional.embeds,
-            negative_prompt_embeds=prompts.unconditional.embeds,
-            generator=generators,
-            output_type="pt",
-            callback_on_step_end=_step_end(on_step),
-            **settings.to_json(),
-        ).images
+    def pipeline_inputs(self, prompts):
+        return {"prompt_embeds": prompts.conditional.embeds, "negative_prompt_embeds": prompts.unconditional.embeds}

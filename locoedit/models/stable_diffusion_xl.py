@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 
-from locoedit.models.base import Adapter, EncodedPrompts, GenerationSettings, TextConditioning
-from locoedit.models.stable_diffusion import _step_end
+from locoedit.models.base import Adapter, EncodedPrompts, TextConditioning
 
 
 class StableDiffusionXLAdapter(Adapter):
@@ -25,14 +24,10 @@ class StableDiffusionXLAdapter(Adapter):
         # The pooled embedding enters through the added time/text condition, once per row for all layers.
         return original.where(rows, target), nullcontext()
 
-    def _run_pipeline(self, prompts, generators, settings: GenerationSettings, on_step):
-        return self.pipe(
-            prompt_embeds=prompts.conditional.embeds,
-            negative_prompt_embeds=prompts.unconditional.embeds,
-            pooled_prompt_embeds=prompts.conditional.pooled,
-            negative_pooled_prompt_embeds=prompts.unconditional.pooled,
-            generator=generators,
-            output_type="pt",
-            callback_on_step_end=_step_end(on_step),
-            **settings.to_json(),
-        ).images
+    def pipeline_inputs(self, prompts):
+        return {
+            "prompt_embeds": prompts.conditional.embeds,
+            "negative_prompt_embeds": prompts.unconditional.embeds,
+            "pooled_prompt_embeds": prompts.conditional.pooled,
+            "negative_pooled_prompt_embeds": prompts.unconditional.pooled,
+        }

@@ -19,6 +19,7 @@ LAYERS = {
     "scoring": 2,
     "report": 2,
     "localize": 3,
+    "trace": 3,
     "edit": 4,
     "evaluate": 5,
     "workflows": 6,

@@ -20,6 +20,7 @@ from locoedit.edit import EditRequest
 from locoedit.edit.neurons import NeuronRequest
 from locoedit.evaluate import EvaluationRequest
 from locoedit.localize import LocalizationRequest
+from locoedit.trace import TraceRequest
 from locoedit.workflows.generate import GenerationRequest
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -154,6 +155,59 @@ def localize(
                    f"+- {window_result.effect_std:.4f}{mark}")
     typer.echo(f"all layers: effect {result.full_swap_effect:+.4f}")
     typer.echo(f"wrote {out / 'localization.json'} and {out / 'report.html'}")
+
+
+@app.command()
+@user_errors
+def trace(
+    ctx: typer.Context,
+    model: Model,
+    prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="Prompt that shows the concept (repeatable).")],
+    concept: Annotated[str, typer.Option(help="Words of the prompts to corrupt; also the text the scorer scores.")],
+    out: Annotated[Path, typer.Option(help="New folder: trace.json, images, report.html.")],
+    scorer: Annotated[str | None, typer.Option(help="pixel (distance to the clean image), toyworld or clip:ID_OR_FOLDER (default: the model's concept scorer).")] = None,
+    noise: Annotated[float, typer.Option(help="Noise sigma in standard deviations of the token embeddings.")] = default(TraceRequest, "noise"),
+    seeds: Annotated[str, typer.Option(help="e.g. 0,1,2,3 or 0-15.")] = seeds_text(default(TraceRequest, "seeds")),
+    part: Annotated[list[str] | None, typer.Option("--part", help="denoiser and/or text_encoder (default: both).")] = None,
+    site: Annotated[list[str] | None, typer.Option("--site", help="Only these sites (pipeline paths; see `locoedit sites`).")] = None,
+    restore_tokens: Annotated[str, typer.Option(help="Text-encoder sites: restore the concept's last token, or all.")] = default(TraceRequest, "restore_tokens"),
+    steps: Annotated[int | None, typer.Option(help="Denoising steps (default: the model's).")] = None,
+    guidance: Annotated[float | None, typer.Option(help="Classifier-free guidance scale.")] = None,
+    size: Annotated[int | None, typer.Option(help="Image height and width in pixels.")] = None,
+    chunk: Annotated[int, typer.Option(help="Sites per denoising loop.")] = default(TraceRequest, "chunk"),
+    dtype: Dtype = default(TraceRequest, "dtype"),
+    device: Device = None,
+):
+    """Causal tracing: corrupt the concept's text, restore one site's clean state at a time, see what comes back."""
+    from locoedit.trace import trace as run_trace
+
+    request = TraceRequest(
+        model=model, prompts=tuple(prompt), concept=concept, scorer=scorer, noise=noise, seeds=parse_seeds(seeds),
+        parts=tuple(part) if part else default(TraceRequest, "parts"), sites=tuple(site or ()),
+        restore_tokens=restore_tokens, steps=steps, guidance=guidance, height=size, width=size, chunk=chunk,
+        dtype=dtype, device=device,
+    )
+    result = run_trace(request, out=out, progress=ctx.obj)
+    typer.echo(f"concept {result.concept!r}: clean score {result.clean_score:.4g}, corrupted {result.corrupted_score:.4g}")
+    if result.note:
+        typer.echo(result.note)
+    for name in ("denoiser", "text_encoder"):
+        ranked = sorted((s for s in result.sites if s.part == name and s.effect is not None), key=lambda s: -s.effect)
+        for site_effect in ranked[:5]:
+            typer.echo(f"  {name:<12} {site_effect.effect:+.3f} +- {site_effect.effect_std:.3f}  {site_effect.name}")
+    typer.echo(f"wrote {out / 'trace.json'} and {out / 'report.html'}")
+
+
+@app.command()
+@user_errors
+def sites(model: Model):
+    """List the sites causal tracing restores, per part, in execution order."""
+    from locoedit.models import load_adapter
+    from locoedit.trace import denoiser_sites, text_encoder_sites
+
+    adapter = load_adapter(model, device="cpu")
+    for site_ in denoiser_sites(adapter) + text_encoder_sites(adapter):
+        typer.echo(f"{site_.part:<12} {site_.index:>4}  {site_.kind:<18} {site_.name}")
 
 
 @app.command()
@@ -318,6 +372,21 @@ def evaluate(
                    f"{'all load' if check.ok else 'broken: ' + ', '.join(problems)}; wrote {out / 'report.png'}")
         if not check.ok:
             raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders of `locoedit localize` and `locoedit trace`, one model.")],
+    out: Annotated[Path, typer.Option(help="Folder for compare.html and compare.json.")],
+):
+    """Put LocoGen and causal-tracing runs of one model side by side, layer by layer."""
+    from locoedit.workflows.compare import compare as run_compare
+
+    comparison = run_compare(runs, out)
+    for curve in comparison.curves:
+        typer.echo(f"{curve.method:<15} {curve.run}: chosen layers {curve.chosen}")
+    typer.echo(f"wrote {out / 'compare.html'} and {out / 'compare.json'}")
 
 
 @app.command()

@@ -16,13 +16,13 @@ Which rows (``token``):
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import torch
 
 from locoedit.core.errors import LocoeditError
 from locoedit.models import Adapter, PromptTokens
+from locoedit.models.base import find_phrase
 from locoedit.models.layers import CrossAttentionLayer
 
 TOKEN_CHOICES = ("last-subject", "all", "eos", "from-concept")
@@ -50,13 +50,6 @@ class PromptPair:
         return ConceptPrompt(self.concept, self.prompt, self.concept_start)
 
 
-def _find(text: str, phrase: str, near: int = 0) -> int | None:
-    """Start of the occurrence of ``phrase`` in ``text`` (case-insensitive, whole words) nearest to ``near``."""
-    pattern = r"(?<!\w)" + re.escape(phrase.strip().lower()) + r"(?!\w)"
-    starts = [m.start() for m in re.finditer(pattern, text.lower())]
-    return min(starts, key=lambda s: abs(s - near)) if starts else None
-
-
 def _replace(prompt: str, start: int, end: int, target: str) -> str:
     """``prompt`` with ``prompt[start:end]`` replaced by ``target``; an empty target also drops one adjacent space."""
     if target:
@@ -72,7 +65,7 @@ def concept_prompts(concepts, prompts) -> list[ConceptPrompt]:
     text it contains.
     """
     for prompt in prompts:
-        if PLACEHOLDER not in prompt and not any(_find(prompt, c) is not None for c in concepts):
+        if PLACEHOLDER not in prompt and not any(find_phrase(prompt, c) is not None for c in concepts):
             raise LocoeditError(
                 f"prompt {prompt!r} contains none of the concepts {list(concepts)}; write {{c}} where the concept goes"
             )
@@ -82,7 +75,7 @@ def concept_prompts(concepts, prompts) -> list[ConceptPrompt]:
         for prompt in prompts:
             if PLACEHOLDER in prompt:
                 found.append(ConceptPrompt(concept, prompt.replace(PLACEHOLDER, concept), prompt.index(PLACEHOLDER)))
-            elif (start := _find(prompt, concept)) is not None:
+            elif (start := find_phrase(prompt, concept)) is not None:
                 found.append(ConceptPrompt(concept, prompt, start))
         if len(found) == before:
             raise LocoeditError(f"no prompt mentions concept {concept!r}; add a prompt with it or with {{c}}")
@@ -116,14 +109,7 @@ def stretch_alignment(count: int, into: int) -> list[int]:
 
 
 def _concept_span(tokens: PromptTokens, item: ConceptPrompt) -> list[int]:
-    start = _find(tokens.text, item.concept, item.start)
-    positions = [] if start is None else tokens.positions_of(start, start + len(item.concept))
-    if not positions:
-        raise LocoeditError(
-            f"{item.concept!r} is not among the tokens of prompt {item.prompt!r} (the encoder keeps {tokens.length} "
-            "tokens, specials included); shorten the prompt or put the concept earlier"
-        )
-    return positions
+    return tokens.phrase_positions(item.concept, item.start)
 
 
 def _select(span: list[int], rows: int, token: str) -> list[int]:

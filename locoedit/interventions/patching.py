@@ -1,10 +1,11 @@
 """Hidden-state interventions: record a module's outputs during one generation, patch them into another.
 
-A *site* is a module of the denoiser named by its real path (``mid_block.attentions.0``; ``""`` is the denoiser
-itself). :class:`ActivationRecorder` keeps every output of its sites, call by call (one call per denoising step
-and classifier-free-guidance batch); :class:`ActivationPatch` replaces a site's output at call ``k`` with the
-``k``-th recorded one, in all batch rows or in the selected ones. Causal tracing restores a clean run's states
-into a corrupted run this way.
+A *site* is a module of the pipeline named by its real path, component first: ``unet.mid_block.attentions.0``,
+``transformer.transformer_blocks.3``, ``text_encoder.text_model.encoder.layers.2``; ``unet`` is the denoiser itself.
+:class:`ActivationRecorder` keeps every output of its sites, call by call (a denoiser site runs once per denoising
+step, a text-encoder site once per encoded batch); :class:`ActivationPatch` replaces a site's output at call ``k``
+with the ``k``-th recorded one, in all batch rows or the selected ones, at all token positions or the selected ones.
+Causal tracing restores a clean run's states into a corrupted run this way.
 """
 
 from __future__ import annotations
@@ -18,13 +19,18 @@ from locoedit.core.errors import LocoeditError
 from locoedit.models import Adapter, Intervention
 
 
-def _site(adapter: Adapter, name: str) -> torch.nn.Module:
+def site_module(adapter: Adapter, name: str) -> torch.nn.Module:
+    """The module at pipeline path ``name`` (component, then the path inside it)."""
+    component, _, path = name.partition(".")
+    module = getattr(adapter.pipe, component, None)
     try:
-        return adapter.denoiser.get_submodule(name)
+        if not isinstance(module, torch.nn.Module):
+            raise AttributeError(component)
+        return module.get_submodule(path)
     except AttributeError:
         raise LocoeditError(
-            f"the denoiser has no module {name!r}; name a site by its module path, e.g. "
-            f"{adapter.layers[0].name!r}"
+            f"the pipeline has no module {name!r}; name a site by its path in the pipeline, component first, e.g. "
+            f"{adapter.denoiser_name}.{adapter.layers[0].name}"
         ) from None
 
 
@@ -43,7 +49,7 @@ def _with_tensor(output, tensor: torch.Tensor):
 
 @contextmanager
 def _forward_hooks(adapter: Adapter, hooks: dict[str, object]) -> Iterator[None]:
-    handles = [_site(adapter, name).register_forward_hook(hook) for name, hook in hooks.items()]
+    handles = [site_module(adapter, name).register_forward_hook(hook) for name, hook in hooks.items()]
     try:
         yield
     finally:
@@ -72,12 +78,16 @@ class ActivationRecorder(Intervention):
 
 class ActivationPatch(Intervention):
     """Replaces ``site``'s output at its ``k``-th call by ``recorded[k]``, in the batch ``rows`` selected ([batch]
-    bool over the module's own batch, both guidance halves included; None = every row)."""
+    bool over the module's own batch, both guidance halves included; None = every row) and, for outputs with a token
+    axis ([batch, tokens, ...]), at the token ``positions`` selected (None = every position). A recording holds
+    either the whole batch or just the selected rows, in order."""
 
-    def __init__(self, site: str, recorded: Sequence[torch.Tensor], rows: torch.Tensor | None = None):
+    def __init__(self, site: str, recorded: Sequence[torch.Tensor], rows: torch.Tensor | None = None,
+                 positions: Sequence[int] | None = None):
         self.site = site
         self.recorded = list(recorded)
         self.rows = rows
+        self.positions = None if positions is None else list(positions)
         self.calls = 0
 
     def _patch(self, module, args, output):
@@ -87,16 +97,22 @@ class ActivationPatch(Intervention):
                 "record and patch with the same steps and batch layout"
             )
         current = _tensor_of(output)
-        replacement = self.recorded[self.calls].to(current.device, current.dtype)
+        recorded = self.recorded[self.calls].to(current.device, current.dtype)
         self.calls += 1
-        if replacement.shape != current.shape:
+        rows = slice(None) if self.rows is None else self.rows.to(current.device)
+        if self.rows is not None and recorded.shape[0] == current.shape[0]:
+            recorded = recorded[rows]  # a recording of the whole batch: take the selected rows from it
+        selected = current[rows]
+        if recorded.shape != selected.shape:
             raise RuntimeError(
-                f"site {self.site!r}: recorded output {tuple(replacement.shape)} does not match {tuple(current.shape)}"
+                f"site {self.site!r}: recorded output {tuple(recorded.shape)} does not match {tuple(selected.shape)}"
             )
-        if self.rows is not None:
-            pick = self.rows.to(current.device).view(-1, *([1] * (current.ndim - 1)))
-            replacement = torch.where(pick, replacement, current)
-        return _with_tensor(output, replacement)
+        if self.positions is not None:
+            recorded = selected.clone().index_copy_(1, torch.tensor(self.positions, device=current.device),
+                                                    recorded[:, self.positions])
+        patched = current.clone()
+        patched[rows] = recorded
+        return _with_tensor(output, patched)
 
     def installed(self, adapter: Adapter):
         self.calls = 0

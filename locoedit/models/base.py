@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, ExitStack, nullcontext
@@ -72,6 +73,25 @@ class PromptTokens:
             i for i, ((a, b), special) in enumerate(zip(self.offsets, self.special))
             if not special and a < end and b > start
         ]
+
+    def phrase_positions(self, phrase: str, near: int = 0) -> list[int]:
+        """The token positions of ``phrase`` (its occurrence nearest to character ``near``); a LocoeditError naming
+        the prompt when the phrase is not among the tokens the encoder keeps."""
+        start = find_phrase(self.text, phrase, near)
+        positions = [] if start is None else self.positions_of(start, start + len(phrase.strip()))
+        if not positions:
+            raise LocoeditError(
+                f"{phrase!r} is not among the tokens of prompt {self.text!r} (the encoder keeps {self.length} tokens, "
+                "specials included); shorten the prompt or put the concept earlier"
+            )
+        return positions
+
+
+def find_phrase(text: str, phrase: str, near: int = 0) -> int | None:
+    """Start of the occurrence of ``phrase`` in ``text`` (case-insensitive, whole words) nearest to ``near``."""
+    pattern = r"(?<!\w)" + re.escape(phrase.strip().lower()) + r"(?!\w)"
+    starts = [m.start() for m in re.finditer(pattern, text.lower())]
+    return min(starts, key=lambda s: abs(s - near)) if starts else None
 
 
 @dataclass(frozen=True)
@@ -150,6 +170,11 @@ class Adapter(ABC):
     @property
     def denoiser(self) -> torch.nn.Module:
         return getattr(self.pipe, self.denoiser_name)
+
+    @property
+    def text_encoder_names(self) -> list[str]:
+        """The pipeline's text encoders, by component name (SD-XL has two)."""
+        return [name for name in ("text_encoder", "text_encoder_2") if getattr(self.pipe, name, None) is not None]
 
     @cached_property
     def layers(self) -> list[CrossAttentionLayer]:

@@ -88,3 +88,32 @@ def number(value, digits: int = 3) -> str:
 
 def percent(value) -> str:
     return "&ndash;" if value is None else f"{100 * value:.1f}%"
+
+
+def _heat_colour(value: float | None) -> str:
+    """0 white, 1 (or more) deep red; negative values blue; None grey."""
+    if value is None:
+        return "#ddd"
+    strength = min(abs(value), 1.0)
+    fade = round(255 * (1 - strength))
+    return f"rgb(255,{fade},{fade})" if value >= 0 else f"rgb({fade},{fade},255)"
+
+
+def heatmap_svg(row_labels: list[str], columns: list[str], values: list[list[float | None]], cell: int = 14) -> str:
+    """A grid of ``values`` [rows][columns] coloured by size (effect 0..1), column names as tooltips and every
+    fifth column numbered; the column order is the caller's (execution order)."""
+    left, top = 110, 8
+    width, height = left + cell * len(columns) + 10, top + cell * len(row_labels) + 30
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">']
+    for r, (label, row) in enumerate(zip(row_labels, values)):
+        y = top + r * cell
+        parts.append(f'<text x="{left - 6}" y="{y + cell - 3}" font-size="10" text-anchor="end">{escape(label)}</text>')
+        for c, (name, value) in enumerate(zip(columns, row)):
+            shown = "not defined" if value is None else f"{value:.3g}"
+            parts.append(f'<rect x="{left + c * cell}" y="{y}" width="{cell - 1}" height="{cell - 1}" '
+                         f'fill="{_heat_colour(value)}"><title>{escape(name)}: {shown}</title></rect>')
+    for c in range(0, len(columns), 5):
+        parts.append(f'<text x="{left + c * cell + cell / 2}" y="{top + len(row_labels) * cell + 12}" font-size="10" '
+                     f'text-anchor="middle">{c}</text>')
+    parts.append("</svg>")
+    return "".join(parts)

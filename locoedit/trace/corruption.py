@@ -34,7 +34,7 @@ class TokenEmbeddingNoise(Intervention):
                     spans.append((start, start + len(concept)))
         return spans
 
-    def _hook(self, component: str, sigma: float):
+    def _hook(self, sigma: float):
         def add_noise(module, args, output):  # output [batch, tokens, dim]
             ids = args[0] if args else None
             if ids is None:
@@ -54,10 +54,14 @@ class TokenEmbeddingNoise(Intervention):
     def installed(self, adapter: Adapter) -> Iterator[None]:
         with ExitStack() as stack:
             for component in adapter.text_encoder_names:
-                embedding = getattr(adapter.pipe, component).get_input_embeddings()
-                self.sigma[component] = self.noise * embedding.weight.detach().float().std().item()
-                handle = embedding.register_forward_hook(self._hook(component, self.sigma[component]))
-                stack.callback(handle.remove)
+                encoder = getattr(adapter.pipe, component)
+                weight = encoder.get_input_embeddings().weight
+                self.sigma[component] = self.noise * weight.detach().float().std().item()
+                # T5 looks tokens up through a copy of the module that shares the weight (encoder.embed_tokens).
+                for module in encoder.modules():
+                    if isinstance(module, torch.nn.Embedding) and module.weight.data_ptr() == weight.data_ptr():
+                        handle = module.register_forward_hook(self._hook(self.sigma[component]))
+                        stack.callback(handle.remove)
             yield
 
     def verify(self) -> None:

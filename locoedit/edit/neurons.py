@@ -162,7 +162,7 @@ def compute_neuron_edit(
             if top_k < min(projection.weight.shape):  # k replaced rows: a rank-k update E_k (rows - W_k)
                 weight = projection.weight.detach()
                 up = torch.zeros(projection.out_features, top_k, dtype=torch.float64)
-                up[neurons, torch.arange(top_k)] = 1.0
+                up[neurons.cpu(), torch.arange(top_k)] = 1.0
                 factors[name] = LowRank(up, (rows.to(weight.device) - weight[neurons].double()).cpu())
                 check_low_rank_fits(weight, factors[name], name)
             else:

@@ -280,3 +280,29 @@ def test_lowrank_factors_of_a_stored_delta_rebuild_the_lora_exactly(tmp_path):
         torch.testing.assert_close(product, update.up @ update.down, rtol=1e-9, atol=1e-12)
         assert float(tensors[f"{key}.alpha"]) == 3.0 and errors[name] == 0.0
     assert isinstance(next(iter(loaded.factors.values())), LowRank)
+
+
+@pytest.mark.gpu
+def test_factored_deltas_and_lora_export_on_cuda_in_half_precision(tmp_path):
+    """The CPU path is covered above; here factors are computed, applied and exported from a float16 CUDA model."""
+    adapter = adapter_for(TINY_PIPELINES["sd"](tmp_path / "tok").to("cuda", torch.float16))
+    delta = strong_edit(adapter)
+    neurons = compute_neuron_edit(adapter, NeuronRequest(model="tiny", concepts=("van gogh",), kind="style",
+                                                         targets=("a painting",), layers=(1, 2), top_k=3))
+    assert delta.factors and neurons.factors and not delta.tensors and not neurons.tensors
+    weights = {n: p.clone() for n, p in adapter.denoiser.named_parameters()}
+    before = images(adapter)
+    for edit in (delta, neurons):
+        loaded = EditDelta.load(edit.save(tmp_path / f"{edit.method}.safetensors"))
+        values = edit.edited_values(adapter)
+        assert all(torch.equal(values[n], v) for n, v in loaded.edited_values(adapter).items())
+        with loaded.apply(adapter):
+            assert all(torch.equal(p, values[n]) for n, p in adapter.denoiser.named_parameters() if n in values)
+        assert all(torch.equal(p, weights[n]) for n, p in adapter.denoiser.named_parameters())
+    with delta.apply(adapter):
+        applied = images(adapter)
+    assert (applied - before).abs().max() > 10 * TOLERANCE
+    path = export_lora(delta, "peft", tmp_path / "lora.safetensors").path
+    with_lora = adapter_for(TINY_PIPELINES["sd"](tmp_path / "tok").to("cuda", torch.float16))
+    with_lora.pipe.load_lora_weights(str(path))
+    assert (images(with_lora) - applied).abs().max() <= TOLERANCE

@@ -218,7 +218,7 @@ def edit(
     )
     delta = edit_to_file(request, out, progress=ctx.obj)
     names = ", ".join(str(layer["index"]) for layer in delta.layers)
-    typer.echo(f"edited layers {names} ({len(delta.tensors)} matrices, {delta.settings['concept_rows']} concept rows) -> {out}")
+    typer.echo(f"edited layers {names} ({len(delta.parameters)} matrices, {delta.settings['concept_rows']} concept rows) -> {out}")
 
 
 @app.command()

@@ -110,7 +110,8 @@ def edit_matrix(
     refused, never turned into inf.
     """
     if sources.shape[0] >= sources.shape[1]:
-        x_o, x_t = sources.to(torch.float64), targets.to(torch.float64)
+        x_o = sources.to(device=weight.device, dtype=torch.float64)
+        x_t = targets.to(device=weight.device, dtype=torch.float64)
         new = closed_form_edit(weight, x_o, x_t, lam)
         return to_model_dtype(new, weight, name), edit_objective(weight, new, x_o, x_t, lam)
     workspace = workspace or Workspace()

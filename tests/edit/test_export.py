@@ -87,6 +87,7 @@ def test_the_toy_world_through_the_command_line(tmp_path):
                  "--layers", ",".join(map(str, range(11))), "--prompt", "a red {c} on black",
                  "--prompt", "a blue {c} on white", "--lambda-key", "0.01", "--lambda-value", "0.01", "--out", delta)
     assert result.exit_code == 0, result.output
+    assert "(22 matrices, 2 concept rows)" in result.output
     result = run("apply", "toyworld", delta, "--out", tmp_path / "edited")
     assert result.exit_code == 0, result.output
     applied = images(load_adapter(str(tmp_path / "edited")), "a red circle on black")

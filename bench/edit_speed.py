@@ -9,7 +9,8 @@ layers as SD-XL's are. Both methods minimise the same objective per matrix:
 
     ||X_o W_new^T - X_t W^T||^2 + lam ||W_new - W||^2
 
-locoedit: ``locoedit.edit.edit_matrix`` (float64, n x n solve, one reused float64 buffer), rounded to float32.
+locoedit: ``locoedit.edit.edit_matrix`` (float64, n x n solve, one reused float64 buffer), rounded to float32; and
+``locoedit.edit.closed_form.edit_factors``, the same edit as the factors a delta stores (no [out, in] matrix made).
 official: ``(lam W + W X_t^T X_o) @ torch.inverse(lam I + X_o^T X_o)`` in float32, per matrix, as the paper's code.
 
 Prints both times and both objectives (summed over matrices, evaluated in float64). Not a timed test.
@@ -22,7 +23,8 @@ import time
 
 import torch
 
-from locoedit.edit.closed_form import Workspace, closed_form_edit, edit_matrix, edit_objective
+from locoedit.core.lowrank import Workspace
+from locoedit.edit.closed_form import closed_form_edit, edit_factors, edit_matrix, edit_objective
 from locoedit.models.layers import list_cross_attention_layers
 from locoedit.models.real_configs import SDXL_UNET
 
@@ -72,6 +74,11 @@ def main() -> None:
     for (name, _), w, out in zip(shapes, weights, ours):
         edit_matrix(w, sources, targets, args.lam, name, workspace, out=out)
     ours_reused_s = time.perf_counter() - start
+    # What a delta stores: the factors U [out, n] and V [n, in] of each update, no new matrix at all.
+    start = time.perf_counter()
+    factored = [edit_factors(w, sources, targets, args.lam, workspace) for w in weights]
+    factors_s = time.perf_counter() - start
+    factored_objective = sum(objective for _, objective in factored)
     # The floor for any method that returns new matrices: allocate and fill 140 new ones.
     start = time.perf_counter()
     copies = [torch.empty_like(w).copy_(w) for w in weights]
@@ -91,6 +98,8 @@ def main() -> None:
           f"{args.rows} concept rows, lambda {args.lam}, {args.threads} thread(s)")
     print(f"locoedit (float64 n x n solve, float32 result): {ours_s:8.3f} s for {len(shapes)} matrices (new memory)")
     print(f"locoedit, into already-mapped output memory:    {ours_reused_s:8.3f} s for {len(shapes)} matrices")
+    print(f"locoedit, factors only (what a delta stores):  {factors_s:8.3f} s for {len(shapes)} matrices "
+          f"(objective {factored_objective:.6e})")
     print(f"floor: allocate and copy {len(shapes)} new matrices: {floor_s:8.3f} s")
     print(f"official (float32 explicit inverse):            {theirs_s:8.3f} s for {limit} matrices"
           + ("" if limit == len(shapes) else f" (~{theirs_s * len(shapes) / limit:.1f} s for all, extrapolated)"))

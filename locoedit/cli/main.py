@@ -272,7 +272,7 @@ def edit(
     )
     delta = edit_to_file(request, out, progress=ctx.obj)
     names = ", ".join(str(layer["index"]) for layer in delta.layers)
-    typer.echo(f"edited layers {names} ({len(delta.tensors)} matrices, {delta.settings['concept_rows']} concept rows) -> {out}")
+    typer.echo(f"edited layers {names} ({len(delta.parameters)} matrices, {delta.settings['concept_rows']} concept rows) -> {out}")
 
 
 @app.command()
@@ -306,19 +306,44 @@ def neurons(
     typer.echo(f"replaced {count} neurons in layers {', '.join(str(l['index']) for l in delta.layers)} -> {out}")
 
 
+Evaluation = Annotated[Path | None, typer.Option("--evaluation", help="A `locoedit evaluate` folder of this edit: its headline goes into the model card.")]
+
+
 @app.command()
 @user_errors
 def apply(
     model: Model,
     delta: Annotated[Path, typer.Argument(help="Delta file written by `locoedit edit` or `locoedit neurons`.")],
     out: Annotated[Path, typer.Option("--out", help="New folder for the edited diffusers pipeline.")],
+    evaluation: Evaluation = None,
     device: Device = None,
 ):
-    """Apply a delta to MODEL and write the full edited pipeline (save_pretrained; loadable by plain diffusers)."""
-    from locoedit.edit.apply import apply_delta_to_folder
+    """Apply a delta to MODEL and write the full edited pipeline (save_pretrained; loadable by plain diffusers), with a model card."""
+    from locoedit.workflows.card import apply_with_card
 
-    written = apply_delta_to_folder(model, delta, out, device=device)
-    typer.echo(f"wrote edited pipeline -> {written}")
+    written = apply_with_card(model, delta, out, evaluation=evaluation, device=device)
+    typer.echo(f"wrote edited pipeline and its model card -> {written}")
+
+
+@app.command()
+@user_errors
+def export(
+    delta: Annotated[Path, typer.Argument(help="Delta file written by `locoedit edit` or `locoedit neurons`.")],
+    format: Annotated[str, typer.Option("--format", help="kohya (A1111, ComfyUI; diffusers converts it) or peft (diffusers' own layout).")],
+    out: Annotated[Path, typer.Option("--out", help="LoRA file to write (.safetensors); its model card goes to README.md beside it.")],
+    rank: Annotated[int | None, typer.Option(help="Keep the R largest singular values of each update; prints the error.")] = None,
+    evaluation: Evaluation = None,
+):
+    """Write a delta as a LoRA file for diffusers' load_lora_weights, A1111 and ComfyUI (no model needed)."""
+    from locoedit.workflows.card import export_with_card
+
+    exported, card = export_with_card(delta, format, out, rank=rank, evaluation=evaluation)
+    typer.echo(f"wrote {exported.format} LoRA, {len(exported.errors)} matrices of rank {exported.rank} -> {out}; "
+               f"model card -> {card}")
+    if rank is not None:
+        worst = max(exported.errors, key=exported.errors.get)
+        typer.echo(f"rank {exported.rank} of {exported.stored_rank}: relative error (Frobenius) of the truncation "
+                   f"max {exported.max_error:.4g} ({worst})")
 
 
 @app.command()

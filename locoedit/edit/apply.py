@@ -12,12 +12,14 @@ from locoedit.interventions.delta import EditDelta
 from locoedit.models import DEFAULTS_FILE, load_adapter, resolve_model
 
 
-def apply_delta_to_folder(model: str, delta_path: str | Path, out_dir: str | Path, device: str | None = None) -> Path:
+def apply_delta_to_folder(model: str, delta_path: str | Path, out_dir: str | Path, device: str | None = None,
+                          readme: str | None = None) -> Path:
     """Load ``model``, apply the delta and write the edited pipeline with ``save_pretrained`` to ``out_dir``.
 
     The folder is written next to ``out_dir`` and renamed into place, so ``out_dir`` holds a complete pipeline or
     nothing; an existing non-empty ``out_dir`` is refused. The model is loaded in the dtype the delta was computed
-    for. The base folder's ``locoedit.json`` (how the model is meant to be sampled and scored) is carried over.
+    for. The base folder's ``locoedit.json`` (how the model is meant to be sampled and scored) is carried over;
+    ``readme`` (a model card) is written as ``README.md``.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
@@ -32,6 +34,8 @@ def apply_delta_to_folder(model: str, delta_path: str | Path, out_dir: str | Pat
         base_settings = Path(resolve_model(model)) / DEFAULTS_FILE
         if base_settings.is_file():
             shutil.copy2(base_settings, staging / DEFAULTS_FILE)
+        if readme is not None:
+            (staging / "README.md").write_text(readme)
         if out_dir.exists():
             out_dir.rmdir()  # empty, checked above
         os.replace(staging, out_dir)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from locoedit.core.errors import LocoeditError
+from locoedit.core.lowrank import LowRank, Workspace, add_low_rank, rows_per_block, to_model_dtype
 
 
 def closed_form_edit(
@@ -60,20 +60,38 @@ def _row_space_update(
     return solved, float(objective)
 
 
-class Workspace:
-    """A reusable float64 buffer, so that editing many large matrices allocates no fresh memory per block."""
+def edit_factors(
+    weight: torch.Tensor,  # [out, in] W, any float dtype
+    sources: torch.Tensor,  # [n, in] X_o, n < in
+    targets: torch.Tensor,  # [n, in] X_t
+    lam: float,
+    workspace: Workspace | None = None,
+) -> tuple[LowRank, float]:  # W_new - W = U V with U = S^T [out, n], V = X_o [n, in], float64; the objective
+    """The exact update of :func:`closed_form_edit` as factors, for n < in: ``W_new = W + S^T X_o``, rank <= n.
 
-    def __init__(self):
-        self._buffer = torch.empty(0, dtype=torch.float64)
-
-    def block(self, rows: int, columns: int, device: torch.device) -> torch.Tensor:  # [rows, columns] float64
-        size = rows * columns
-        if self._buffer.numel() < size or self._buffer.device != device:
-            self._buffer = torch.empty(size, dtype=torch.float64, device=device)
-        return self._buffer[:size].view(rows, columns)
-
-
-_BLOCK_BYTES = 1 << 22  # float64 rows per block: about 4 MiB, so a block stays in cache
+    S = (X_o X_o^T + lam I_n)^{-1} (X_t - X_o) W^T needs W only through the residual, computed in float64 one
+    cache-sized block of output rows at a time (no float64 copy of W, no new [out, in] matrix).
+    """
+    x_o = sources.to(device=weight.device, dtype=torch.float64)
+    x_t = targets.to(device=weight.device, dtype=torch.float64)
+    n, in_features = x_o.shape
+    if n >= in_features:
+        raise ValueError(f"edit_factors needs fewer rows than inputs (got {n} rows of width {in_features})")
+    weight = weight.detach()
+    out_features = weight.shape[0]
+    workspace = workspace or Workspace()
+    difference = x_t - x_o  # [n, in]
+    residual = torch.empty(n, out_features, dtype=torch.float64, device=weight.device)  # R = (X_t - X_o) W^T
+    step = rows_per_block(weight.shape)
+    for start in range(0, out_features, step):
+        rows = slice(start, min(start + step, out_features))
+        block = workspace.block(rows.stop - rows.start, in_features, weight.device)
+        residual[:, rows] = difference @ block.copy_(weight[rows]).T
+    # The algebra of _row_space_update, on all output rows at once.
+    gram = x_o @ x_o.T  # [n, n]
+    solved = torch.linalg.solve(gram + lam * torch.eye(n, dtype=gram.dtype, device=gram.device), residual)  # S
+    objective = float(((gram @ solved - residual) ** 2).sum() + lam * ((solved @ solved.T) * gram).sum())
+    return LowRank(solved.T.contiguous(), x_o.clone()), objective  # its own V: a file stores each tensor once
 
 
 def edit_matrix(
@@ -85,47 +103,20 @@ def edit_matrix(
     workspace: Workspace | None = None,
     out: torch.Tensor | None = None,  # [out, in] contiguous, W's dtype: write the result here instead of new memory
 ) -> tuple[torch.Tensor, float]:  # W_new in W's dtype, and the (float64) objective at the unrounded W_new
-    """:func:`closed_form_edit`, rounded once to W's dtype: the path used on real models.
+    """:func:`closed_form_edit`, rounded once to W's dtype, as a dense matrix.
 
-    With n < in, W_new = W + S^T X_o with S from the n x n solve, computed in float64 one block of output rows at a
-    time (each block: widen to float64, residual, solve, update, round), so the matrix is read and written once.
-    Rounding is checked: an entry beyond the dtype's range is refused, never turned into inf.
+    With n < in, the factors of :func:`edit_factors` added to W by :func:`~locoedit.core.lowrank.add_low_rank`
+    (the same code that applies a stored delta, so both give the same bits). An entry beyond the dtype's range is
+    refused, never turned into inf.
     """
-    x_o = sources.to(device=weight.device, dtype=torch.float64)
-    x_t = targets.to(device=weight.device, dtype=torch.float64)
-    if x_o.shape[0] >= x_o.shape[1]:
+    if sources.shape[0] >= sources.shape[1]:
+        x_o = sources.to(device=weight.device, dtype=torch.float64)
+        x_t = targets.to(device=weight.device, dtype=torch.float64)
         new = closed_form_edit(weight, x_o, x_t, lam)
         return to_model_dtype(new, weight, name), edit_objective(weight, new, x_o, x_t, lam)
-    weight = weight.detach()
-    out_features, in_features = weight.shape
-    rows_per_block = max(1, min(out_features, _BLOCK_BYTES // (8 * in_features)))
     workspace = workspace or Workspace()
-    if out is not None and (out.shape != weight.shape or out.dtype != weight.dtype or not out.is_contiguous()):
-        raise ValueError(f"out must be a contiguous {weight.dtype} tensor of shape {tuple(weight.shape)}")
-    result = torch.empty_like(weight, memory_format=torch.contiguous_format) if out is None else out
-    limit = torch.finfo(weight.dtype).max
-    # The algebra of _row_space_update, with the n x n system factored once for all blocks.
-    n = x_o.shape[0]
-    gram = x_o @ x_o.T  # [n, n]
-    factors, pivots = torch.linalg.lu_factor(gram + lam * torch.eye(n, dtype=gram.dtype, device=gram.device))
-    difference = x_t - x_o  # [n, in]
-    objective = 0.0
-    for start in range(0, out_features, rows_per_block):
-        rows = slice(start, min(start + rows_per_block, out_features))
-        block = workspace.block(rows.stop - rows.start, in_features, weight.device)
-        block.copy_(weight[rows])  # [rows, in] float64
-        residual = difference @ block.T  # [n, rows]
-        solved = torch.linalg.lu_solve(factors, pivots, residual)  # [n, rows], S for these rows
-        objective += float(((gram @ solved - residual) ** 2).sum() + lam * ((solved @ solved.T) * gram).sum())
-        block.addmm_(solved.T, x_o)  # W + S^T X_o for these rows, in place
-        low, high = torch.aminmax(block)
-        if not (torch.isfinite(low) and torch.isfinite(high) and -low <= limit and high <= limit):
-            raise LocoeditError(
-                f"{name}: the edited matrix has entries beyond what {weight.dtype} holds (max {limit:g}); raise the "
-                "lambdas or edit the model in float32"
-            )
-        result[rows].copy_(block)
-    return result, objective
+    update, objective = edit_factors(weight, sources, targets, lam, workspace)
+    return add_low_rank(weight, update, name, out=out, workspace=workspace), objective
 
 
 def edit_objective(weight, new_weight, sources, targets, lam: float) -> float:
@@ -133,15 +124,3 @@ def edit_objective(weight, new_weight, sources, targets, lam: float) -> float:
     w, w_new = weight.detach().double(), new_weight.detach().double()
     x_o, x_t = sources.detach().double(), targets.detach().double()
     return float(((x_o @ w_new.T - x_t @ w.T) ** 2).sum() + lam * ((w_new - w) ** 2).sum())
-
-
-def to_model_dtype(new_weight: torch.Tensor, like: torch.Tensor, name: str) -> torch.Tensor:
-    """Round a float64 result to the parameter's dtype; refuse values the dtype cannot hold."""
-    limit = torch.finfo(like.dtype).max
-    if not torch.isfinite(new_weight).all() or new_weight.abs().max() > limit:
-        raise LocoeditError(
-            f"{name}: the edited matrix has entries beyond what {like.dtype} holds (max {limit:g}); raise the lambdas "
-            "or edit the model in float32"
-        )
-    return new_weight.to(like.dtype).contiguous()
-

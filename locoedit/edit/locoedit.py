@@ -16,8 +16,9 @@ import torch
 from locoedit.core.dtypes import dtype_named
 from locoedit.core.errors import LocoeditError
 from locoedit.core.formats import JsonRecord
+from locoedit.core.lowrank import LowRank, Workspace, check_low_rank_fits
 from locoedit.core.progress import ProgressCallback
-from locoedit.edit.closed_form import Workspace, edit_matrix
+from locoedit.edit.closed_form import edit_factors, edit_matrix
 from locoedit.edit.common import as_tuple, check_positive, check_texts, normalise_common_fields
 from locoedit.edit.layers import auto_localization, resolve_layers
 from locoedit.edit.rows import (
@@ -127,15 +128,20 @@ def compute_edit(adapter: Adapter, request: EditRequest, layers: list[CrossAtten
         auto = auto_localization(request, request.pairs()) if request.layers == "auto" else None
         layers = resolve_layers(adapter, request.layers, auto, progress)
     rows = build_rows(adapter, request)
-    tensors, originals, report = {}, {}, []
+    tensors, factors, originals, report = {}, {}, {}, []
     workspace = Workspace()
     for layer in layers:
         sources, targets = rows.matrices(layer, request.preserve_scale)  # [rows, in] float64
         for projection, lam in zip(layer.edit_projections, (request.lambda_key, request.lambda_value)):
             name = f"{layer.name}.{projection}.weight"
             weight = getattr(layer.module, projection).weight  # [out, in]
-            new, objective = edit_matrix(weight, sources, targets, lam, name, workspace)
-            tensors[name] = new.cpu()
+            if len(sources) < min(weight.shape):  # the update S^T X_o has rank <= rows: keep its factors
+                update, objective = edit_factors(weight, sources, targets, lam, workspace)
+                check_low_rank_fits(weight, update, name)
+                factors[name] = LowRank(update.up.cpu(), update.down.cpu())
+            else:
+                new, objective = edit_matrix(weight, sources, targets, lam, name, workspace)
+                tensors[name] = new.cpu()
             originals[name] = describe_original(weight)
             report.append({"parameter": name, "objective": objective})
     settings = request.to_json()
@@ -148,7 +154,8 @@ def compute_edit(adapter: Adapter, request: EditRequest, layers: list[CrossAtten
             "objectives": report,
         }
     )
-    return EditDelta.computed_on(adapter.denoiser, request.model, "locoedit", layers, tensors, originals, settings)
+    return EditDelta.computed_on(adapter.denoiser, request.model, "locoedit", layers, tensors, originals, settings,
+                                 factors)
 
 
 def edit_to_file(request: EditRequest, out: str | Path, adapter: Adapter | None = None,

@@ -11,7 +11,9 @@ For each edited projection (``to_k``/``to_v``, IF: ``add_k_proj``/``add_v_proj``
    fit of ``X u = 1`` over all concept and neutral rows: the neuron then outputs about ``m_j`` on text like the
    prompts (the fit's residual is recorded in the delta's settings).
 
-The result is an :class:`~locoedit.interventions.delta.EditDelta` (method ``"neurons"``), like a closed-form edit.
+The result is an :class:`~locoedit.interventions.delta.EditDelta` (method ``"neurons"``), like a closed-form edit:
+replacing k rows of ``W`` is the rank-k update ``E_k (rows - W_k)`` (``E_k`` the k chosen columns of the identity),
+stored as factors when k < min(out, in); a changed bias is stored as its new value.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ import torch
 from locoedit.core.dtypes import dtype_named
 from locoedit.core.errors import LocoeditError
 from locoedit.core.formats import JsonRecord
+from locoedit.core.lowrank import LowRank, check_low_rank_fits, to_model_dtype
 from locoedit.core.progress import ProgressCallback
-from locoedit.edit.closed_form import to_model_dtype
 from locoedit.edit.common import as_tuple, check_positive, check_texts, normalise_common_fields
 from locoedit.edit.layers import auto_localization, resolve_layers
 from locoedit.edit.rows import concept_positions, concept_prompts, encode_rows, prompt_pairs
@@ -132,7 +134,7 @@ def compute_neuron_edit(
         [concept_positions(adapter, item, request.token) for item in concept_items],
     )
     neutral_rows = encode_rows(adapter, neutral_prompts, [_neutral_positions(adapter, p) for p in neutral_prompts])
-    tensors, originals, chosen = {}, {}, []
+    tensors, factors, originals, chosen = {}, {}, {}, []
     for layer in layers:
         x_concept, x_neutral = concept_rows.at(layer), neutral_rows.at(layer)  # [n, in]
         direction, residual = None, 0.0
@@ -143,10 +145,9 @@ def compute_neuron_edit(
             scores = neuron_zscores(concept_acts, neutral_acts)  # [out]
             neurons = torch.argsort(scores.abs(), descending=True)[:top_k]
             means = neutral_acts.mean(dim=0)[neurons]  # [k]
-            weight = projection.weight.detach().double().clone()  # [out, in]
             prefix = f"{layer.name}.{projection_name}"
             if projection.bias is not None:
-                weight[neurons] = 0.0
+                rows = torch.zeros(top_k, projection.in_features, dtype=torch.float64)  # [k, in]
                 bias = projection.bias.detach().double().clone()
                 bias[neurons] = means
                 tensors[f"{prefix}.bias"] = to_model_dtype(bias, projection.bias, f"{prefix}.bias").cpu()
@@ -156,9 +157,19 @@ def compute_neuron_edit(
                     fit_rows = torch.cat([x_concept, x_neutral])
                     direction = constant_fit(fit_rows, request.fit_lambda)  # [in]
                     residual = float((fit_rows @ direction - 1).abs().mean())
-                weight[neurons] = means[:, None] * direction[None, :]
-            tensors[f"{prefix}.weight"] = to_model_dtype(weight, projection.weight, f"{prefix}.weight").cpu()
-            originals[f"{prefix}.weight"] = describe_original(projection.weight)
+                rows = means[:, None] * direction[None, :]  # [k, in]
+            name = f"{prefix}.weight"
+            if top_k < min(projection.weight.shape):  # k replaced rows: a rank-k update E_k (rows - W_k)
+                weight = projection.weight.detach()
+                up = torch.zeros(projection.out_features, top_k, dtype=torch.float64)
+                up[neurons.cpu(), torch.arange(top_k)] = 1.0
+                factors[name] = LowRank(up, (rows.to(weight.device) - weight[neurons].double()).cpu())
+                check_low_rank_fits(weight, factors[name], name)
+            else:
+                weight = projection.weight.detach().double().clone()  # [out, in]
+                weight[neurons] = rows.to(weight.device)
+                tensors[name] = to_model_dtype(weight, projection.weight, name).cpu()
+            originals[name] = describe_original(projection.weight)
             chosen.append({
                 "parameter": prefix,
                 "neurons": neurons.tolist(),
@@ -177,7 +188,8 @@ def compute_neuron_edit(
     })
     if not all(math.isfinite(m) for item in chosen for m in item["neutral_means"]):
         raise LocoeditError("neutral activations are not finite; check the model's weights and dtype")
-    return EditDelta.computed_on(adapter.denoiser, request.model, "neurons", layers, tensors, originals, settings)
+    return EditDelta.computed_on(adapter.denoiser, request.model, "neurons", layers, tensors, originals, settings,
+                                 factors)
 
 
 def neurons_to_file(request: NeuronRequest, out: str | Path, adapter: Adapter | None = None,

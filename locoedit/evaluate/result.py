@@ -275,7 +275,7 @@ class DeltaSummary:
 
     @classmethod
     def of(cls, delta: EditDelta, path: str | None) -> DeltaSummary:
-        return cls(path, delta.base_model, delta.method, delta.layers, sorted(delta.tensors), delta.settings)
+        return cls(path, delta.base_model, delta.method, delta.layers, delta.parameters, delta.settings)
 
 
 NOT_IN_JSON = {"json": False}

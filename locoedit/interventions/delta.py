@@ -1,15 +1,22 @@
-"""Edits as data: an :class:`EditDelta` holds the new values of a few denoiser parameters and what they replace.
+"""Edits as data: an :class:`EditDelta` holds the changes of a few denoiser parameters and what they replace.
 
 Computing an edit (``locoedit.edit``, ``locoedit.edit.neurons``) never touches the model; it returns a delta.
+A matrix whose update has rank r < min(out, in) (a LocoEdit of n < min(out, in) text rows, a neuron edit of k rows)
+is held as its float64 factors, ``W' = W + U V`` (:class:`~locoedit.core.lowrank.LowRank`); anything else (biases,
+full-rank updates, version-1 files) as its new value in the parameter's dtype.
 ``delta.apply(pipe)`` checks that the model is the one the delta was computed for (architecture fingerprint,
-sha256, shape and dtype of every original parameter), writes the new values in place under ``no_grad`` and returns
-an :class:`AppliedDelta` whose ``revert()`` restores the originals bit for bit (also a context manager). A delta is
-also an intervention: ``adapter.generate(..., interventions=[delta])`` generates with it and reverts after.
+sha256, shape and dtype of every original parameter), writes the new values in place under ``no_grad`` (``W + U V``
+in float64, rounded once) and returns an :class:`AppliedDelta` whose ``revert()`` restores the originals bit for
+bit (also a context manager). A delta is also an intervention: ``adapter.generate(..., interventions=[delta])``
+generates with it and reverts after.
 
-A delta file is safetensors (read with ``safe_open``, never unpickled): one tensor per edited parameter, named by
-its path in the denoiser (``down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight``), with string
-metadata: format, locoedit version, base model, fingerprint, method, layers, settings (lambdas, token choice,
-prompts, ...), and the sha256 of each original and each edited tensor.
+A delta file is safetensors (read with ``safe_open``, never unpickled). Format ``locoedit-delta/2``: a dense
+parameter is one tensor named by its path in the denoiser
+(``down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight``), a factored one two float64 tensors
+``PATH:up`` [out, r] and ``PATH:down`` [r, in]; string metadata: format, locoedit version, base model, denoiser
+class, fingerprint, method, layers, settings (lambdas, token choice, prompts, ...), the sha256 of each original
+parameter and of each stored tensor. Format ``locoedit-delta/1`` (dense new values only, no denoiser class) still
+loads.
 """
 
 from __future__ import annotations
@@ -26,11 +33,17 @@ import torch
 from locoedit import __version__
 from locoedit.core.errors import LocoeditError
 from locoedit.core.io import write_safetensors
+from locoedit.core.lowrank import LowRank, add_low_rank, check_low_rank_fits
 from locoedit.models import Adapter, Intervention, adapter_for
 
-FORMAT = "locoedit-delta/1"
-_METADATA_KEYS = ("format", "locoedit_version", "base_model", "fingerprint", "method", "layers", "settings",
-                  "originals", "edited_sha256")
+FORMAT = "locoedit-delta/2"
+FORMAT_V1 = "locoedit-delta/1"  # dense new values only; read, never written
+_METADATA_KEYS = {
+    FORMAT_V1: ("format", "locoedit_version", "base_model", "fingerprint", "method", "layers", "settings",
+                "originals", "edited_sha256"),
+}
+_METADATA_KEYS[FORMAT] = _METADATA_KEYS[FORMAT_V1] + ("denoiser",)
+_UP, _DOWN = ":up", ":down"  # suffixes of a factored parameter's two tensors in a file
 
 
 def check_delta_path(path: str | Path) -> Path:
@@ -92,9 +105,9 @@ class AppliedDelta:
 
 @dataclass
 class EditDelta(Intervention):
-    """New values for a few denoiser parameters, and everything needed to check where they may be applied."""
+    """Changes of a few denoiser parameters, and everything needed to check where they may be applied."""
 
-    tensors: dict[str, torch.Tensor]  # parameter path in the denoiser -> new value, in the parameter's dtype
+    tensors: dict[str, torch.Tensor]  # parameter path -> new value in the parameter's dtype (biases, full rank, v1)
     originals: dict[str, dict]  # parameter path -> {"sha256", "shape", "dtype"} of the value it replaces
     fingerprint: str  # architecture_fingerprint of the denoiser it was computed on
     base_model: str  # hub id or folder the model was loaded from (informational; not checked)
@@ -102,10 +115,12 @@ class EditDelta(Intervention):
     layers: list[dict]  # [{"index", "name"}] of the edited cross-attention layers
     settings: dict = field(default_factory=dict)  # the method's parameters and prompts (JSON)
     version: str = __version__
+    factors: dict[str, LowRank] = field(default_factory=dict)  # parameter path -> W' = W + U V (float64)
+    denoiser: str = ""  # the denoiser's class name ("" when read from a version-1 file)
 
     @classmethod
     def computed_on(cls, denoiser: torch.nn.Module, base_model: str, method: str, layers, tensors: dict,
-                    originals: dict, settings: dict) -> EditDelta:
+                    originals: dict, settings: dict, factors: dict | None = None) -> EditDelta:
         """A delta for ``denoiser``: fingerprints it and names the edited ``layers`` by index and module path."""
         return cls(
             tensors=tensors,
@@ -115,11 +130,19 @@ class EditDelta(Intervention):
             method=method,
             layers=[{"index": layer.index, "name": layer.name} for layer in layers],
             settings=settings,
+            factors=factors or {},
+            denoiser=type(denoiser).__name__,
         )
 
     @property
+    def parameters(self) -> list[str]:
+        """Paths of every parameter the delta changes, dense or factored."""
+        return sorted([*self.tensors, *self.factors])
+
+    @property
     def dtype(self) -> torch.dtype:
-        return next(iter(self.tensors.values())).dtype
+        """The dtype of the parameters it was computed for."""
+        return getattr(torch, next(iter(self.originals.values()))["dtype"].removeprefix("torch."))
 
     def check(self, model) -> dict[str, torch.nn.Parameter]:
         """The parameters this delta replaces in ``model``; raises LocoeditError if it was computed for another model."""
@@ -132,16 +155,18 @@ class EditDelta(Intervention):
             )
         parameters = dict(denoiser.named_parameters())
         found = {}
-        for name, new in self.tensors.items():
+        for name in self.parameters:
             if name not in parameters:
                 raise LocoeditError(f"the model has no parameter {name}; this delta was computed for another model")
             parameter, recorded = parameters[name], self.originals[name]
-            if list(new.shape) != list(parameter.shape) or list(recorded["shape"]) != list(parameter.shape):
+            shape = list(self.tensors[name].shape if name in self.tensors else self.factors[name].shape)
+            if shape != list(parameter.shape) or list(recorded["shape"]) != list(parameter.shape):
                 raise LocoeditError(
-                    f"{name}: the delta holds a {list(new.shape)} matrix but the model's is {list(parameter.shape)}; "
+                    f"{name}: the delta holds a {shape} matrix but the model's is {list(parameter.shape)}; "
                     "the delta is damaged or for another model"
                 )
-            if str(parameter.dtype) != recorded["dtype"] or new.dtype != parameter.dtype:
+            if str(parameter.dtype) != recorded["dtype"] or (
+                    name in self.tensors and self.tensors[name].dtype != parameter.dtype):
                 raise LocoeditError(
                     f"{name}: the delta was computed for {recorded['dtype']} weights but the model's are "
                     f"{parameter.dtype}; load the model with that dtype"
@@ -154,14 +179,25 @@ class EditDelta(Intervention):
             found[name] = parameter
         return found
 
+    def edited_values(self, model) -> dict[str, torch.Tensor]:
+        """What :meth:`apply` would write into ``model``, by parameter path; the model is left untouched."""
+        parameters = self.check(model)
+        return {name: self.tensors[name] if name in self.tensors else add_low_rank(parameter, self.factors[name], name)
+                for name, parameter in parameters.items()}
+
     def apply(self, model) -> AppliedDelta:
         """Write the delta into ``model`` (adapter, pipeline or denoiser); returns a handle that reverts it."""
         parameters = self.check(model)
+        for name, update in self.factors.items():  # refuse an overflow before anything is written
+            check_low_rank_fits(parameters[name], update, name)
         originals = {name: parameter.detach().clone() for name, parameter in parameters.items()}
         with torch.no_grad():
             for name, parameter in parameters.items():
-                # copy_ keeps the parameter contiguous (safetensors refuses a transposed nn.Parameter).
-                parameter.copy_(self.tensors[name].to(parameter.device))
+                if name in self.tensors:
+                    # copy_ keeps the parameter contiguous (safetensors refuses a transposed nn.Parameter).
+                    parameter.copy_(self.tensors[name].to(parameter.device))
+                else:  # in place: each block of rows is read before it is written
+                    add_low_rank(parameter, self.factors[name], name, out=parameter.detach())
         return AppliedDelta(parameters, originals)
 
     @contextmanager
@@ -169,26 +205,35 @@ class EditDelta(Intervention):
         with self.apply(adapter):
             yield
 
+    def stored_tensors(self) -> dict[str, torch.Tensor]:
+        """The tensors of a delta file: dense parameters by path, factored ones as ``PATH:up`` and ``PATH:down``."""
+        stored = dict(self.tensors)
+        for name, update in self.factors.items():
+            stored[name + _UP], stored[name + _DOWN] = update.up, update.down
+        return stored
+
     def metadata(self) -> dict[str, str]:
         return {
             "format": FORMAT,
             "locoedit_version": self.version,
             "base_model": self.base_model,
+            "denoiser": self.denoiser,
             "fingerprint": self.fingerprint,
             "method": self.method,
             "layers": json.dumps(self.layers),
             "settings": json.dumps(self.settings),
             "originals": json.dumps(self.originals),
-            "edited_sha256": json.dumps({name: tensor_sha256(t) for name, t in self.tensors.items()}),
+            "edited_sha256": json.dumps({name: tensor_sha256(t) for name, t in self.stored_tensors().items()}),
         }
 
     def save(self, path: str | Path) -> Path:
-        """Write the delta as one safetensors file, atomically."""
-        return write_safetensors(path, self.tensors, self.metadata())
+        """Write the delta as one safetensors file (format ``locoedit-delta/2``), atomically."""
+        return write_safetensors(path, self.stored_tensors(), self.metadata())
 
     @classmethod
     def load(cls, path: str | Path) -> EditDelta:
-        """Read a delta file written by :meth:`save`; refuses anything else (never unpickles)."""
+        """Read a delta file written by :meth:`save` (or by locoedit 0.1: version 1); refuses anything else (never
+        unpickles)."""
         from safetensors import safe_open
 
         path = Path(path)
@@ -197,18 +242,18 @@ class EditDelta(Intervention):
         try:
             with safe_open(str(path), framework="pt") as handle:
                 metadata = handle.metadata() or {}
-                tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+                stored = {name: handle.get_tensor(name) for name in handle.keys()}
         except Exception as error:  # safetensors raises its own error type, and OSError / ValueError
             raise LocoeditError(
                 f"{path} is not a readable safetensors file ({type(error).__name__}: {error}); a delta must be the "
                 "file written by locoedit edit / neurons (locoedit never unpickles)"
             ) from error
-        if metadata.get("format") != FORMAT:
+        if metadata.get("format") not in _METADATA_KEYS:
             raise LocoeditError(
                 f"{path} is a safetensors file but not a locoedit delta (format {metadata.get('format')!r}, "
-                f"expected {FORMAT!r})"
+                f"expected {FORMAT!r} or {FORMAT_V1!r})"
             )
-        missing = [key for key in _METADATA_KEYS if key not in metadata]
+        missing = [key for key in _METADATA_KEYS[metadata["format"]] if key not in metadata]
         if missing:
             raise LocoeditError(f"{path} is a damaged locoedit delta: metadata lacks {', '.join(missing)}")
         try:
@@ -217,10 +262,28 @@ class EditDelta(Intervention):
             )
         except json.JSONDecodeError as error:
             raise LocoeditError(f"{path} is a damaged locoedit delta: its metadata is not valid JSON ({error})") from error
-        if set(originals) != set(tensors) or set(edited) != set(tensors):
-            raise LocoeditError(f"{path} is a damaged locoedit delta: its tensors and its metadata name different parameters")
-        for name, tensor in tensors.items():
+        if set(edited) != set(stored):
+            raise LocoeditError(f"{path} is a damaged locoedit delta: its tensors and its metadata name different tensors")
+        for name, tensor in stored.items():
             if tensor_sha256(tensor) != edited[name]:
                 raise LocoeditError(f"{path} is corrupt: tensor {name} does not match its recorded sha256")
+        tensors, factors = _split_stored(stored, path)
+        if set(originals) != {*tensors, *factors}:
+            raise LocoeditError(f"{path} is a damaged locoedit delta: its tensors and its metadata name different "
+                                "parameters")
         return cls(tensors, originals, metadata["fingerprint"], metadata["base_model"], metadata["method"], layers,
-                   settings, metadata["locoedit_version"])
+                   settings, metadata["locoedit_version"], factors, metadata.get("denoiser", ""))
+
+
+def _split_stored(stored: dict[str, torch.Tensor], path: Path) -> tuple[dict[str, torch.Tensor], dict[str, LowRank]]:
+    """Dense parameters and factored ones (``PATH:up`` with ``PATH:down``) of a delta file's tensors."""
+    ups = {name.removesuffix(_UP) for name in stored if name.endswith(_UP)}
+    downs = {name.removesuffix(_DOWN) for name in stored if name.endswith(_DOWN)}
+    if ups != downs:
+        raise LocoeditError(f"{path} is a damaged locoedit delta: factors {sorted(ups ^ downs)} lack their other half")
+    tensors = {name: tensor for name, tensor in stored.items() if not name.endswith((_UP, _DOWN))}
+    try:
+        factors = {name: LowRank(stored[name + _UP], stored[name + _DOWN]) for name in sorted(ups)}
+    except LocoeditError as error:
+        raise LocoeditError(f"{path}: {error}") from None
+    return tensors, factors

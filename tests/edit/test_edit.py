@@ -127,9 +127,10 @@ def test_unrelated_prompt_keys_obey_the_span_bound(family, tmp_path):
     concept = build_rows(adapter, req).concept.at(layer)  # [n, in]
     unrelated = encode_rows(adapter, list(UNRELATED), all_real_positions(adapter, UNRELATED)).at(layer)
     basis, _ = torch.linalg.qr(concept.T)
+    edited = delta.edited_values(adapter)
     for projection in layer.edit_projections:
         weight = getattr(layer.module, projection).weight.detach().double()
-        change = delta.tensors[f"{layer.name}.{projection}.weight"].double() - weight
+        change = edited[f"{layer.name}.{projection}.weight"].double() - weight
         bound = torch.linalg.matrix_norm(change, ord=2) * (unrelated @ basis).norm(dim=1)
         # float32 rounding of the stored matrix adds at most ~1e-6 relative
         assert ((unrelated @ change.T).norm(dim=1) <= bound * (1 + 1e-4) + 1e-5).all()
@@ -172,7 +173,7 @@ def test_only_the_chosen_layers_matrices_change_bit_for_bit_elsewhere(family, tm
     assert _snapshot(adapter.pipe) == before  # computing an edit leaves the pipeline untouched
     projections = adapter.layers[0].edit_projections
     expected = {f"{adapter.denoiser_name}/{adapter.layers[i].name}.{p}.weight" for i in (0, 2) for p in projections}
-    assert {f"{adapter.denoiser_name}/{name}" for name in delta.tensors} == expected
+    assert {f"{adapter.denoiser_name}/{name}" for name in delta.parameters} == expected
     handle = delta.apply(adapter.pipe)
     after = _snapshot(adapter.pipe)
     assert {key for key in before if before[key] != after[key]} == expected
@@ -185,7 +186,7 @@ def test_only_the_chosen_layers_matrices_change_bit_for_bit_elsewhere(family, tm
 def test_half_precision_pipelines_are_edited_in_their_dtype(family, dtype, tmp_path):
     adapter = tiny(family, tmp_path, dtype=dtype)
     delta = compute_edit(adapter, request(token="all", preserve=("a dog",)))
-    for name, tensor in delta.tensors.items():
+    for name, tensor in delta.edited_values(adapter).items():
         assert tensor.dtype == dtype and torch.isfinite(tensor).all(), name
     with delta.apply(adapter):
         layer = adapter.layers[1]
@@ -210,7 +211,7 @@ def test_preservation_keeps_preserved_prompts_closer(family, tmp_path):
         total = 0.0
         for projection in layer.edit_projections:
             weight = getattr(layer.module, projection).weight.detach().double()
-            change = delta.tensors[f"{layer.name}.{projection}.weight"].double() - weight
+            change = delta.edited_values(adapter)[f"{layer.name}.{projection}.weight"].double() - weight
             total += float(torch.linalg.norm(rows @ change.T) / torch.linalg.norm(rows @ weight.T))
         return total
 

@@ -64,6 +64,7 @@ def test_top_neurons_output_their_neutral_mean_and_nothing_else_changes(family, 
     layer, concept, neutral = _rows(adapter, request)
     before = {name: tensor_sha256(p) for name, p in adapter.denoiser.named_parameters()}
     delta = compute_neuron_edit(adapter, request)
+    unedited_copy = adapter_for(TINY_PIPELINES[family](tmp_path / "copy"))  # the same seed: the same weights
     assert delta.method == "neurons" and len(delta.settings["chosen_neurons"]) == 2
     assert {name: tensor_sha256(p) for name, p in adapter.denoiser.named_parameters()} == before
     with delta.apply(adapter):
@@ -79,14 +80,15 @@ def test_top_neurons_output_their_neutral_mean_and_nothing_else_changes(family, 
             else:  # approximate: W_j = m_j u^T with X u ~ 1
                 assert (out - means).abs().max() <= 0.05 * means.abs().max() + 1e-4
             # the delta file round-trips to exactly the weights now in the model
-            stored = EditDelta.load(delta.save(tmp_path / f"{projection_name}.safetensors")).tensors
-            assert torch.equal(stored[f"{item['parameter']}.weight"], projection.weight.detach())
+            stored = EditDelta.load(delta.save(tmp_path / f"{projection_name}.safetensors"))
+            reloaded = stored.edited_values(unedited_copy)[f"{item['parameter']}.weight"]
+            assert torch.equal(reloaded, projection.weight.detach())
     after = {name: tensor_sha256(p) for name, p in adapter.denoiser.named_parameters()}
     assert after == before
     # rows of neurons that were not chosen are bit for bit the original ones
     for item, projection_name in zip(delta.settings["chosen_neurons"], layer.edit_projections):
         projection = getattr(layer.module, projection_name)
-        new = delta.tensors[f"{item['parameter']}.weight"]
+        new = delta.edited_values(adapter)[f"{item['parameter']}.weight"]
         keep = [j for j in range(projection.out_features) if j not in item["neurons"]]
         assert torch.equal(new[keep], projection.weight.detach()[keep])
 

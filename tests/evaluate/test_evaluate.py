@@ -137,7 +137,7 @@ def test_items_metrics_and_files(result):
 
 def test_an_identity_delta_changes_nothing(adapter, delta, suite):
     names = dict(adapter.denoiser.named_parameters())
-    identity = replace(delta, tensors={name: names[name].detach().clone() for name in delta.tensors})
+    identity = replace(delta, tensors={name: names[name].detach().clone() for name in delta.parameters}, factors={})
     result = evaluate(adapter, identity, suite, ControlledScorer(), settings=SETTINGS)
     assert torch.equal(result.before, result.after)
     headline = result.headline
@@ -380,7 +380,7 @@ def test_edit_delta_from_a_file_evaluates_like_the_computed_one(adapter, delta, 
 def test_reusing_the_before_images_of_an_earlier_result(adapter, delta, suite, result):
     earlier, _ = result
     names = dict(adapter.denoiser.named_parameters())
-    identity = replace(delta, tensors={name: names[name].detach().clone() for name in delta.tensors})
+    identity = replace(delta, tensors={name: names[name].detach().clone() for name in delta.parameters}, factors={})
     reused = evaluate(adapter, identity, suite, ControlledScorer(), settings=SETTINGS, reuse=earlier)
     assert reused.before is earlier.before
     assert torch.allclose(reused.after, earlier.before, atol=1e-5)  # the identity edit: after = unedited

@@ -1,5 +1,7 @@
-"""Deltas: apply and revert bit for bit, safetensors files with metadata, refusals, and a full pipeline export."""
+"""Deltas: apply and revert bit for bit, dense and factored, safetensors files with metadata (version 2, and
+version 1 still read), refusals, and a full pipeline export."""
 
+import json
 import pickle
 
 import pytest
@@ -13,12 +15,18 @@ from locoedit import __version__  # noqa: E402
 from locoedit.models import adapter_for  # noqa: E402
 from locoedit.edit.apply import apply_delta_to_folder  # noqa: E402
 from locoedit.interventions.delta import EditDelta, architecture_fingerprint, tensor_sha256  # noqa: E402
+from locoedit.core.lowrank import LowRank  # noqa: E402
+from locoedit.edit.closed_form import edit_matrix  # noqa: E402
+from locoedit.edit.locoedit import build_rows  # noqa: E402
 from locoedit.edit import EditRequest, compute_edit  # noqa: E402
 from locoedit.core.errors import LocoeditError  # noqa: E402
 from locoedit.testing import TINY_PIPELINES  # noqa: E402
 
+# 18 rows ("all" tokens and a preserved prompt) >= min(16, 16): stored dense; 4 last-subject rows: stored as factors.
 REQUEST = EditRequest(model="tiny-sd", concepts=("van gogh",), targets=("a painting",), kind="style", layers=(1, 2),
                       preserve=("a dog",), lambda_key=0.2, lambda_value=0.3, token="all")
+LOW_RANK = EditRequest(model="tiny-sd", concepts=("van gogh",), targets=("a painting",), kind="style", layers=(1, 2),
+                       lambda_key=0.2, lambda_value=0.3, token="last-subject")
 
 
 def build(family="sd", folder=None, seed=0):
@@ -30,8 +38,15 @@ def sd(tmp_path):
     return build("sd", tmp_path / "sd")
 
 
+@pytest.fixture(params=["dense", "factored"])
+def delta(sd, request):
+    delta = compute_edit(sd, REQUEST if request.param == "dense" else LOW_RANK)
+    assert bool(delta.factors) == (request.param == "factored") and bool(delta.tensors) == (request.param == "dense")
+    return delta
+
+
 @pytest.fixture
-def delta(sd):
+def dense(sd):
     return compute_edit(sd, REQUEST)
 
 
@@ -45,9 +60,11 @@ def same(a, b):
 
 def test_apply_then_revert_is_bit_for_bit_and_a_context_manager(sd, delta):
     before = weights(sd)
+    values = delta.edited_values(sd)
+    assert same(weights(sd), before)  # edited_values leaves the model alone
     handle = delta.apply(sd)
     edited = weights(sd)
-    assert all(torch.equal(edited[name], tensor) for name, tensor in delta.tensors.items())
+    assert all(torch.equal(edited[name], tensor) for name, tensor in values.items())
     handle.revert()
     handle.revert()  # idempotent
     assert same(weights(sd), before)
@@ -66,12 +83,16 @@ def test_file_round_trip_with_metadata(sd, delta, tmp_path):
     assert loaded.base_model == "tiny-sd" and loaded.method == "locoedit" and loaded.version == __version__
     assert loaded.layers == [{"index": 1, "name": sd.layers[1].name}, {"index": 2, "name": sd.layers[2].name}]
     assert loaded.settings["lambda_key"] == 0.2 and loaded.settings["lambda_value"] == 0.3
-    assert loaded.settings["token"] == "all" and loaded.settings["preserve"] == ["a dog"]
+    assert loaded.settings["token"] == delta.settings["token"] and loaded.settings["preserve"] == delta.settings["preserve"]
     assert loaded.settings["prompt_pairs"][1] == ["a painting in the style of van gogh",
                                                  "a painting in the style of a painting"]
+    assert loaded.denoiser == "UNet2DConditionModel" and loaded.parameters == delta.parameters
     parameters = dict(sd.denoiser.named_parameters())
     for name, tensor in loaded.tensors.items():
         assert torch.equal(tensor, delta.tensors[name])
+    for name, update in loaded.factors.items():
+        assert torch.equal(update.up, delta.factors[name].up) and torch.equal(update.down, delta.factors[name].down)
+    for name in loaded.parameters:
         assert loaded.originals[name]["sha256"] == tensor_sha256(parameters[name])
     before = weights(sd)
     with loaded.apply(sd):
@@ -104,7 +125,8 @@ def test_another_dtype_is_refused(delta, tmp_path):
         delta.apply(half)
 
 
-def test_wrong_shapes_are_refused(sd, delta, tmp_path):
+def test_wrong_shapes_are_refused(sd, dense, tmp_path):
+    delta = dense
     name = next(iter(delta.tensors))
     bad = EditDelta({**delta.tensors, name: delta.tensors[name][:, :-1].contiguous()}, delta.originals,
                     delta.fingerprint, delta.base_model, delta.method, delta.layers, delta.settings)
@@ -178,10 +200,10 @@ def test_apply_to_folder_writes_a_plain_diffusers_pipeline(sd, delta, tmp_path):
     out = apply_delta_to_folder(str(model), delta_path, tmp_path / "edited")
     edited = StableDiffusionPipeline.from_pretrained(out, safety_checker=None, requires_safety_checker=False)
     parameters = dict(edited.unet.named_parameters())
-    for name, tensor in delta.tensors.items():
+    for name, tensor in delta.edited_values(sd).items():
         assert torch.equal(parameters[name], tensor)
     untouched = dict(sd.denoiser.named_parameters())
-    others = [n for n in parameters if n not in delta.tensors]
+    others = [n for n in parameters if n not in delta.parameters]
     assert all(torch.equal(parameters[n], untouched[n]) for n in others)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
@@ -198,3 +220,70 @@ def test_apply_to_folder_refuses_another_model_and_writes_nothing(delta, tmp_pat
     (tmp_path / "full" / "x").write_text("keep")
     with pytest.raises(LocoeditError, match="not an empty folder"):
         apply_delta_to_folder(str(model), delta_path, tmp_path / "full")
+
+
+# ------------------------------------------------------------------------------------ factored deltas, version 1
+
+
+def test_factors_are_the_exact_closed_form_update_and_apply_rounds_it_once(sd):
+    delta = compute_edit(sd, LOW_RANK)
+    rows = build_rows(sd, LOW_RANK)
+    parameters = dict(sd.denoiser.named_parameters())
+    layer = sd.layers[1]
+    sources, targets = rows.matrices(layer, LOW_RANK.preserve_scale)
+    name = f"{layer.name}.to_k.weight"
+    update = delta.factors[name]
+    assert update.rank == len(sources) == 4 and update.up.dtype == torch.float64
+    assert torch.equal(update.down, sources)  # V = X_o: the update lies in the concept rows' span
+    dense, _ = edit_matrix(parameters[name], sources, targets, LOW_RANK.lambda_key)
+    assert torch.equal(delta.edited_values(sd)[name], dense)  # the same bits as the dense path
+    expected = (parameters[name].detach().double() + update.up @ update.down).float()
+    assert torch.equal(dense, expected)
+
+
+def test_a_version_1_file_still_loads_and_applies(sd, dense, tmp_path):
+    # Written the way locoedit 0.1 wrote it: new values only, format locoedit-delta/1, no denoiser class.
+    metadata = dense.metadata()
+    del metadata["denoiser"]
+    metadata["format"] = "locoedit-delta/1"
+    path = tmp_path / "v1.safetensors"
+    save_file(dict(dense.tensors), str(path), metadata=metadata)
+    loaded = EditDelta.load(path)
+    assert loaded.factors == {} and loaded.denoiser == "" and loaded.parameters == dense.parameters
+    before = weights(sd)
+    with loaded.apply(sd):
+        assert all(torch.equal(weights(sd)[n], t) for n, t in dense.tensors.items())
+    assert same(weights(sd), before)
+
+
+def test_non_finite_or_half_factors_are_refused(sd, tmp_path):
+    delta = compute_edit(sd, LOW_RANK)
+    name = delta.parameters[0]
+    stored = delta.stored_tensors()
+    stored[f"{name}:up"] = stored[f"{name}:up"].clone()
+    stored[f"{name}:up"][0, 0] = float("nan")
+    metadata = delta.metadata()
+    metadata["edited_sha256"] = json.dumps({key: tensor_sha256(t) for key, t in stored.items()})
+    save_file(stored, str(tmp_path / "nan.safetensors"), metadata=metadata)
+    with pytest.raises(LocoeditError, match="inf or nan"):
+        EditDelta.load(tmp_path / "nan.safetensors")
+    del stored[f"{name}:up"]
+    metadata["edited_sha256"] = json.dumps({key: tensor_sha256(t) for key, t in stored.items()})
+    save_file(stored, str(tmp_path / "half.safetensors"), metadata=metadata)
+    with pytest.raises(LocoeditError, match="lack their other half"):
+        EditDelta.load(tmp_path / "half.safetensors")
+    with pytest.raises(LocoeditError, match="must be float64"):
+        LowRank(torch.zeros(2, 1), torch.zeros(1, 2))
+
+
+def test_a_factored_update_that_overflows_the_dtype_is_refused_before_anything_is_written(tmp_path):
+    half = adapter_for(TINY_PIPELINES["sd"](tmp_path / "half").to(torch.float16))
+    delta = compute_edit(half, LOW_RANK)
+    name = delta.parameters[0]
+    update = delta.factors[name]
+    huge = EditDelta({}, delta.originals, delta.fingerprint, delta.base_model, delta.method, delta.layers,
+                     delta.settings, factors={**delta.factors, name: LowRank(update.up * 1e9, update.down)})
+    before = weights(half)
+    with pytest.raises(LocoeditError, match="beyond what torch.float16 holds"):
+        huge.apply(half)
+    assert same(weights(half), before)

@@ -13,6 +13,18 @@ import torch
 from PIL import Image
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def shared_permissions(path: str | Path) -> None:
+    """Give a file or folder the permissions a plain ``open``/``mkdir`` would (results are meant to be shared):
+    ``tempfile`` creates them private (0600, 0700)."""
+    os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~_umask())
+
+
 def _atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -20,6 +32,7 @@ def _atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
     os.close(handle)
     try:
         write(Path(temporary))
+        shared_permissions(temporary)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -28,7 +41,12 @@ def _atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
 
 
 def write_json(path: str | Path, data) -> Path:
-    return _atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n"))
+    """``data`` as JSON; NaN and infinities are refused (JSON has none), before anything is written."""
+    try:
+        text = json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n"
+    except ValueError as error:
+        raise ValueError(f"{path}: refusing to write a non-finite number into JSON ({error})") from None
+    return _atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def write_text(path: str | Path, text: str) -> Path:

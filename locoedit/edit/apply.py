@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 from locoedit.core.errors import LocoeditError
+from locoedit.core.io import shared_permissions
 from locoedit.interventions.delta import EditDelta
 from locoedit.models import DEFAULTS_FILE, load_adapter, resolve_model
 
@@ -36,6 +37,7 @@ def apply_delta_to_folder(model: str, delta_path: str | Path, out_dir: str | Pat
             shutil.copy2(base_settings, staging / DEFAULTS_FILE)
         if readme is not None:
             (staging / "README.md").write_text(readme)
+        shared_permissions(staging)
         if out_dir.exists():
             out_dir.rmdir()  # empty, checked above
         os.replace(staging, out_dir)

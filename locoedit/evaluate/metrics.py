@@ -57,7 +57,7 @@ def _sqrt_psd(matrix: torch.Tensor) -> torch.Tensor:  # [d, d] symmetric PSD, fl
     return (vectors * values.clamp_min(0).sqrt()) @ vectors.T
 
 
-def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:  # [N, d], [M, d] features
+def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float | None:  # [N, d], [M, d] features
     """Frechet distance between Gaussians fitted to two feature sets (FID's formula; N, M >= 2).
 
     tr((S_a S_b)^{1/2}) = sum of sqrt(eigenvalues of S_a^{1/2} S_b S_a^{1/2}), a symmetric PSD matrix, so the
@@ -77,4 +77,4 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:  # [N, d], [M, 
     trace_sqrt = torch.linalg.eigvalsh(middle).clamp_min(0).sqrt().sum()
     value = (mu_a - mu_b).pow(2).sum() + torch.trace(cov_a) + torch.trace(cov_b) - 2 * trace_sqrt
     value = max(value.item(), 0.0)  # round-off can give -1e-12 for identical sets
-    return value if math.isfinite(value) else float("nan")
+    return value if math.isfinite(value) else None  # non-finite features: no distance (JSON holds no NaN)

@@ -75,3 +75,24 @@ def test_apply_refuses_a_delta_for_another_model(app, model, tmp_path):
     result = run(app, "apply", str(other), delta, "--out", tmp_path / "edited")
     assert result.exit_code == 2 and "original matrix differs" in result.output
     assert not (tmp_path / "edited").exists()
+
+
+def test_apply_carries_the_model_folders_settings_over(app, tmp_path):
+    """The edited toy pipeline is sampled like the original (its locoedit.json: 20 steps, guidance 3, its scorer)."""
+    import os
+    import stat
+
+    from locoedit.models import ModelSettings, load_adapter
+
+    delta = tmp_path / "d.safetensors"
+    assert run(app, "edit", "toyworld", "--concept", "circle", "--target", "square", "--layers", "2,3",
+               "--out", delta).exit_code == 0
+    old = os.umask(0o022)
+    try:
+        assert run(app, "apply", "toyworld", delta, "--out", tmp_path / "edited").exit_code == 0
+    finally:
+        os.umask(old)
+    original = load_adapter("toyworld", device="cpu").recommended
+    assert ModelSettings.read(tmp_path / "edited" / "locoedit.json") == original
+    assert load_adapter(str(tmp_path / "edited"), device="cpu").recommended == original
+    assert stat.S_IMODE((tmp_path / "edited").stat().st_mode) == 0o755

@@ -94,3 +94,20 @@ def test_every_result_the_project_writes_reads_back(tmp_path, tiny_adapters):
     assert result.request.scorer == "pixel"  # the scorer used is recorded, not left as the default None
     first = result.windows[0]
     assert WindowResult.read(tmp_path / "progress" / f"{first.key}.json") == first
+
+
+def test_json_files_are_written_with_shared_permissions_and_never_hold_nan(tmp_path):
+    import os
+    import stat
+
+    from locoedit.core.io import write_json
+
+    old = os.umask(0o022)
+    try:
+        path = SAMPLE.write(tmp_path / "sample.json")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # not tempfile's private 0600
+    with pytest.raises(ValueError, match="non-finite number"):
+        write_json(tmp_path / "nan.json", {"effect": float("nan")})
+    assert not (tmp_path / "nan.json").exists() and not list(tmp_path.glob(".nan.json*"))

@@ -160,3 +160,14 @@ def test_bad_input_is_one_line_and_writes_nothing(tiny_adapters, tmp_path, chang
         trace(request(**changes), tmp_path / "run", tiny_adapters["sd"], PixelScorer())
     assert message in str(error.value) and "\n" not in str(error.value)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("family, encoders, layers", [("sd", 1, 2), ("sdxl", 2, 2), ("if", 1, 2), ("pixart", 1, 2)])
+def test_text_encoder_sites_in_every_family(tiny_adapters, family, encoders, layers):
+    """Each encoder's layers, with their attention and MLP parts (SD-XL: both CLIP encoders; IF, PixArt: T5)."""
+    result = trace(request(parts=("text_encoder",), seeds=(0,), restore_tokens="all"), None, tiny_adapters[family],
+                   PixelScorer())
+    assert len(result.sites) == encoders * layers * 3
+    assert {s.kind for s in result.sites} == {"encoder_layer", "encoder_attention", "encoder_mlp"}
+    assert result.gap > 0 and all(s.effect is not None for s in result.sites)
+    assert set(result.noise_sigma) == set(tiny_adapters[family].text_encoder_names)

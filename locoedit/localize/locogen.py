@@ -261,6 +261,8 @@ def localize(
         request = replace(request, scorer=scorer.spec)
     if isinstance(scorer, ConceptScorer):
         scorer.check_concept(request.concept)
+    for prompt in request.prompts + request.targets:
+        adapter.check_length(prompt)
     with _scheduler(adapter, request.scheduler):
         run = None
         if out is not None:

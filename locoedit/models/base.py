@@ -209,8 +209,26 @@ class Adapter(ABC):
     @abstractmethod
     def default_image_size(self) -> int: ...
 
+    def encode(self, prompts: list[str]) -> EncodedPrompts:
+        """The prompts encoded as the pipeline encodes them; refuses a prompt its text encoder would cut short."""
+        for prompt in prompts:
+            self.check_length(prompt)
+        return self._encode(prompts)
+
     @abstractmethod
-    def encode(self, prompts: list[str]) -> EncodedPrompts: ...
+    def _encode(self, prompts: list[str]) -> EncodedPrompts: ...
+
+    def check_length(self, prompt: str) -> None:
+        """A LocoeditError naming the limit when ``prompt`` has more tokens than the text encoder reads: the pipeline
+        would silently drop the rest, and a concept there with it."""
+        tokenizer = self.pipe.tokenizer
+        limit = self.text_max_length or tokenizer.model_max_length
+        count = len(tokenizer(self.preprocess_text(prompt), add_special_tokens=True, truncation=False)["input_ids"])
+        if count > limit:
+            raise LocoeditError(
+                f"prompt {prompt!r} has {count} tokens but the text encoder reads at most {limit} (start and end "
+                "tokens included); shorten it, or the words past the limit would be silently dropped"
+            )
 
     # Tokens a prompt is padded or truncated to by ``encode``; None = the tokenizer's ``model_max_length``.
     text_max_length: int | None = None

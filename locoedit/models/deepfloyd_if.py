@@ -21,7 +21,7 @@ class DeepFloydIFAdapter(Adapter):
     def default_image_size(self) -> int:
         return self.pipe.unet.config.sample_size
 
-    def encode(self, prompts: list[str]) -> EncodedPrompts:
+    def _encode(self, prompts: list[str]) -> EncodedPrompts:
         cond, uncond = self.pipe.encode_prompt(
             prompts, do_classifier_free_guidance=True, device=self.device, clean_caption=False
         )

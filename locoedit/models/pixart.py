@@ -21,7 +21,7 @@ class PixArtAlphaAdapter(Adapter):
     def default_image_size(self) -> int:
         return self.pipe.transformer.config.sample_size * self.pipe.vae_scale_factor
 
-    def encode(self, prompts: list[str]) -> EncodedPrompts:
+    def _encode(self, prompts: list[str]) -> EncodedPrompts:
         cond, cond_mask, uncond, uncond_mask = self.pipe.encode_prompt(
             prompts, do_classifier_free_guidance=True, device=self.device, clean_caption=False
         )

@@ -11,7 +11,7 @@ class StableDiffusionAdapter(Adapter):
     def default_image_size(self) -> int:
         return self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
 
-    def encode(self, prompts: list[str]) -> EncodedPrompts:
+    def _encode(self, prompts: list[str]) -> EncodedPrompts:
         cond, uncond = self.pipe.encode_prompt(prompts, self.device, 1, do_classifier_free_guidance=True)
         return EncodedPrompts(TextConditioning(cond), TextConditioning(uncond))
 

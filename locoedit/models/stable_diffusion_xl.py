@@ -14,7 +14,7 @@ class StableDiffusionXLAdapter(Adapter):
     def default_image_size(self) -> int:
         return self.pipe.default_sample_size * self.pipe.vae_scale_factor
 
-    def encode(self, prompts: list[str]) -> EncodedPrompts:
+    def _encode(self, prompts: list[str]) -> EncodedPrompts:
         cond, uncond, pooled, uncond_pooled = self.pipe.encode_prompt(
             prompt=prompts, device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=True
         )

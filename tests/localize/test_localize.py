@@ -255,3 +255,11 @@ def test_a_scheduler_is_used_for_the_run_only(tiny_adapters, tmp_path):
     with pytest.raises(LocoeditError, match="not a diffusers scheduler class"):
         localize(request(scheduler="FastScheduler"), tmp_path / "run", adapter, PixelScorer())
     assert not (tmp_path / "run").exists()
+
+
+def test_a_prompt_longer_than_the_text_encoder_reads_is_refused_before_anything_is_written(tiny_adapters, tmp_path):
+    long = "a house in the style of van gogh " + "with a red door " * 6  # the tiny CLIP reads 16 tokens
+    with pytest.raises(LocoeditError, match=r"has \d+ tokens but the text encoder reads at most 16"):
+        localize(request(prompts=(long,), targets=("a house",), concept="van gogh"), tmp_path / "run",
+                 tiny_adapters["sd"], PixelScorer())
+    assert not (tmp_path / "run").exists()

@@ -101,18 +101,24 @@ def main() -> None:
         logger.info("%s: %s", name, json.dumps(row))
     write_json(out / "comparison.json", {"format": "locoedit.trace-vs-locogen/1", "noise": args.noise,
                                          "seeds": args.seeds, "trace_seeds": args.trace_seeds, "rows": rows})
+    print_table(rows)
+
+
+def print_table(rows: list[dict]) -> None:
+    """The README's table. (The denoiser's strongest site is always its last block, which restores everything, so
+    the table names the strongest cross-attention layer instead.)"""
     pct = lambda v: "n/a" if v is None else f"{100 * v:.0f}%"  # noqa: E731
-    print("| case | LocoGen window | traced window | strongest denoiser site | strongest text-encoder site | "
-          "edit at LocoGen's window (eff / gen / spec) | edit at the traced window |")
-    print("|---|---|---|---|---|---|---|")
+    print("| case | trace gap | LocoGen window (effect) | traced window | strongest cross-attention layer (trace) | "
+          "strongest text-encoder site (trace) | edit at LocoGen's window: eff / gen / spec | edit at the traced window |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        e = r["edit"]
+        e, cross = r["edit"], r["traced_cross_attention_effects"]
+        strongest = max(range(len(cross)), key=lambda i: cross[i])
         cells = [" / ".join(pct(e[m][k]) for k in ("efficacy", "generalization", "specificity")) for m in ("LocoGen", "tracing")]
-        print(f"| {r['case']} ({r['concept']}) | {r['locogen_window'][0]}-{r['locogen_window'][-1]} "
-              f"({r['locogen_effect']:.2f}) | {r['traced_window'][0]}-{r['traced_window'][-1]} | "
-              f"`{r['best_denoiser_site'].removeprefix('unet.')}` ({r['best_denoiser_effect']:.2f}) | "
-              f"`{r['best_text_encoder_site'].removeprefix('text_encoder.')}` ({r['best_text_encoder_effect']:.2f}) | "
-              f"{cells[0]} | {cells[1]} |")
+        print(f"| {r['case']} ({r['concept']}) | {r['trace_gap']:.2f} | {r['locogen_window'][0]}-{r['locogen_window'][-1]} "
+              f"({r['locogen_effect']:.2f}) | {r['traced_window'][0]}-{r['traced_window'][-1]} | {strongest} "
+              f"({cross[strongest]:.2f}) | `{r['best_text_encoder_site'].removeprefix('text_encoder.')}` "
+              f"({r['best_text_encoder_effect']:.2f}) | {cells[0]} | {cells[1]} |")
 
 
 if __name__ == "__main__":

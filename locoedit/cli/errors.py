@@ -10,7 +10,8 @@ from locoedit.core.errors import LocoeditError
 
 
 def user_errors(command):
-    """Print a LocoeditError as one clear line and exit 2, instead of a traceback."""
+    """Print a LocoeditError, or an operating-system error such as a full disk, as one clear line and exit 2,
+    instead of a traceback."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -18,6 +19,11 @@ def user_errors(command):
             return command(*args, **kwargs)
         except LocoeditError as error:
             typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(2) from None
+        except OSError as error:
+            where = f" ({error.filename})" if error.filename else ""
+            typer.echo(f"error: {error.strerror or error}{where}; free space or choose another place and rerun",
+                       err=True)
             raise typer.Exit(2) from None
 
     return wrapper

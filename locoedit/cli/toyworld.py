@@ -52,9 +52,12 @@ def check(
         raise LocoeditError(f"--model {model}: not a toy-world pipeline folder ({error})") from None
     steps = steps or defaults["num_inference_steps"]
     guidance = guidance if guidance is not None else defaults["guidance_scale"]
-    scorer = ToyworldProbe.load(probe) if probe is not None else ToyworldProbe.load(
-        None if model is None else Path(model).parent / "probe.safetensors"
-    )
+    probe_file = probe if probe is not None else None if model is None else Path(model).parent / "probe.safetensors"
+    try:
+        scorer = ToyworldProbe.load(probe_file)
+    except Exception as error:  # a missing, damaged or foreign file fails in safetensors or in the probe's own checks
+        raise LocoeditError(f"--probe {probe_file}: not a toy-world probe ({type(error).__name__}: {error}); give the "
+                            "probe.safetensors written by locoedit.toyworld.train") from None
     task = ProgressTask(ctx.obj, "generate", 2 * len(seed_list), unit="image")
     t0 = time.perf_counter()
     result = check_prompt_following(pipe, scorer, seeds=seed_list, steps=steps, guidance=guidance,

@@ -9,8 +9,15 @@ from pathlib import Path
 
 from locoedit.core.errors import LocoeditError
 from locoedit.core.io import shared_permissions
+from locoedit.core.runfolder import check_writable
 from locoedit.interventions.delta import EditDelta
 from locoedit.models import DEFAULTS_FILE, load_adapter, resolve_model
+
+
+def remove_stale_staging(out_dir: Path) -> None:
+    """An earlier ``apply`` to ``out_dir`` that was killed while saving left its staging folder beside it."""
+    for staging in out_dir.parent.glob(f".{out_dir.name}.*.tmp") if out_dir.parent.is_dir() else []:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def apply_delta_to_folder(model: str, delta_path: str | Path, out_dir: str | Path, device: str | None = None,
@@ -22,8 +29,9 @@ def apply_delta_to_folder(model: str, delta_path: str | Path, out_dir: str | Pat
     for. The base folder's ``locoedit.json`` (how the model is meant to be sampled and scored) is carried over;
     ``readme`` (a model card) is written as ``README.md``.
     """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+    out_dir = check_writable(out_dir)
+    remove_stale_staging(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
         raise LocoeditError(f"output {out_dir} exists and is not an empty folder; choose a new --out")
     delta = EditDelta.load(delta_path)
     adapter = load_adapter(model, dtype=delta.dtype, device=device or "cpu")

@@ -127,6 +127,14 @@ def compute_neuron_edit(
     if layers is None:
         auto = auto_localization(request, request.pairs()) if request.layers == "auto" else None
         layers = resolve_layers(adapter, request.layers, auto, progress)
+    for layer in layers:
+        for projection_name in layer.edit_projections:
+            width = getattr(layer.module, projection_name).out_features
+            if request.top_k > width:
+                raise LocoeditError(
+                    f"top_k {request.top_k} is more than the {width} neurons of {layer.name}.{projection_name}; "
+                    f"give --top-k {width} or fewer"
+                )
     concept_items = concept_prompts(request.concepts, request.prompt_set)
     neutral_prompts = _neutral_prompts(request)
     concept_rows = encode_rows(
@@ -140,9 +148,9 @@ def compute_neuron_edit(
         direction, residual = None, 0.0
         for projection_name in layer.edit_projections:
             projection = getattr(layer.module, projection_name)
-            top_k = min(request.top_k, projection.out_features)
             concept_acts, neutral_acts = _activations(projection, x_concept), _activations(projection, x_neutral)
             scores = neuron_zscores(concept_acts, neutral_acts)  # [out]
+            top_k = request.top_k
             neurons = torch.argsort(scores.abs(), descending=True)[:top_k]
             means = neutral_acts.mean(dim=0)[neurons]  # [k]
             prefix = f"{layer.name}.{projection_name}"

@@ -7,6 +7,8 @@ found. Then it scores both sets (:mod:`locoedit.evaluate.result` defines the met
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -16,8 +18,10 @@ import torch
 
 from locoedit.core.dtypes import check_dtype, dtype_named
 from locoedit.core.errors import LocoeditError
+from locoedit.core.formats import JsonRecord
 from locoedit.core.io import write_png, write_text
 from locoedit.core.progress import ProgressCallback, ProgressTask
+from locoedit.core.runfolder import RunFolder, check_writable
 from locoedit.core.seeds import check_seeds
 from locoedit.evaluate.metrics import psnr, ssim
 from locoedit.evaluate.report import evaluation_report_html
@@ -35,11 +39,23 @@ RESULT_FILE_NAME = "evaluation.json"
 
 
 def _generate(adapter: Adapter, encoded: EncodedPrompts, rows: list[int], seeds: list[int],
-              settings: GenerationSettings, batch_size: int, task: ProgressTask) -> torch.Tensor:  # [rows, 3, H, W]
+              settings: GenerationSettings, batch_size: int, task: ProgressTask, folder: EvaluationFolder | None,
+              group: str, interventions=()) -> torch.Tensor:  # [rows, 3, H, W]
+    """The images of ``rows``, ``batch_size`` at a time; with a folder, each batch is kept as it is finished and a
+    resumed run takes the kept ones instead of generating them again."""
     images = []
     for start in range(0, len(rows), batch_size):
-        chunk = slice(start, start + batch_size)
-        images.append(adapter.generate(encoded.take(rows[chunk]), seeds[chunk], settings, on_step=task.advance))
+        chunk, name = slice(start, start + batch_size), f"{group}_{start:06d}"
+        kept = folder.load_tensors(name) if folder is not None else None
+        if kept is None:
+            generated = adapter.generate(encoded.take(rows[chunk]), seeds[chunk], settings, interventions,
+                                         task.advance)
+            if folder is not None:
+                folder.save_tensors(name, {"images": generated})
+        else:
+            generated = kept["images"]
+            task.advance(settings.num_inference_steps)
+        images.append(generated)
     return torch.cat(images)
 
 
@@ -63,20 +79,22 @@ def _curve_of_delta(delta: EditDelta) -> EffectCurve | None:
     return None
 
 
-class EvaluationFolder:
-    """Where an evaluation is written: images/{before,after}/GROUP/pI_sS.png, evaluation.json, report.html."""
+@dataclass(frozen=True)
+class EvaluationRun(JsonRecord):
+    """What makes two evaluations the same run (the folder's ``request.json``): rerunning it resumes."""
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
+    FORMAT = "locoedit.evaluation-run/1"
 
-    def claim(self) -> None:
-        if self.path.exists() and not self.path.is_dir():
-            raise LocoeditError(f"output {self.path} is a file; give a folder for --out")
-        if self.path.is_dir() and any(self.path.iterdir()) and not (self.path / RESULT_FILE_NAME).is_file():
-            raise LocoeditError(
-                f"output folder {self.path} is not empty and holds no evaluation; choose an empty or new --out"
-            )
-        self.path.mkdir(parents=True, exist_ok=True)
+    delta: str  # sha256 of the delta's metadata, which holds the checksum of every value it writes
+    suite: EvaluationSuite
+    settings: GenerationSettings
+    scorer: str
+    batch_size: int
+
+
+class EvaluationFolder(RunFolder):
+    """Where an evaluation is written: images/{before,after}/GROUP/pI_sS.png, evaluation.json, report.html, and the
+    images of finished batches under progress/ while it runs."""
 
     def write(self, result: EvaluationResult) -> None:
         for item, before, after in zip(result.items, result.before, result.after):
@@ -137,7 +155,8 @@ def evaluate(
         _check_reuse(reuse, items, settings)
     folder = EvaluationFolder(out) if out is not None else None
     if folder is not None:
-        folder.claim()
+        digest = hashlib.sha256(json.dumps(delta.metadata(), sort_keys=True).encode()).hexdigest()
+        folder.claim(EvaluationRun(digest, suite, settings, scorer.spec, batch_size))
     started = time.perf_counter()
     prompts = list(dict.fromkeys(item.prompt for item in items))
     encoded = adapter.encode(prompts)
@@ -145,9 +164,9 @@ def evaluate(
     seeds = [item.seed for item in items]
     loops = (1 if reuse is not None else 2) * -(-len(items) // batch_size)
     task = ProgressTask(progress, f"evaluating {suite.name}", loops * settings.num_inference_steps)
-    before = reuse.before if reuse is not None else _generate(adapter, encoded, rows, seeds, settings, batch_size, task)
-    with delta.installed(adapter):
-        after = _generate(adapter, encoded, rows, seeds, settings, batch_size, task)
+    before = reuse.before if reuse is not None else _generate(adapter, encoded, rows, seeds, settings, batch_size,
+                                                              task, folder, "before")
+    after = _generate(adapter, encoded, rows, seeds, settings, batch_size, task, folder, "after", [delta])
     generation_s = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -209,6 +228,7 @@ class EvaluationRequest:
 def evaluate_from_request(request: EvaluationRequest, out: str | Path, adapter: Adapter | None = None,
                           scorer: Scorer | None = None, progress: ProgressCallback | None = None) -> EvaluationResult:
     """Load the delta (first: bad input fails before the model loads), the suite, the model and the scorer; evaluate."""
+    check_writable(out)
     delta = EditDelta.load(request.edit)
     suite = EvaluationSuite.load(request.suite) if request.suite else suite_for_delta(delta, request.model)
     if request.seeds:

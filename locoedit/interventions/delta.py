@@ -33,6 +33,7 @@ import torch
 from locoedit import __version__
 from locoedit.core.errors import LocoeditError
 from locoedit.core.io import write_safetensors
+from locoedit.core.runfolder import check_writable
 from locoedit.core.lowrank import LowRank, add_low_rank, check_low_rank_fits
 from locoedit.models import Adapter, Intervention, adapter_for
 
@@ -46,11 +47,17 @@ _METADATA_KEYS[FORMAT] = _METADATA_KEYS[FORMAT_V1] + ("denoiser",)
 _UP, _DOWN = ":up", ":down"  # suffixes of a factored parameter's two tensors in a file
 
 
+MAX_RELATIVE_CHANGE = 100.0  # an update this many times the size of its matrix is damage, not an edit
+
+
 def check_delta_path(path: str | Path) -> Path:
-    """A delta file's path must end in ``.safetensors``; checked before any work is done."""
+    """A delta file's path must end in ``.safetensors`` and not name a folder; checked before any work is done."""
     path = Path(path)
     if path.suffix != ".safetensors":
         raise LocoeditError(f"--out {path} must end in .safetensors (a delta file)")
+    if path.is_dir():
+        raise LocoeditError(f"--out {path} is a folder; give the path of the delta file to write, e.g. {path}/edit.safetensors")
+    check_writable(path.parent)
     return path
 
 
@@ -185,9 +192,30 @@ class EditDelta(Intervention):
         return {name: self.tensors[name] if name in self.tensors else add_low_rank(parameter, self.factors[name], name)
                 for name, parameter in parameters.items()}
 
+    def check_plausible(self, parameters: dict[str, torch.nn.Parameter]) -> None:
+        """Refuse values that are not finite, and updates far larger than the matrices they edit: a file forged with
+        consistent checksums, or an edit that diverged, would otherwise draw black images."""
+        for name, parameter in parameters.items():
+            size = parameter.detach().double().norm().item()
+            if name in self.tensors:
+                new = self.tensors[name]
+                if not torch.isfinite(new).all():
+                    raise LocoeditError(f"{name}: the delta holds inf or nan; the file is damaged (recompute the edit)")
+                change = (new.double() - parameter.detach().double().cpu()).norm().item()
+            else:
+                update = self.factors[name]
+                change = ((update.up.T @ update.up) * (update.down @ update.down.T)).sum().clamp_min(0).sqrt().item()
+            if change > MAX_RELATIVE_CHANGE * max(size, 1e-12):
+                raise LocoeditError(
+                    f"{name}: the delta changes the matrix by {change / max(size, 1e-12):.3g} times its own size (at "
+                    f"most {MAX_RELATIVE_CHANGE:g} is plausible); the file is damaged or the edit diverged: recompute "
+                    "it with larger lambdas"
+                )
+
     def apply(self, model) -> AppliedDelta:
         """Write the delta into ``model`` (adapter, pipeline or denoiser); returns a handle that reverts it."""
         parameters = self.check(model)
+        self.check_plausible(parameters)
         for name, update in self.factors.items():  # refuse an overflow before anything is written
             check_low_rank_fits(parameters[name], update, name)
         originals = {name: parameter.detach().clone() for name, parameter in parameters.items()}

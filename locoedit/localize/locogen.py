@@ -26,7 +26,8 @@ import torch
 
 from locoedit.core.dtypes import dtype_named
 from locoedit.core.errors import LocoeditError
-from locoedit.core.io import write_png, write_safetensors, write_text
+from locoedit.core.io import write_png, write_text
+from locoedit.core.runfolder import RunFolder, check_writable
 from locoedit.core.progress import ProgressCallback, ProgressTask
 from locoedit.core.versions import versions
 from locoedit.interventions.routing import Routing, TextRouting
@@ -45,9 +46,6 @@ from locoedit.scoring import ConceptScorer, Scorer, make_scorer, scorer_spec_for
 
 logger = logging.getLogger(__name__)
 
-REQUEST_FILE = "request.json"
-
-
 def _image_paths(group: str, request: LocalizationRequest) -> list[str]:
     return [f"images/{group}/p{p}_s{seed}.png" for p in range(len(request.prompts)) for seed in request.seeds]
 
@@ -57,38 +55,8 @@ def _mean_std(values: torch.Tensor) -> tuple[float, float]:
     return values.mean().item(), std
 
 
-class RunFolder:
-    """The on-disk state of one run: request, reference images, one progress file per finished window."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-
-    def claim(self, request: LocalizationRequest) -> None:
-        """Refuse a folder that holds anything but this same request; then record the request."""
-        request_file = self.path / REQUEST_FILE
-        if request_file.is_file():
-            stored = LocalizationRequest.read(request_file)
-            if stored != request:
-                mine, theirs = request.to_json(), stored.to_json()
-                differing = sorted(k for k in mine if theirs.get(k) != mine[k])
-                raise LocoeditError(
-                    f"output folder {self.path} holds a different run (differs in: {', '.join(differing)}); "
-                    "choose another --out, or delete the folder to start over"
-                )
-        elif self.path.exists() and any(self.path.iterdir()):
-            raise LocoeditError(
-                f"output folder {self.path} is not empty and holds no locoedit run; choose an empty or new --out"
-            )
-        request.write(request_file)
-
-    def load_tensors(self, name: str) -> dict[str, torch.Tensor] | None:
-        from safetensors.torch import load_file
-
-        file = self.path / "progress" / f"{name}.safetensors"
-        return load_file(file) if file.is_file() else None
-
-    def save_tensors(self, name: str, tensors: dict[str, torch.Tensor]) -> None:
-        write_safetensors(self.path / "progress" / f"{name}.safetensors", tensors)
+class LocalizationFolder(RunFolder):
+    """A LocoGen run: its request, reference images, and one progress file per finished window."""
 
     def finished(self, key: str) -> WindowResult | None:
         file = self.path / "progress" / f"{key}.json"
@@ -140,7 +108,7 @@ class LocoGen:
     ``chunk`` windows per loop, the reference groups joining the first.
     """
 
-    def __init__(self, request: LocalizationRequest, adapter: Adapter, scorer: Scorer, run: RunFolder | None,
+    def __init__(self, request: LocalizationRequest, adapter: Adapter, scorer: Scorer, run: LocalizationFolder | None,
                  progress: ProgressCallback | None = None):
         self.request = request
         self.adapter = adapter
@@ -246,6 +214,8 @@ def localize(
     A request without a scorer gets the model's concept scorer (:func:`locoedit.scoring.scorer_spec_for`); the
     result's request records the one used.
     """
+    if out is not None:
+        check_writable(out)
     if adapter is None:
         adapter = load_adapter(request.model, dtype_named(request.dtype), request.device)
     num_layers = len(adapter.layers)
@@ -266,7 +236,7 @@ def localize(
     with _scheduler(adapter, request.scheduler):
         run = None
         if out is not None:
-            run = RunFolder(out)
+            run = LocalizationFolder(out)
             run.claim(request)
         result = LocoGen(request, adapter, scorer, run, progress).run_all()
     if run is not None:

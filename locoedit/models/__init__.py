@@ -95,7 +95,16 @@ def _pipeline_class_name(model: str) -> str:
                 f"{model} is a folder but not a diffusers pipeline (no model_index.json); "
                 "point at a folder written by save_pretrained, or at a hub id"
             )
-        return json.loads(index.read_text())["_class_name"]
+        try:
+            class_name = json.loads(index.read_text())["_class_name"]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
+            raise LocoeditError(
+                f"{index} is damaged ({type(error).__name__}: {error}); it must be a JSON object naming the pipeline's "
+                "_class_name, as save_pretrained writes it"
+            ) from None
+        if not isinstance(class_name, str):
+            raise LocoeditError(f"{index} names no pipeline class (_class_name is {class_name!r})")
+        return class_name
     if path.is_absolute() or model.startswith((".", "~")) or model.count("/") > 1:
         raise LocoeditError(f"model folder {model} does not exist; give an existing local folder or a hub id")
     from diffusers import DiffusionPipeline
@@ -117,11 +126,34 @@ def load_adapter(model: str, dtype: torch.dtype = torch.float32, device: str | N
     class_name = _pipeline_class_name(location)
     if class_name not in ADAPTERS:
         raise _unsupported(class_name, repr(model))
-    with _quiet_loading():
-        pipe = getattr(diffusers, class_name).from_pretrained(location, dtype=dtype, **_LOAD_OPTIONS[class_name])
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = check_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    settings = _folder_settings(location)
+    try:
+        with _quiet_loading():
+            pipe = getattr(diffusers, class_name).from_pretrained(location, dtype=dtype, **_LOAD_OPTIONS[class_name])
+    except Exception as error:  # a damaged folder fails in diffusers, transformers or safetensors, each its own way
+        raise LocoeditError(
+            f"model {model!r} could not be loaded: {type(error).__name__}: {str(error).splitlines()[0][:300]}; "
+            "the folder is damaged or incomplete (write it again with save_pretrained)"
+        ) from None
     logger.info("loaded %s from %s on %s (%s)", class_name, location, device, dtype)
-    return ADAPTERS[class_name](pipe.to(device), _folder_settings(location))
+    return ADAPTERS[class_name](pipe.to(device), settings)
+
+
+def check_device(device: str) -> str:
+    """``device`` if torch knows it and this machine has it; a LocoeditError naming what there is otherwise."""
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise LocoeditError(f"device {device!r} is not a torch device; use cpu, cuda or cuda:N (--device)") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0 or (parsed.index or 0) >= count:
+            raise LocoeditError(f"device {device!r} is not on this machine ({count} CUDA devices); use --device cpu"
+                                + (f" or cuda:0..cuda:{count - 1}" if count else ""))
+    elif parsed.type != "cpu" and not getattr(torch, parsed.type, None):
+        raise LocoeditError(f"device {device!r} is not available here; use --device cpu")
+    return device
 
 
 @contextmanager

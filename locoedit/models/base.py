@@ -94,6 +94,10 @@ def find_phrase(text: str, phrase: str, near: int = 0) -> int | None:
     return min(starts, key=lambda s: abs(s - near)) if starts else None
 
 
+MAX_SIDE = 8192  # pixels; beyond this a request is a typo, not a picture
+MAX_STEPS = 10_000
+
+
 @dataclass(frozen=True)
 class GenerationSettings:
     num_inference_steps: int
@@ -102,13 +106,13 @@ class GenerationSettings:
     width: int
 
     def __post_init__(self):
-        for name in ("num_inference_steps", "height", "width"):
+        for name, limit in (("num_inference_steps", MAX_STEPS), ("height", MAX_SIDE), ("width", MAX_SIDE)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise LocoeditError(f"{name} must be a positive integer, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+                raise LocoeditError(f"{name} must be an integer from 1 to {limit}, got {value!r}")
         guidance = self.guidance_scale
-        if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
-            raise LocoeditError(f"guidance_scale must be a finite number, got {guidance!r}")
+        if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 0 <= guidance < math.inf:
+            raise LocoeditError(f"guidance_scale must be a finite number >= 0, got {guidance!r} (--guidance)")
 
     def to_json(self) -> dict:
         return {
@@ -194,17 +198,28 @@ class Adapter(ABC):
         side = self.default_image_size()
         return GenerationSettings(self.default_steps, self.default_guidance, side, side)
 
+    # Image sides must be multiples of this (diffusers' pipelines check multiples of 8; PixArt also its patches).
+    size_multiple: int = 8
+
     def settings(
         self, steps: int | None = None, guidance: float | None = None, height: int | None = None, width: int | None = None
     ) -> GenerationSettings:
-        """The model's default settings with whatever the caller set (None = the default)."""
+        """The model's default settings with whatever the caller set (None = the default); checked against the model
+        before any work is done."""
         defaults = self.default_settings()
-        return GenerationSettings(
+        settings = GenerationSettings(
             defaults.num_inference_steps if steps is None else steps,
             defaults.guidance_scale if guidance is None else guidance,
             defaults.height if height is None else height,
             defaults.width if width is None else width,
         )
+        for side in (settings.height, settings.width):
+            if side % self.size_multiple:
+                raise LocoeditError(
+                    f"image size {side} is not a multiple of {self.size_multiple}, which this model needs; "
+                    f"e.g. --size {max(self.size_multiple, side // self.size_multiple * self.size_multiple)}"
+                )
+        return settings
 
     @abstractmethod
     def default_image_size(self) -> int: ...

@@ -18,6 +18,10 @@ class PixArtAlphaAdapter(Adapter):
     def preprocess_text(self, prompt: str) -> str:
         return self.pipe._text_preprocessing(prompt, clean_caption=False)[0]
 
+    @property
+    def size_multiple(self) -> int:
+        return 8 * self.pipe.transformer.config.patch_size
+
     def default_image_size(self) -> int:
         return self.pipe.transformer.config.sample_size * self.pipe.vae_scale_factor
 

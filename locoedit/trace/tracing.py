@@ -25,6 +25,7 @@ from locoedit.core.dtypes import dtype_named
 from locoedit.core.errors import LocoeditError
 from locoedit.core.io import write_png, write_text
 from locoedit.core.progress import ProgressCallback, ProgressTask
+from locoedit.core.runfolder import check_writable, remove_stale
 from locoedit.core.versions import versions
 from locoedit.interventions import ActivationPatch, ActivationRecorder
 from locoedit.models import Adapter, EncodedPrompts, load_adapter
@@ -177,8 +178,9 @@ def trace(
 ) -> TraceResult:
     """Run causal tracing. With ``out``, write ``trace.json``, the images and ``report.html`` there."""
     if out is not None:
-        out = Path(out)
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        out = check_writable(out)
+        remove_stale(out)
+        if out.exists() and any(out.iterdir()):
             raise LocoeditError(f"output {out} exists and is not an empty folder; choose a new --out")
     adapter = adapter or load_adapter(request.model, dtype_named(request.dtype), request.device)
     if scorer is None:

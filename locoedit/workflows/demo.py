@@ -19,6 +19,7 @@ from locoedit.core.errors import LocoeditError
 from locoedit.core.formats import JsonRecord
 from locoedit.core.io import write_text
 from locoedit.core.progress import ProgressCallback
+from locoedit.core.runfolder import check_writable
 from locoedit.edit import EditRequest, compute_edit
 from locoedit.edit.neurons import NeuronRequest, compute_neuron_edit
 from locoedit.evaluate import EvaluationSuite, Headline, evaluate
@@ -66,7 +67,7 @@ def run_demo(out: str | Path = "runs/demo", adapter: Adapter | None = None, seed
              progress: ProgressCallback | None = None) -> list[DemoRow]:
     """Run the demo into ``out``. ``seeds`` (per prompt) overrides the plan's, for smoke runs; the README's figures
     use the plan's."""
-    out = Path(out)
+    out = check_writable(out)
     if out.exists() and any(out.iterdir()) and not (out / "demo.json").exists():
         raise LocoeditError(f"output folder {out} is not empty and holds no demo; choose an empty or new --out")
     plan = json.loads(DEMO_FILE.read_text())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,12 +11,15 @@ from locoedit.core.errors import LocoeditError
 from locoedit.core.formats import JsonRecord
 from locoedit.core.io import write_png
 from locoedit.core.progress import ProgressCallback, ProgressTask
+from locoedit.core.runfolder import RunFolder, check_writable
 from locoedit.core.seeds import check_seeds
 from locoedit.models import Adapter, GenerationSettings, load_adapter
 
 
 @dataclass(frozen=True)
-class GenerationRequest:
+class GenerationRequest(JsonRecord):
+    FORMAT = "locoedit.generation-request/1"
+
     model: str
     prompts: tuple[str, ...]
     seeds: tuple[int, ...] = (0, 1, 2, 3)
@@ -26,9 +30,18 @@ class GenerationRequest:
     device: str | None = None
 
     def __post_init__(self):
+        object.__setattr__(self, "prompts", (self.prompts,) if isinstance(self.prompts, str) else tuple(self.prompts))
         if not self.prompts or not all(isinstance(p, str) and p.strip() for p in self.prompts):
             raise LocoeditError("give at least one non-empty --prompt")
         object.__setattr__(self, "seeds", check_seeds(self.seeds))
+        for name in ("steps", "size"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise LocoeditError(f"{name} must be a positive integer, got {value!r} (--{name})")
+        guidance = self.guidance
+        if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, (int, float))
+                                     or not 0 <= guidance < math.inf):
+            raise LocoeditError(f"guidance must be a finite number >= 0, got {guidance!r} (--guidance)")
         check_dtype(self.dtype)
 
 
@@ -50,9 +63,14 @@ class GenerationRecord(JsonRecord):
 
 def generate_to_folder(request: GenerationRequest, out: str | Path, adapter: Adapter | None = None,
                        progress: ProgressCallback | None = None) -> GenerationRecord:
+    """Generate into ``out``. The same request again finds its images there and does nothing; a folder holding
+    another run or anything else is refused."""
+    out = check_writable(out)
+    record_file = out / "generation.json"
     adapter = adapter or load_adapter(request.model, dtype_named(request.dtype), request.device)
     settings = adapter.settings(request.steps, request.guidance, request.size, request.size)
-    out = Path(out)
+    if RunFolder(out).claim(request) and record_file.is_file():
+        return GenerationRecord.read(record_file)
     rows = [(p, seed) for p in range(len(request.prompts)) for seed in request.seeds]
     encoded = adapter.encode(list(request.prompts)).take([p for p, _ in rows])
     task = ProgressTask(progress, "generating", settings.num_inference_steps)
@@ -63,5 +81,5 @@ def generate_to_folder(request: GenerationRequest, out: str | Path, adapter: Ada
         write_png(out / path, image)
         records.append(GeneratedImage(request.prompts[p], seed, path))
     record = GenerationRecord(request, settings, records)
-    record.write(out / "generation.json")
+    record.write(record_file)
     return record

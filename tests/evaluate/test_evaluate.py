@@ -294,7 +294,7 @@ def test_other_bad_input(adapter, delta, suite, tmp_path):
         evaluate(adapter, delta, suite, PixelScorer(), settings=SETTINGS)
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
-    with pytest.raises(LocoeditError, match="not empty and holds no evaluation"):
+    with pytest.raises(LocoeditError, match="not empty and holds no locoedit run"):
         evaluate(adapter, delta, suite, ControlledScorer(), out=tmp_path / "busy", settings=SETTINGS)
 
     class Picky(ControlledScorer):

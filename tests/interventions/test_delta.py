@@ -276,7 +276,10 @@ def test_non_finite_or_half_factors_are_refused(sd, tmp_path):
         LowRank(torch.zeros(2, 1), torch.zeros(1, 2))
 
 
-def test_a_factored_update_that_overflows_the_dtype_is_refused_before_anything_is_written(tmp_path):
+def test_a_factored_update_that_overflows_the_dtype_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    import locoedit.interventions.delta as delta_module
+
+    monkeypatch.setattr(delta_module, "MAX_RELATIVE_CHANGE", float("inf"))  # this test is about the dtype's range
     half = adapter_for(TINY_PIPELINES["sd"](tmp_path / "half").to(torch.float16))
     delta = compute_edit(half, LOW_RANK)
     name = delta.parameters[0]
@@ -287,3 +290,35 @@ def test_a_factored_update_that_overflows_the_dtype_is_refused_before_anything_i
     with pytest.raises(LocoeditError, match="beyond what torch.float16 holds"):
         huge.apply(half)
     assert same(weights(half), before)
+
+
+@pytest.mark.parametrize("damage", ["nan", "huge"])
+def test_non_finite_or_absurd_updates_are_refused_and_nothing_is_written(tmp_path, damage):
+    """A delta whose hashes are consistent but whose values are nan or a thousand times the matrix it edits."""
+    adapter = adapter_for(TINY_PIPELINES["sd"](tmp_path / "sd"))
+    delta = compute_edit(adapter, LOW_RANK)
+    name = delta.parameters[0]
+    update = delta.factors[name]
+    if damage == "nan":
+        parameters = dict(adapter.denoiser.named_parameters())
+        forged = EditDelta({name: torch.full_like(parameters[name], float("nan"))}, delta.originals, delta.fingerprint,
+                           delta.base_model, delta.method, delta.layers, delta.settings,
+                           factors={k: v for k, v in delta.factors.items() if k != name})
+        message = "holds inf or nan"
+    else:
+        scale = 1e3 * parameters_norm(adapter, name) / update_norm(update)
+        forged = EditDelta({}, delta.originals, delta.fingerprint, delta.base_model, delta.method, delta.layers,
+                           delta.settings, factors={**delta.factors, name: LowRank(update.up * scale, update.down)})
+        message = "times its own size"
+    before = weights(adapter)
+    with pytest.raises(LocoeditError, match=message):
+        forged.apply(adapter)
+    assert same(weights(adapter), before)
+
+
+def parameters_norm(adapter, name):
+    return dict(adapter.denoiser.named_parameters())[name].detach().double().norm().item()
+
+
+def update_norm(update):
+    return (update.up @ update.down).norm().item()

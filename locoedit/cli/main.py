@@ -70,6 +70,8 @@ def main(
 
         diffusers_logging.set_verbosity_error()
         transformers_logging.set_verbosity_error()
+        diffusers_logging.disable_progress_bar()  # their loading bars; ours follow --progress
+        transformers_logging.disable_progress_bar()
     ctx.obj = terminal_progress(progress)  # the progress callback every command hands the library
 
 

@@ -233,6 +233,7 @@ def localize(
         scorer.check_concept(request.concept)
     for prompt in request.prompts + request.targets:
         adapter.check_length(prompt)
+    adapter.settings(request.steps, request.guidance, request.height, request.width)  # refuses what the model can't do
     with _scheduler(adapter, request.scheduler):
         run = None
         if out is not None:

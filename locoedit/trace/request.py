@@ -66,7 +66,7 @@ class TraceRequest(JsonRecord):
             _positive_int(name, getattr(self, name))
         guidance = self.guidance
         if guidance is not None and (
-            isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance)
+            isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 0 <= guidance < math.inf
         ):
-            raise LocoeditError(f"guidance must be a finite number, got {guidance!r}")
+            raise LocoeditError(f"guidance must be a finite number >= 0, got {guidance!r} (--guidance)")
         check_dtype(self.dtype)

@@ -5,13 +5,28 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from locoedit.core.errors import LocoeditError
+from locoedit.core.formats import JsonRecord
 from locoedit.core.io import shared_permissions
 from locoedit.core.runfolder import check_writable
 from locoedit.interventions.delta import EditDelta
 from locoedit.models import DEFAULTS_FILE, load_adapter, resolve_model
+
+
+APPLIED_FILE = "locoedit-applied.json"
+
+
+@dataclass(frozen=True)
+class AppliedEdit(JsonRecord):
+    """Which delta an edited pipeline folder holds, so that the same ``apply`` again is a no-op."""
+
+    FORMAT = "locoedit.applied/1"
+
+    model: str
+    delta: str  # EditDelta.digest()
 
 
 def remove_stale_staging(out_dir: Path) -> None:
@@ -31,9 +46,12 @@ def apply_delta_to_folder(model: str, delta_path: str | Path, out_dir: str | Pat
     """
     out_dir = check_writable(out_dir)
     remove_stale_staging(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise LocoeditError(f"output {out_dir} exists and is not an empty folder; choose a new --out")
     delta = EditDelta.load(delta_path)
+    record = AppliedEdit(model, delta.digest())
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if (out_dir / APPLIED_FILE).is_file() and AppliedEdit.read(out_dir / APPLIED_FILE) == record:
+            return out_dir  # the same apply finished earlier (perhaps in a run that was stopped right after)
+        raise LocoeditError(f"output {out_dir} exists and is not an empty folder; choose a new --out")
     adapter = load_adapter(model, dtype=delta.dtype, device=device or "cpu")
     delta.apply(adapter)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -45,6 +63,7 @@ def apply_delta_to_folder(model: str, delta_path: str | Path, out_dir: str | Pat
             shutil.copy2(base_settings, staging / DEFAULTS_FILE)
         if readme is not None:
             (staging / "README.md").write_text(readme)
+        record.write(staging / APPLIED_FILE)
         shared_permissions(staging)
         if out_dir.exists():
             out_dir.rmdir()  # empty, checked above

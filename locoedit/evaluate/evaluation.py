@@ -7,8 +7,6 @@ found. Then it scores both sets (:mod:`locoedit.evaluate.result` defines the met
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -155,8 +153,7 @@ def evaluate(
         _check_reuse(reuse, items, settings)
     folder = EvaluationFolder(out) if out is not None else None
     if folder is not None:
-        digest = hashlib.sha256(json.dumps(delta.metadata(), sort_keys=True).encode()).hexdigest()
-        folder.claim(EvaluationRun(digest, suite, settings, scorer.spec, batch_size))
+        folder.claim(EvaluationRun(delta.digest(), suite, settings, scorer.spec, batch_size))
     started = time.perf_counter()
     prompts = list(dict.fromkeys(item.prompt for item in items))
     encoded = adapter.encode(prompts)

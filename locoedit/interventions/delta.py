@@ -254,6 +254,10 @@ class EditDelta(Intervention):
             "edited_sha256": json.dumps({name: tensor_sha256(t) for name, t in self.stored_tensors().items()}),
         }
 
+    def digest(self) -> str:
+        """sha256 of the metadata, which holds the checksum of every stored value: the delta's identity."""
+        return hashlib.sha256(json.dumps(self.metadata(), sort_keys=True).encode()).hexdigest()
+
     def save(self, path: str | Path) -> Path:
         """Write the delta as one safetensors file (format ``locoedit-delta/2``), atomically."""
         return write_safetensors(path, self.stored_tensors(), self.metadata())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+from locoedit.core.checks import check_positive_int
 from locoedit.core.dtypes import check_dtype
 from locoedit.core.errors import LocoeditError
 from locoedit.edit.layers import check_auto_settings, check_layer_spec
@@ -41,4 +42,7 @@ def normalise_common_fields(request) -> None:
         raise LocoeditError(f"token {request.token!r} is unknown; use one of {', '.join(TOKEN_CHOICES)} (--token)")
     check_dtype(request.dtype)
     object.__setattr__(request, "layers", check_layer_spec(request.layers))
-    object.__setattr__(request, "auto_seeds", check_auto_settings(request.auto_window, as_tuple(request.auto_seeds)))
+    seeds = request.auto_seeds
+    object.__setattr__(request, "auto_seeds", check_auto_settings(request.auto_window,
+                                                                  (seeds,) if isinstance(seeds, int) else seeds))
+    check_positive_int("auto_steps", request.auto_steps)

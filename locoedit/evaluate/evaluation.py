@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from locoedit.core.checks import check_guidance, check_positive_int
 from locoedit.core.dtypes import check_dtype, dtype_named
 from locoedit.core.errors import LocoeditError
 from locoedit.core.formats import JsonRecord
@@ -212,12 +213,11 @@ class EvaluationRequest:
     device: str | None = None
 
     def __post_init__(self):
-        if self.seeds:
+        if self.seeds != ():  # () = the suite's seeds
             object.__setattr__(self, "seeds", check_seeds(self.seeds))
         for name in ("steps", "size", "batch_size"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise LocoeditError(f"{name} must be a positive integer, got {value}")
+            check_positive_int(name, getattr(self, name), f"--{name.replace('_', '-')}")
+        check_guidance(self.guidance)
         if self.dtype is not None:
             check_dtype(self.dtype)
 

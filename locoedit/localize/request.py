@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import difflib
-import math
 from dataclasses import dataclass
 
+from locoedit.core.checks import check_guidance, check_positive_int
 from locoedit.core.dtypes import check_dtype
 from locoedit.core.errors import LocoeditError
 from locoedit.core.formats import JsonRecord
@@ -20,11 +20,6 @@ def infer_concept(prompt: str, target: str) -> str:
     matcher = difflib.SequenceMatcher(a=words, b=kept, autojunk=False)
     dropped = [w for tag, i1, i2, _, _ in matcher.get_opcodes() if tag in ("delete", "replace") for w in words[i1:i2]]
     return " ".join(dropped)
-
-
-def _positive_int(name: str, value) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise LocoeditError(f"{name} must be a positive integer, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -86,12 +81,8 @@ class LocalizationRequest(JsonRecord):
             raise LocoeditError(f"auto_threshold {self.auto_threshold!r} must be in (0, 1]")
         if self.mode not in MODES:
             raise LocoeditError(f"mode {self.mode!r} is unknown; use 'exact' or 'batched'")
-        _positive_int("chunk", self.chunk)
+        check_positive_int("chunk", self.chunk)
         check_dtype(self.dtype)
         for name in ("steps", "height", "width"):
-            _positive_int(name, getattr(self, name))
-        guidance = self.guidance
-        if guidance is not None and (
-            isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 0 <= guidance < math.inf
-        ):
-            raise LocoeditError(f"guidance must be a finite number >= 0, got {guidance!r} (--guidance)")
+            check_positive_int(name, getattr(self, name))
+        check_guidance(self.guidance)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from locoedit.core.checks import check_guidance, check_positive_int
 from locoedit.core.dtypes import check_dtype
 from locoedit.core.errors import LocoeditError
 from locoedit.core.formats import JsonRecord
@@ -12,11 +13,6 @@ from locoedit.core.seeds import check_seeds
 
 PARTS = ("denoiser", "text_encoder")
 RESTORED_TOKENS = ("last", "all")
-
-
-def _positive_int(name: str, value) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise LocoeditError(f"{name} must be a positive integer, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -63,10 +59,6 @@ class TraceRequest(JsonRecord):
         if self.restore_tokens not in RESTORED_TOKENS:
             raise LocoeditError(f"restore_tokens {self.restore_tokens!r} is unknown; use 'last' or 'all'")
         for name in ("steps", "height", "width", "chunk"):
-            _positive_int(name, getattr(self, name))
-        guidance = self.guidance
-        if guidance is not None and (
-            isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 0 <= guidance < math.inf
-        ):
-            raise LocoeditError(f"guidance must be a finite number >= 0, got {guidance!r} (--guidance)")
+            check_positive_int(name, getattr(self, name))
+        check_guidance(self.guidance)
         check_dtype(self.dtype)

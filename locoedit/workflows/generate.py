@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from locoedit.core.checks import check_guidance, check_positive_int
 from locoedit.core.dtypes import check_dtype, dtype_named
 from locoedit.core.errors import LocoeditError
 from locoedit.core.formats import JsonRecord
@@ -35,13 +35,8 @@ class GenerationRequest(JsonRecord):
             raise LocoeditError("give at least one non-empty --prompt")
         object.__setattr__(self, "seeds", check_seeds(self.seeds))
         for name in ("steps", "size"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise LocoeditError(f"{name} must be a positive integer, got {value!r} (--{name})")
-        guidance = self.guidance
-        if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, (int, float))
-                                     or not 0 <= guidance < math.inf):
-            raise LocoeditError(f"guidance must be a finite number >= 0, got {guidance!r} (--guidance)")
+            check_positive_int(name, getattr(self, name), f"--{name}")
+        check_guidance(self.guidance)
         check_dtype(self.dtype)
 
 

@@ -263,3 +263,18 @@ def test_a_prompt_longer_than_the_text_encoder_reads_is_refused_before_anything_
         localize(request(prompts=(long,), targets=("a house",), concept="van gogh"), tmp_path / "run",
                  tiny_adapters["sd"], PixelScorer())
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("request.json", "request.json is not valid JSON"),
+    ("progress/window_00-01.json", "window_00-01.json is not valid JSON"),
+    ("progress/reference.safetensors", "reference.safetensors is damaged"),
+])
+def test_damaged_run_folder_state_is_one_line(tiny_adapters, tmp_path, damage, message):
+    adapter = tiny_adapters["sd"]
+    localize(request(), tmp_path, adapter, PixelScorer())
+    (tmp_path / "localization.json").unlink()  # as if stopped before the end
+    (tmp_path / damage).write_bytes(b"\x00garbled")
+    with pytest.raises(LocoeditError) as error:
+        localize(request(), tmp_path, adapter, PixelScorer())
+    assert message in str(error.value) and "\n" not in str(error.value)

@@ -178,3 +178,8 @@ def scorer_spec_for(adapter: Adapter) -> str:
     """The scorer that reads ``adapter``'s concepts by default: the one its model folder names (the toy world: its
     probe), else CLIP-Score with the paper's CLIP."""
     return adapter.recommended.scorer or f"clip:{DEFAULT_CLIP}"
+
+
+def resolve_scorer(spec: str | None, scorer: Scorer | None, adapter: Adapter) -> Scorer:
+    """The scorer given, else the one ``spec`` names, else the model's concept scorer (:func:`scorer_spec_for`)."""
+    return scorer if scorer is not None else make_scorer(spec or scorer_spec_for(adapter), adapter.device)

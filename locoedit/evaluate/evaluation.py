@@ -30,7 +30,7 @@ from locoedit.interventions.delta import EditDelta
 from locoedit.localize import LocalizationResult
 from locoedit.localize.result import RESULT_FILE
 from locoedit.models import Adapter, EncodedPrompts, GenerationSettings, load_adapter
-from locoedit.scoring import ConceptScorer, Scorer, make_scorer, scorer_spec_for
+from locoedit.scoring import ConceptScorer, Scorer, resolve_scorer
 
 logger = logging.getLogger(__name__)
 
@@ -238,8 +238,7 @@ def evaluate_from_request(request: EvaluationRequest, out: str | Path, adapter: 
         dtype = dtype_named(request.dtype) if request.dtype else delta.dtype
         adapter = load_adapter(request.model, dtype, request.device)
     delta.check(adapter)
-    if scorer is None:
-        scorer = make_scorer(request.scorer or suite.scorer or scorer_spec_for(adapter), adapter.device)
+    scorer = resolve_scorer(request.scorer or suite.scorer, scorer, adapter)
     settings = adapter.settings(request.steps or suite.steps,
                                 request.guidance if request.guidance is not None else suite.guidance,
                                 request.size or suite.size, request.size or suite.size)

@@ -42,7 +42,7 @@ from locoedit.localize.result import (
     window_key,
 )
 from locoedit.models import Adapter, load_adapter
-from locoedit.scoring import ConceptScorer, Scorer, make_scorer, scorer_spec_for
+from locoedit.scoring import ConceptScorer, Scorer, resolve_scorer
 
 logger = logging.getLogger(__name__)
 
@@ -224,11 +224,8 @@ def localize(
             f"window {request.window} is larger than the model's {num_layers} cross-attention layers; "
             f"give --window between 1 and {num_layers}"
         )
-    if scorer is None:
-        request = replace(request, scorer=request.scorer or scorer_spec_for(adapter))
-        scorer = make_scorer(request.scorer, adapter.device)
-    elif request.scorer is None:
-        request = replace(request, scorer=scorer.spec)
+    scorer = resolve_scorer(request.scorer, scorer, adapter)
+    request = replace(request, scorer=scorer.spec)  # the result records the scorer used
     if isinstance(scorer, ConceptScorer):
         scorer.check_concept(request.concept)
     for prompt in request.prompts + request.targets:

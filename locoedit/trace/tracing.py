@@ -29,7 +29,7 @@ from locoedit.core.runfolder import check_writable, remove_stale
 from locoedit.core.versions import versions
 from locoedit.interventions import ActivationPatch, ActivationRecorder
 from locoedit.models import Adapter, EncodedPrompts, load_adapter
-from locoedit.scoring import ConceptScorer, PixelScorer, Scorer, make_scorer, scorer_spec_for
+from locoedit.scoring import ConceptScorer, PixelScorer, Scorer, resolve_scorer
 from locoedit.trace.corruption import TokenEmbeddingNoise
 from locoedit.trace.report import trace_report_html
 from locoedit.trace.request import TraceRequest
@@ -164,7 +164,7 @@ def select_sites(adapter: Adapter, request: TraceRequest) -> list[Site]:
         if unknown:
             examples = ", ".join(site.name for site in sites[:3])
             raise LocoeditError(f"unknown site(s) {', '.join(unknown)}; sites are pipeline paths such as {examples} "
-                                "(`locoedit trace --list-sites MODEL` lists them)")
+                                "(`locoedit sites MODEL` lists them)")
         sites = [known[name] for name in request.sites]
     return sites
 
@@ -183,11 +183,8 @@ def trace(
         if out.exists() and any(out.iterdir()):
             raise LocoeditError(f"output {out} exists and is not an empty folder; choose a new --out")
     adapter = adapter or load_adapter(request.model, dtype_named(request.dtype), request.device)
-    if scorer is None:
-        request = replace(request, scorer=request.scorer or scorer_spec_for(adapter))
-        scorer = make_scorer(request.scorer, adapter.device)
-    elif request.scorer is None:
-        request = replace(request, scorer=scorer.spec)
+    scorer = resolve_scorer(request.scorer, scorer, adapter)
+    request = replace(request, scorer=scorer.spec)  # the result records the scorer used
     if isinstance(scorer, ConceptScorer):
         scorer.check_concept(request.concept)
     elif not isinstance(scorer, PixelScorer):

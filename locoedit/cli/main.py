@@ -239,7 +239,7 @@ Targets = Annotated[list[str] | None, typer.Option("--target", help="What the co
 Kind = Annotated[str, typer.Option(help="style, object or fact: picks the shipped prompt templates.")]
 Prompts = Annotated[list[str] | None, typer.Option("--prompt", help="Prompt template with {c}, or a prompt containing the concept (repeat); default: the kind's templates.")]
 Layers = Annotated[str, typer.Option(help="'auto' (run LocoGen first), indices like 8,9, or a `locoedit localize` run folder.")]
-Token = Annotated[str, typer.Option(help="last-subject, all, eos or from-concept: which token rows to edit.")]
+Token = Annotated[str | None, typer.Option(help="last-subject, all, eos or from-concept: which token rows to edit (default: the model folder's, else last-subject).")]
 OutDelta = Annotated[Path, typer.Option("--out", help="Delta file to write (.safetensors).")]
 
 

@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from locoedit.core.checks import check_positive_int
 from locoedit.core.dtypes import check_dtype
 from locoedit.core.errors import LocoeditError
 from locoedit.edit.layers import check_auto_settings, check_layer_spec
-from locoedit.edit.rows import TOKEN_CHOICES
+from locoedit.edit.rows import DEFAULT_TOKEN, TOKEN_CHOICES
 from locoedit.edit.templates import KINDS
+from locoedit.models import Adapter, EditDefaults
 
 
 def as_tuple(value) -> tuple:
@@ -38,7 +40,7 @@ def normalise_common_fields(request) -> None:
     check_texts(request.concepts, empty)
     if request.kind not in KINDS:
         raise LocoeditError(f"kind {request.kind!r} is unknown; use one of {', '.join(KINDS)} (--kind)")
-    if request.token not in TOKEN_CHOICES:
+    if request.token is not None and request.token not in TOKEN_CHOICES:
         raise LocoeditError(f"token {request.token!r} is unknown; use one of {', '.join(TOKEN_CHOICES)} (--token)")
     check_dtype(request.dtype)
     object.__setattr__(request, "layers", check_layer_spec(request.layers))
@@ -46,3 +48,15 @@ def normalise_common_fields(request) -> None:
     object.__setattr__(request, "auto_seeds", check_auto_settings(request.auto_window,
                                                                   (seeds,) if isinstance(seeds, int) else seeds))
     check_positive_int("auto_steps", request.auto_steps)
+
+
+def with_model_defaults(request, adapter: Adapter):
+    """The request with what it leaves open taken from the model folder's recommendations (``locoedit.json``), else
+    locoedit's: the token rows (``last-subject``, the paper's) and, without ``prompts``, the kind's templates."""
+    recommended = adapter.recommended.edit or EditDefaults()
+    changes = {}
+    if request.token is None:
+        changes["token"] = recommended.token or DEFAULT_TOKEN
+    if not request.prompts and recommended.templates.get(request.kind):
+        changes["prompts"] = tuple(recommended.templates[request.kind])
+    return replace(request, **changes)

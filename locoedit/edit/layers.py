@@ -43,7 +43,17 @@ def check_auto_settings(window, seeds) -> tuple[int, ...]:
 
 
 def auto_localization(request, pairs: list[PromptPair]) -> LocalizationRequest:
-    """The LocoGen request of an edit request's ``layers="auto"``: its own prompt pairs, scored on its concepts."""
+    """The LocoGen request of an edit request's ``layers="auto"``: its own prompt pairs, scored on its concepts.
+    A pair whose target prompt is empty (removing the concept from the template ``{c}``) has nothing to route to,
+    so it is left out of the localization (it still counts for the edit)."""
+    routable = [pair for pair in pairs if pair.target_prompt.strip()]
+    skipped = len(pairs) - len(routable)
+    if skipped:
+        logger.info("LocoGen leaves out %d prompt(s) whose target is empty", skipped)
+    if not routable:
+        raise LocoeditError("every prompt of the edit becomes empty without the concept, so LocoGen has nothing to "
+                            "route to; give --prompt templates with words besides {c}, or --layers")
+    pairs = routable
     return LocalizationRequest(
         model=request.model,
         prompts=tuple(p.prompt for p in pairs),

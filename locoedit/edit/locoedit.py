@@ -19,7 +19,7 @@ from locoedit.core.formats import JsonRecord
 from locoedit.core.lowrank import LowRank, Workspace, check_low_rank_fits
 from locoedit.core.progress import ProgressCallback
 from locoedit.edit.closed_form import edit_factors, edit_matrix
-from locoedit.edit.common import as_tuple, check_positive, check_texts, normalise_common_fields
+from locoedit.edit.common import as_tuple, check_positive, check_texts, normalise_common_fields, with_model_defaults
 from locoedit.edit.layers import auto_localization, resolve_layers
 from locoedit.edit.rows import (
     PromptPair,
@@ -51,7 +51,7 @@ class EditRequest(JsonRecord):
     preserve_scale: float = 1.0  # weight of the preservation rows relative to the concept rows
     lambda_key: float = 0.1
     lambda_value: float = 0.1
-    token: str = "last-subject"
+    token: str | None = None  # None = the model folder's recommendation, else last-subject
     dtype: str = "float32"
     device: str | None = None
     auto_window: int = 2  # LocoGen window size for layers="auto"
@@ -111,6 +111,7 @@ class EditRows:
 
 
 def build_rows(adapter: Adapter, request: EditRequest) -> EditRows:
+    request = with_model_defaults(request, adapter)  # what the request leaves open (token, templates)
     pairs = request.pairs()
     aligned = [aligned_positions(adapter, pair, request.token) for pair in pairs]
     concept = encode_rows(adapter, [p.prompt for p in pairs], [a for a, _ in aligned])
@@ -124,6 +125,7 @@ def build_rows(adapter: Adapter, request: EditRequest) -> EditRows:
 def compute_edit(adapter: Adapter, request: EditRequest, layers: list[CrossAttentionLayer] | None = None,
                  progress: ProgressCallback | None = None) -> EditDelta:
     """The LocoEdit of ``request`` on ``adapter``'s model, as a delta. The model is not modified."""
+    request = with_model_defaults(request, adapter)
     if layers is None:
         auto = auto_localization(request, request.pairs()) if request.layers == "auto" else None
         layers = resolve_layers(adapter, request.layers, auto, progress)

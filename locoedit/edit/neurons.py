@@ -29,7 +29,7 @@ from locoedit.core.errors import LocoeditError
 from locoedit.core.formats import JsonRecord
 from locoedit.core.lowrank import LowRank, check_low_rank_fits, to_model_dtype
 from locoedit.core.progress import ProgressCallback
-from locoedit.edit.common import as_tuple, check_positive, check_texts, normalise_common_fields
+from locoedit.edit.common import as_tuple, check_positive, check_texts, normalise_common_fields, with_model_defaults
 from locoedit.edit.layers import auto_localization, resolve_layers
 from locoedit.edit.rows import concept_positions, concept_prompts, encode_rows, prompt_pairs
 from locoedit.edit.templates import prompt_templates
@@ -52,7 +52,7 @@ class NeuronRequest(JsonRecord):
     prompts: tuple[str, ...] = ()  # templates with "{c}" or prompts containing a concept; empty = the kind's
     layers: tuple[int, ...] | str = "auto"
     top_k: int = 8  # neurons replaced per projection
-    token: str = "last-subject"
+    token: str | None = None  # None = the model folder's recommendation, else last-subject
     fit_lambda: float = 1e-3  # ridge of the constant fit used for projections without a bias
     dtype: str = "float32"
     device: str | None = None
@@ -124,6 +124,7 @@ def compute_neuron_edit(
     progress: ProgressCallback | None = None,
 ) -> EditDelta:
     """The neuron-level edit of ``request`` on ``adapter``'s model, as a delta. The model is not modified."""
+    request = with_model_defaults(request, adapter)
     if layers is None:
         auto = auto_localization(request, request.pairs()) if request.layers == "auto" else None
         layers = resolve_layers(adapter, request.layers, auto, progress)

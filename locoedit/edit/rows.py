@@ -26,6 +26,7 @@ from locoedit.models.base import find_phrase
 from locoedit.models.layers import CrossAttentionLayer
 
 TOKEN_CHOICES = ("last-subject", "all", "eos", "from-concept")
+DEFAULT_TOKEN = "last-subject"  # the paper's; a model folder may recommend another (the toy world: from-concept)
 PLACEHOLDER = "{c}"
 
 
@@ -118,7 +119,9 @@ def _select(span: list[int], rows: int, token: str) -> list[int]:
         return [span[-1]]
     if token == "all":
         return list(span)
-    return span + list(range(span[-1] + 1, rows))
+    if token == "from-concept":
+        return span + list(range(span[-1] + 1, rows))
+    raise ValueError(f"token {token!r} is not a row choice; resolve the request's defaults first (with_model_defaults)")
 
 
 def concept_positions(adapter: Adapter, item: ConceptPrompt, token: str) -> list[int]:

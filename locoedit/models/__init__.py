@@ -18,6 +18,7 @@ import torch
 from locoedit import toyworld
 from locoedit.models.base import (
     Adapter,
+    EditDefaults,
     EncodedPrompts,
     GenerationSettings,
     Intervention,
@@ -33,6 +34,7 @@ from locoedit.core.errors import LocoeditError
 
 __all__ = [
     "Adapter",
+    "EditDefaults",
     "EncodedPrompts",
     "GenerationSettings",
     "Intervention",

@@ -7,7 +7,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, ExitStack, nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import torch
@@ -124,14 +124,23 @@ class GenerationSettings:
 
 
 @dataclass(frozen=True)
+class EditDefaults:
+    """How edits of a model's concepts are best made, as its folder recommends."""
+
+    token: str | None = None  # which token rows an edit reads (locoedit.edit.rows.TOKEN_CHOICES)
+    templates: dict[str, list[str]] = field(default_factory=dict)  # per kind, prompt templates in its vocabulary
+
+
+@dataclass(frozen=True)
 class ModelSettings(JsonRecord):
-    """What a model folder recommends in its ``locoedit.json``: how to sample it, and which scorer reads its
-    concepts (the toy world: its probe). Missing entries fall back to the family's defaults."""
+    """What a model folder recommends in its ``locoedit.json``: how to sample it, which scorer reads its concepts
+    (the toy world: its probe), and how to edit them. Missing entries fall back to locoedit's defaults."""
 
     FORMAT = "locoedit.model/1"
 
     generation: GenerationSettings | None = None
     scorer: str | None = None
+    edit: EditDefaults | None = None
 
 
 StepCallback = Callable[[], None]

@@ -70,8 +70,19 @@ SCHEDULER_CONFIG = dict(
 
 DEFAULTS = {"num_inference_steps": 20, "guidance_scale": 3.0, "height": 32, "width": 32}
 # What an exported pipeline folder's ``locoedit.json`` says (read by ``locoedit.models`` as ``locoedit.model/1``):
-# sample with DEFAULTS, read concepts with the probe.
-MODEL_SETTINGS = {"format": "locoedit.model/1", "generation": DEFAULTS, "scorer": "toyworld"}
+# sample with DEFAULTS, read concepts with the probe, edit with EDIT_TEMPLATES and from-concept rows.
+# Edits read the concept and every row after it (the toy CLIP's later rows carry the concept), with templates in the
+# toy world's own words (a style is named "in the style of X").
+EDIT_TEMPLATES = {
+    "object": ["a {c}", "a red {c} on black", "a blue striped {c} on white", "a green dotted {c} on gray",
+               "a yellow {c} in the style of hokusai", "a {c} on white"],
+    "style": ["a red circle on black {c}", "a blue square on white {c}", "a green striped triangle on gray {c}",
+              "a yellow dotted cross {c}", "a striped shape {c}", "the sun on black {c}"],
+    "fact": ["{c}", "{c} on black", "{c} on white", "{c} on gray", "{c} in the style of klimt",
+             "{c} in the style of hokusai"],
+}
+MODEL_SETTINGS = {"format": "locoedit.model/1", "generation": DEFAULTS, "scorer": "toyworld",
+                  "edit": {"token": "from-concept", "templates": EDIT_TEMPLATES}}
 
 SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
 

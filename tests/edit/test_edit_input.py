@@ -1,6 +1,7 @@
 """Bad input to LocoEdit: a clear LocoeditError naming the field and the fix, and nothing written."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -129,3 +130,29 @@ def test_auto_layers_run_locogen_first(sd, tiny_clip_folder):
     delta = compute_edit(sd, req)
     chosen = [layer["index"] for layer in delta.layers]
     assert len(chosen) == 2 and chosen[1] == chosen[0] + 1
+
+
+def test_what_a_request_leaves_open_comes_from_the_model_folder(sd):
+    from locoedit.edit.common import with_model_defaults
+    from locoedit.edit.templates import prompt_templates
+    from locoedit.models import load_adapter
+
+    toy = load_adapter("toyworld", device="cpu")
+    request = EditRequest(model="toyworld", concepts=("triangle",), targets=("cross",), kind="object", layers=(2,))
+    resolved = with_model_defaults(request, toy)
+    assert resolved.token == "from-concept" and resolved.prompts == tuple(toy.recommended.edit.templates["object"])
+    assert with_model_defaults(replace(request, token="all", prompts=("a {c}",)), toy).prompts == ("a {c}",)
+    plain = with_model_defaults(replace(request, model="tiny"), sd)  # no locoedit.json: locoedit's own defaults
+    assert plain.token == "last-subject" and plain.prompt_set == prompt_templates("object")
+
+
+def test_locogen_leaves_out_prompts_that_become_empty(sd):
+    from locoedit.edit.layers import auto_localization
+
+    removal = make(concepts=("in the style of van gogh",), targets=("",), prompts=("{c}", "a house {c}"),
+                   layers="auto")
+    localization = auto_localization(removal, removal.pairs())
+    assert localization.prompts == ("a house in the style of van gogh",) and localization.targets == ("a house",)
+    only_empty = make(concepts=("van gogh",), targets=("",), prompts=("{c}",), layers="auto")
+    with pytest.raises(LocoeditError, match="LocoGen has nothing to route to"):
+        auto_localization(only_empty, only_empty.pairs())

@@ -85,7 +85,8 @@ def test_the_toy_world_through_the_command_line(tmp_path):
     delta = tmp_path / "circle.safetensors"
     result = run("edit", "toyworld", "--concept", "circle", "--target", "square", "--kind", "object",
                  "--layers", ",".join(map(str, range(11))), "--prompt", "a red {c} on black",
-                 "--prompt", "a blue {c} on white", "--lambda-key", "0.01", "--lambda-value", "0.01", "--out", delta)
+                 "--prompt", "a blue {c} on white", "--token", "last-subject", "--lambda-key", "0.01", "--lambda-value", "0.01",
+                 "--out", delta)
     assert result.exit_code == 0, result.output
     assert "(22 matrices, 2 concept rows)" in result.output
     result = run("apply", "toyworld", delta, "--out", tmp_path / "edited")
@@ -264,7 +265,7 @@ def test_model_card_records_the_edit_and_the_evaluation_headline(tmp_path):
     assert record["evaluation"]["suite"] == "toyworld-object-circle"
     assert "load_lora_weights" in card.text and "## License" in card.text and "| efficacy |" in card.text
     other = compute_edit(load_adapter("toyworld"), EditRequest(model="toyworld", concepts=("circle",),
-                                                                  targets=("square",), layers=(5,)))
+                                                                  targets=("square",), layers=(5,), token="last-subject"))
     with pytest.raises(LocoeditError, match="evaluates another edit"):
         export_with_card(other.save(tmp_path / "other.safetensors"), "peft", tmp_path / "o" / "l.safetensors",
                          evaluation=tmp_path / "eval")

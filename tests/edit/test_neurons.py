@@ -7,6 +7,7 @@ torch.set_num_threads(1)
 
 from locoedit.models import adapter_for  # noqa: E402
 from locoedit.interventions.delta import EditDelta, tensor_sha256  # noqa: E402
+from locoedit.edit.common import with_model_defaults  # noqa: E402
 from locoedit.edit.rows import ConceptPrompt, concept_positions, encode_rows  # noqa: E402
 from locoedit.core.errors import LocoeditError  # noqa: E402
 from locoedit.edit.neurons import (  # noqa: E402
@@ -49,6 +50,7 @@ def test_constant_fit_is_the_ridge_solution():
 
 
 def _rows(adapter, request):
+    request = with_model_defaults(request, adapter)
     layer = adapter.layers[1]
     prompts = [t.replace("{c}", "dog") for t in ("an image of {c}", "a photo of {c}", "a picture of {c}")]
     concept = encode_rows(adapter, prompts, [concept_positions(adapter, ConceptPrompt("dog", p, p.index("dog")),

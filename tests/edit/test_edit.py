@@ -155,6 +155,30 @@ def test_concept_rows_map_to_the_targets_outputs(family, tmp_path):
         assert torch.linalg.norm(old - want) / torch.linalg.norm(want) > 0.05  # it was not so before
 
 
+@pytest.mark.parametrize("token, preserve", [("last-subject", ()), ("all", ("a dog",))])  # factored; dense (n >= in)
+def test_the_key_and_the_value_projection_each_use_their_own_lambda(token, preserve, tmp_path):
+    # Lambdas 100x apart, so that solving a projection with the other one's lambda moves it far beyond round-off.
+    adapter = tiny("sd", tmp_path)
+    req = request(layers=(1, 2), lambda_key=0.05, lambda_value=5.0, token=token, preserve=preserve)
+    delta = compute_edit(adapter, req)
+    assert bool(delta.factors) == (token == "last-subject")
+    rows, edited = build_rows(adapter, req), delta.edited_values(adapter)
+    for layer in (adapter.layers[1], adapter.layers[2]):
+        sources, targets = (m.double() for m in rows.matrices(layer, req.preserve_scale))
+        for projection, own, other in zip(layer.edit_projections, (0.05, 5.0), (5.0, 0.05)):
+            weight = getattr(layer.module, projection).weight.detach().double()
+
+            def textbook(lam):  # (W X_t^T X_o + lam W)(X_o^T X_o + lam I)^{-1}, written out here
+                system = sources.T @ sources + lam * torch.eye(sources.shape[1], dtype=torch.float64)
+                return torch.linalg.solve(system, (weight @ targets.T @ sources + lam * weight).T).T
+
+            got = edited[f"{layer.name}.{projection}.weight"].double()
+            expected, swapped = textbook(own), textbook(other)
+            error = torch.linalg.norm(got - expected)
+            assert error <= 1e-5 * torch.linalg.norm(expected), projection  # float32 rounding of the result
+            assert torch.linalg.norm(swapped - expected) > 100 * error, projection  # the lambdas really matter
+
+
 def _snapshot(pipe) -> dict[str, str]:
     """sha256 of every tensor of every module of the pipeline, by component and name."""
     hashes = {}

@@ -167,6 +167,26 @@ def test_auto_window_stops_at_the_first_size_that_passes(tiny_adapters, tmp_path
     assert strict.chosen.effect >= strict.full_swap_effect or sizes[-1] == len(adapter.layers)
 
 
+def test_the_auto_threshold_is_a_share_of_the_all_layer_effect(tiny_adapters):
+    """The rule: stop at the first size whose best window reaches ``auto_threshold x full_swap_effect``. The
+    thresholds bracket single layers' share of the full swap (the pixel effects are far below 1, so a threshold
+    compared with raw effects would never be met by one layer at these thresholds)."""
+    adapter = tiny_adapters["sd"]
+    single = localize(request(window=1), None, adapter, PixelScorer())
+    best, full = max(w.effect for w in single.windows), single.full_swap_effect
+    share = best / full  # the single best layer's share of the all-layer effect
+    assert 0 < full < 0.5 and 0 < share < 0.9  # measured: best layer 0.055, full swap 0.070 (share 0.79)
+    passes = localize(request(window="auto", auto_threshold=share * 0.99), None, adapter, PixelScorer())
+    assert [s.window_size for s in passes.sweeps] == [1]
+    assert passes.full_swap_effect == pytest.approx(full)
+    fails = localize(request(window="auto", auto_threshold=share * 1.01), None, adapter, PixelScorer())
+    sizes = [s.window_size for s in fails.sweeps]
+    assert sizes[:2] == [1, 2]
+    for sweep in fails.sweeps[:-1]:  # every size before the last missed the threshold; the last reached it
+        assert sweep.best().effect < share * 1.01 * full
+    assert fails.sweeps[-1].best().effect >= share * 1.01 * full or sizes[-1] == len(adapter.layers)
+
+
 def test_infer_concept():
     assert infer_concept("a house in the style of Van Gogh", "a house") == "in the style of Van Gogh"
     assert infer_concept("a red circle on black", "a circle on black") == "red"

@@ -134,6 +134,46 @@ def test_an_interrupted_sweep_resumes_and_ends_with_the_same_json(tiny_adapters,
     assert _strip_timings(first) == _strip_timings(second)
 
 
+@pytest.mark.parametrize("chunk", [2, 4])  # 6 windows: three full loops; a full loop and a part-filled one
+def test_localize_gives_the_same_sweep_in_exact_and_batched_mode(tiny_adapters, chunk):
+    adapter = tiny_adapters["sd"]
+    exact = localize(request(mode="exact"), None, adapter, PixelScorer())
+    batched = localize(request(mode="batched", chunk=chunk), None, adapter, PixelScorer())
+    assert len(exact.windows) == len(adapter.layers) - 1 == 6 > chunk
+    assert [w.layers for w in batched.windows] == [w.layers for w in exact.windows]
+    for one, other in zip(exact.windows, batched.windows):  # images agree to 1e-3 (float round-off), effects too
+        assert other.effects == pytest.approx(one.effects, abs=1e-4), one.layers
+    assert batched.full_swap_effect == pytest.approx(exact.full_swap_effect, abs=1e-6)
+    assert batched.chosen.layers == exact.chosen.layers
+    effects = [w.effect for w in exact.windows]
+    assert max(effects) - sorted(effects)[-2] > 1e-3  # the choice is not decided by round-off
+
+
+def test_an_interrupted_batched_sweep_resumes_and_ends_with_the_same_json(tiny_adapters, tmp_path):
+    adapter = tiny_adapters["sd"]
+    req = request(mode="batched", chunk=2)
+    complete = localize(req, tmp_path / "complete", adapter, PixelScorer())
+
+    with pytest.raises(KeyboardInterrupt):  # the first loop (references and two windows) is scored, then Ctrl-C
+        localize(req, tmp_path / "resumed", adapter, Interrupting(after=2))
+    finished = sorted(p.name for p in (tmp_path / "resumed" / "progress").glob("window_*.json"))
+    assert finished == ["window_00-01.json", "window_01-02.json"]
+
+    generated = []
+    original_generate = adapter.generate
+    adapter.generate = lambda *a, **k: generated.append(len(a[1])) or original_generate(*a, **k)
+    try:
+        localize(req, tmp_path / "resumed", adapter, PixelScorer())
+    finally:
+        del adapter.generate
+    rows = len(req.prompts) * len(req.seeds)
+    # The four windows left, two per loop; the references come from the progress file, not generated again.
+    assert generated == [2 * rows, 2 * rows] and len(complete.windows) == 6
+    first = json.loads((tmp_path / "complete" / "localization.json").read_text())
+    second = json.loads((tmp_path / "resumed" / "localization.json").read_text())
+    assert _strip_timings(first) == _strip_timings(second)
+
+
 def test_run_folder_contents(tiny_adapters, tmp_path):
     adapter = tiny_adapters["pixart"]
     result = localize(request(prompts=PROMPTS, targets=TARGETS, concept="in the style of van gogh"),

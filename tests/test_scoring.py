@@ -17,6 +17,23 @@ def test_clip_score_is_cosine_times_100_on_a_local_folder(tiny_clip_folder):
     assert torch.equal(scorer.effect(images, images, "van gogh"), torch.zeros(3))
 
 
+def test_clip_score_equals_100_times_the_cosine_computed_by_hand(tiny_clip_folder):
+    from transformers import CLIPModel, CLIPTokenizer
+
+    scorer = ClipScorer(str(tiny_clip_folder))
+    images = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    concept = "a painting in the style of van gogh"
+    # A second copy of the weights, read here: the text and image embeddings and their cosine written out.
+    model = CLIPModel.from_pretrained(tiny_clip_folder).eval()
+    ids = CLIPTokenizer.from_pretrained(tiny_clip_folder)([concept], return_tensors="pt").input_ids
+    with torch.no_grad():
+        text = model.text_projection(model.text_model(input_ids=ids).pooler_output)[0]  # [projection_dim]
+        image = model.visual_projection(model.vision_model(pixel_values=scorer._pixels(images)).pooler_output)
+    cosine = (image @ text) / (image.norm(dim=1) * text.norm())  # [3]
+    assert cosine.abs().min() > 0.05  # far from 0, so that a wrong scale is visible
+    torch.testing.assert_close(scorer.score(images, concept), 100 * cosine, rtol=1e-4, atol=1e-4)
+
+
 def test_clip_preprocessing_resizes_and_centre_crops(tiny_clip_folder):
     scorer = ClipScorer(str(tiny_clip_folder))
     pixels = scorer._pixels(torch.rand(2, 3, 24, 48))

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from locoedit.core.errors import LocoeditError
-from locoedit.scoring import ClipScorer, PixelScorer, make_scorer
+from locoedit.scoring import ClipScorer, ConceptScorer, PixelScorer, make_scorer
 
 
 def test_clip_score_is_cosine_times_100_on_a_local_folder(tiny_clip_folder):
@@ -51,3 +51,31 @@ def test_unknown_scorers_and_missing_clip_weights_are_explained(tmp_path):
         make_scorer("fid")
     with pytest.raises(LocoeditError, match="CLIP weights .* are not available"):
         make_scorer(f"clip:{tmp_path / 'nothing-here'}")
+
+
+class Brightness(ConceptScorer):
+    """A concept scorer whose score is known by hand: the mean pixel value."""
+
+    spec = "brightness"
+
+    def score(self, images, concept):
+        return images.flatten(1).mean(1)
+
+
+def test_a_concept_scorers_effect_is_how_much_score_the_images_lost():
+    reference = torch.stack([torch.full((3, 4, 4), 0.8), torch.full((3, 4, 4), 0.2)])
+    images = torch.stack([torch.full((3, 4, 4), 0.3), torch.full((3, 4, 4), 0.5)])
+    # Reference minus images: positive where the concept faded (0.8 -> 0.3), negative where it grew (0.2 -> 0.5).
+    torch.testing.assert_close(Brightness().effect(reference, images, "light"), torch.tensor([0.5, -0.3]))
+
+
+def test_the_toy_probe_effect_is_positive_when_the_concept_is_gone():
+    from locoedit.toyworld import render
+
+    scorer = make_scorer("toyworld")
+    red = torch.stack([torch.from_numpy(render("a red circle on black", seed)).permute(2, 0, 1).float() / 255
+                       for seed in range(4)])
+    blue = torch.stack([torch.from_numpy(render("a blue circle on black", seed)).permute(2, 0, 1).float() / 255
+                        for seed in range(4)])
+    assert (scorer.effect(red, blue, "red") > 0.9).all()  # the probe reads rendered colours at >= 98%
+    assert (scorer.effect(blue, red, "red") < -0.9).all()

@@ -227,6 +227,26 @@ def test_the_auto_threshold_is_a_share_of_the_all_layer_effect(tiny_adapters):
     assert fails.sweeps[-1].best().effect >= share * 1.01 * full or sizes[-1] == len(adapter.layers)
 
 
+def test_on_the_toy_world_routing_the_styles_window_removes_the_style():
+    """A real concept scorer (the toy world's probe): removing the style must score as a positive effect, and only
+    windows within layers 0-4 carry the style (the README's finding)."""
+    from locoedit.models import load_adapter
+    from locoedit.scoring import make_scorer
+
+    adapter = load_adapter("toyworld", device="cpu")
+    result = localize(
+        LocalizationRequest(model="toyworld", prompts=("a red circle on black in the style of kandinsky",),
+                            targets=("a red circle on black",), concept="in the style of kandinsky", window=3,
+                            seeds=(0, 1), mode="batched", chunk=9),
+        None, adapter, make_scorer("toyworld"),
+    )
+    assert result.full_swap_effect > 0.9  # the probe sees the style in the prompt's images, not in the target's
+    effects = {tuple(w.layers): w.effect for w in result.windows}
+    assert result.chosen.effect == max(effects.values()) > 0.9  # measured: 1.0 for windows 0-2, 1-3, 2-4
+    assert result.chosen.layers[-1] <= 4
+    assert all(abs(effect) < 0.05 for window, effect in effects.items() if window[0] > 2)  # no effect elsewhere
+
+
 def test_infer_concept():
     assert infer_concept("a house in the style of Van Gogh", "a house") == "in the style of Van Gogh"
     assert infer_concept("a red circle on black", "a circle on black") == "red"

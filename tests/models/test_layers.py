@@ -38,11 +38,45 @@ def test_sd15_layers_run_down_mid_up_with_numeric_block_order():
     assert layers[6].name == "mid_block.attentions.0.transformer_blocks.0.attn2"
 
 
-def test_sdxl_transformer_blocks_are_ordered_numerically_past_ten():
+def test_sdxl_transformer_blocks_are_ordered_numerically():
     layers = list_cross_attention_layers(_meta(UNet2DConditionModel, real_configs.SDXL_UNET))
     down_2 = [layer.name for layer in layers if layer.name.startswith("down_blocks.2.attentions.0.")]
     assert [int(name.split(".")[5]) for name in down_2] == list(range(10))
     assert [layer.block for layer in layers].count("mid") == 10
+
+
+def test_unet_transformer_blocks_are_ordered_numerically_past_ten():
+    # SD-XL's layout with 12 transformer blocks per attention at the deepest level (SD-XL itself stops at 10,
+    # blocks 0-9, where string order and numeric order agree): "transformer_blocks.10" must follow ".9", not ".1".
+    config = {**real_configs.SDXL_UNET, "transformer_layers_per_block": [1, 2, 12]}
+    layers = list_cross_attention_layers(_meta(UNet2DConditionModel, config))
+    for prefix in ("down_blocks.2.attentions.0.", "mid_block.attentions.0.", "up_blocks.0.attentions.2."):
+        names = [layer.name for layer in layers if layer.name.startswith(prefix)]
+        assert names == [f"{prefix}transformer_blocks.{i}.attn2" for i in range(12)], prefix
+    assert [layer.index for layer in layers] == list(range(len(layers)))
+
+
+def test_a_unet_with_twelve_blocks_per_attention_lists_its_layers_in_execution_order():
+    """One real forward pass of a small UNet with 12 transformer blocks per attention and 12 attentions per up
+    block: the hooks record the order in which the layers run (10 and 11 sort before 2 as strings)."""
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8,), layers_per_block=11,
+        down_block_types=("CrossAttnDownBlock2D",), up_block_types=("CrossAttnUpBlock2D",),
+        transformer_layers_per_block=12, cross_attention_dim=8, attention_head_dim=2, norm_num_groups=4,
+    ).eval()
+    layers = list_cross_attention_layers(unet)
+    assert len(layers) == 11 * 12 + 12 + 12 * 12  # down: 11 attentions, mid: 1, up: layers_per_block + 1 = 12
+    ran = []
+    hooks = [layer.module.register_forward_pre_hook(lambda module, args, index=layer.index: ran.append(index))
+             for layer in layers]
+    try:
+        with torch.no_grad():
+            unet(torch.randn(1, 4, 8, 8), 1, encoder_hidden_states=torch.randn(1, 3, 8))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert ran == list(range(len(layers)))
 
 
 def test_pixart_blocks_are_ordered_numerically():

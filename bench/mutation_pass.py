@@ -41,7 +41,8 @@ MODULES = {
                 ["tests/test_scoring.py", "tests/localize/test_localize.py",
                  "tests/evaluate/test_evaluate_toyworld.py"]),
     "delta": ("locoedit/interventions/delta.py",
-              ["tests/interventions/test_delta.py", "tests/edit/test_edit.py", "tests/cli/test_edit_cli.py"]),
+              ["tests/interventions/test_delta.py", "tests/interventions/test_delta_identity.py",
+               "tests/edit/test_edit.py", "tests/cli/test_edit_cli.py"]),
 }
 
 

@@ -84,6 +84,8 @@ def test_a_preprocessor_config_in_the_folder_sets_mean_and_std(tiny_clip_folder,
     torch.testing.assert_close(scorer._pixels(images), (images - 0.5) / 0.25)
     (folder / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5, 0.5, 0.5]}))
     torch.testing.assert_close(ClipScorer(str(folder))._pixels(images), (images - 0.5) / OPENAI_STD)
+    (folder / "preprocessor_config.json").write_text(json.dumps({"image_std": [0.25, 0.25, 0.25]}))
+    torch.testing.assert_close(ClipScorer(str(folder))._pixels(images), (images - OPENAI_MEAN) / 0.25)
 
 
 def test_pixel_effect_is_mean_absolute_difference():

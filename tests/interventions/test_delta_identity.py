@@ -48,12 +48,12 @@ def test_a_handle_reverts_once_and_never_undoes_a_later_edit(tmp_path):
 
 
 def test_computing_an_overflowing_edit_names_the_parameter():
-    linear = torch.nn.Linear(4, 4, bias=False).half()
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4, bias=False)).half()  # its matrix is "0.weight"
     huge = LowRank(torch.full((4, 1), 1e3, dtype=torch.float64), torch.full((1, 4), 1e3, dtype=torch.float64))
-    delta = EditDelta.computed_on(linear, "tiny", "locoedit", [], {}, {"weight": describe_original(linear.weight)},
-                                  {}, {"weight": huge})
-    with pytest.raises(LocoeditError, match="^weight: the edited matrix has entries beyond what torch.float16 holds"):
-        delta.edited_values(linear)
+    delta = EditDelta.computed_on(model, "tiny", "locoedit", [], {}, {"0.weight": describe_original(model[0].weight)},
+                                  {}, {"0.weight": huge})
+    with pytest.raises(LocoeditError, match="^0.weight: the edited matrix has entries beyond what torch.float16 holds"):
+        delta.edited_values(model)
 
 
 def test_a_delta_file_lacking_a_metadata_field_is_a_locoedit_error(tmp_path):

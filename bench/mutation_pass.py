@@ -36,12 +36,13 @@ MODULES = {
     "layers": ("locoedit/models/layers.py", ["tests/models/test_layers.py", "tests/models/test_adapters.py"]),
     "closed_form": ("locoedit/edit/closed_form.py", ["tests/edit/test_edit.py", "tests/interventions/test_delta.py"]),
     "lowrank": ("locoedit/core/lowrank.py",
-                ["tests/core/test_lowrank.py", "tests/edit/test_edit.py", "tests/interventions/test_delta.py"]),
+                ["tests/core/test_lowrank.py", "tests/edit/test_edit.py", "tests/interventions/test_delta.py",
+                 "tests/interventions/test_delta_guarantees.py"]),
     "scoring": ("locoedit/scoring.py",
                 ["tests/test_scoring.py", "tests/localize/test_localize.py",
                  "tests/evaluate/test_evaluate_toyworld.py"]),
     "delta": ("locoedit/interventions/delta.py",
-              ["tests/interventions/test_delta.py", "tests/interventions/test_delta_identity.py",
+              ["tests/interventions/test_delta.py", "tests/interventions/test_delta_guarantees.py",
                "tests/edit/test_edit.py", "tests/cli/test_edit_cli.py"]),
 }
 

@@ -14,12 +14,7 @@ from safetensors.torch import save_file  # noqa: E402
 from locoedit import __version__  # noqa: E402
 from locoedit.models import adapter_for  # noqa: E402
 from locoedit.edit.apply import apply_delta_to_folder  # noqa: E402
-from locoedit.interventions.delta import (  # noqa: E402
-    EditDelta,
-    architecture_fingerprint,
-    describe_original,
-    tensor_sha256,
-)
+from locoedit.interventions.delta import EditDelta, architecture_fingerprint, tensor_sha256  # noqa: E402
 from locoedit.core.lowrank import LowRank  # noqa: E402
 from locoedit.edit.closed_form import edit_matrix  # noqa: E402
 from locoedit.edit.locoedit import build_rows  # noqa: E402
@@ -279,40 +274,6 @@ def test_non_finite_or_half_factors_are_refused(sd, tmp_path):
         EditDelta.load(tmp_path / "half.safetensors")
     with pytest.raises(LocoeditError, match="must be float64"):
         LowRank(torch.zeros(2, 1), torch.zeros(1, 2))
-
-
-def _wide_half_linear():
-    """A float16 [300, 4096] matrix: add_low_rank works through it in three blocks of rows (128, 128, 44)."""
-    torch.manual_seed(0)
-    return torch.nn.Linear(4096, 300, bias=False).half()
-
-
-def _overflow_in_the_last_row(weight, case):
-    """Factors that fit in the first block's rows but overflow float16 in the last row, built so that only the
-    Cauchy-Schwarz bound max|W| + max_i ||U_i|| max_j ||V^j|| (not a smaller estimate) sends apply to the exact check."""
-    up, down = torch.zeros(300, 4, dtype=torch.float64), torch.zeros(4, 4096, dtype=torch.float64)
-    up[:128] = 1.0  # first block: changed, and within range
-    if case == "update":  # the update alone overflows, concentrated in one column: U V [-1, -1] = 4 * 200 * 100
-        down[:, -1] = 100.0
-        up[-1] = 200.0
-    else:  # a large negative weight pushed over the edge: -65000 - 4 * 300 = -66200
-        with torch.no_grad():
-            weight[-1, -1] = -65000.0
-        down[:, -1] = 1.0
-        up[-1] = -300.0
-    return LowRank(up, down)
-
-
-@pytest.mark.parametrize("case", ["update", "negative weight"])
-def test_apply_refuses_an_overflow_in_a_late_block_before_writing_any(case):
-    linear = _wide_half_linear()
-    update = _overflow_in_the_last_row(linear.weight, case)
-    delta = EditDelta.computed_on(linear, "wide", "locoedit", [], {}, {"weight": describe_original(linear.weight)},
-                                  {}, {"weight": update})
-    before = linear.weight.detach().clone()
-    with pytest.raises(LocoeditError, match="^weight: the edited matrix has entries beyond what torch.float16 holds"):
-        delta.apply(linear)
-    assert torch.equal(linear.weight, before)  # not even the first block, which fits, was written
 
 
 def test_a_factored_update_that_overflows_the_dtype_is_refused_before_anything_is_written(tmp_path):

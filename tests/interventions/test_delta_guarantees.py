@@ -1,5 +1,6 @@
-"""What a delta stores about its model and its handle: the architecture fingerprint's exact formula (it is written
-into every delta file), a revert that is done once only, and refusals that are LocoeditErrors naming the parameter."""
+"""What a delta guarantees besides its values: the architecture fingerprint's exact formula (it is written into every
+delta file), a revert that is done once only, an overflow refused before any row is written, and refusals that are
+LocoeditErrors naming the parameter."""
 
 import hashlib
 
@@ -45,6 +46,43 @@ def test_a_handle_reverts_once_and_never_undoes_a_later_edit(tmp_path):
     assert torch.equal(parameter, edited)
     second.revert()
     assert torch.equal(parameter, original)
+
+
+def _wide_half_linear():
+    """A float16 [300, 4096] matrix: add_low_rank works through it in three blocks of rows (128, 128, 44). Entries
+    up to 5 in size, so that the updates below are not implausibly large next to it (under 100 times its norm)."""
+    linear = torch.nn.Linear(4096, 300, bias=False)
+    with torch.no_grad():
+        linear.weight.uniform_(-5, 5, generator=torch.Generator().manual_seed(0))
+    return linear.half()
+
+
+def _overflow_in_the_last_row(weight, case):
+    """Factors that fit in the first block's rows but overflow float16 in the last row, built so that only the
+    Cauchy-Schwarz bound max|W| + max_i ||U_i|| max_j ||V^j|| (not a smaller estimate) sends apply to the exact check."""
+    up, down = torch.zeros(300, 4, dtype=torch.float64), torch.zeros(4, 4096, dtype=torch.float64)
+    up[:128] = 1.0  # first block: changed, and within range
+    if case == "update":  # the update alone overflows, concentrated in one column: U V [-1, -1] = 4 * 200 * 100
+        down[:, -1] = 100.0
+        up[-1] = 200.0
+    else:  # a large negative weight pushed over the edge: -65000 - 4 * 300 = -66200
+        with torch.no_grad():
+            weight[-1, -1] = -65000.0
+        down[:, -1] = 1.0
+        up[-1] = -300.0
+    return LowRank(up, down)
+
+
+@pytest.mark.parametrize("case", ["update", "negative weight"])
+def test_apply_refuses_an_overflow_in_a_late_block_before_writing_any(case):
+    linear = _wide_half_linear()
+    update = _overflow_in_the_last_row(linear.weight, case)
+    delta = EditDelta.computed_on(linear, "wide", "locoedit", [], {}, {"weight": describe_original(linear.weight)},
+                                  {}, {"weight": update})
+    before = linear.weight.detach().clone()
+    with pytest.raises(LocoeditError, match="^weight: the edited matrix has entries beyond what torch.float16 holds"):
+        delta.apply(linear)
+    assert torch.equal(linear.weight, before)  # not even the first block, which fits, was written
 
 
 def test_computing_an_overflowing_edit_names_the_parameter():

@@ -9,7 +9,14 @@ torch.set_num_threads(1)
 
 from locoedit.models import adapter_for  # noqa: E402
 from locoedit.interventions.delta import tensor_sha256  # noqa: E402
-from locoedit.edit.closed_form import closed_form_edit, edit_matrix, edit_objective, to_model_dtype  # noqa: E402
+from locoedit.core.lowrank import rows_per_block  # noqa: E402
+from locoedit.edit.closed_form import (  # noqa: E402
+    closed_form_edit,
+    edit_factors,
+    edit_matrix,
+    edit_objective,
+    to_model_dtype,
+)
 from locoedit.edit.locoedit import EditRequest, build_rows, compute_edit  # noqa: E402
 from locoedit.edit.rows import (  # noqa: E402
     aligned_positions,
@@ -75,7 +82,8 @@ def test_closed_form_equals_gradient_descent_minimum(rows):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_blockwise_edit_matrix_is_the_closed_form_rounded_once(dtype):
-    w, x_o, x_t = _problem(out=300, inputs=512, rows=6, seed=3)  # 300 rows: several blocks of 256
+    w, x_o, x_t = _problem(out=300, inputs=4096, rows=6, seed=3)  # 300 rows: blocks of 128, 128 and 44 rows
+    assert rows_per_block(w.shape) == 128
     weight, x_o, x_t = w.to(dtype), x_o.float(), x_t.float()  # rows as a float32 text encoder gives them
     exact = closed_form_edit(weight, x_o, x_t, 0.2)
     new, objective = edit_matrix(weight, x_o, x_t, 0.2)
@@ -87,10 +95,22 @@ def test_blockwise_edit_matrix_is_the_closed_form_rounded_once(dtype):
     assert edit_matrix(weight, x_o, x_t, 0.2, out=out)[0] is out and torch.equal(out, new)
 
 
-def test_edit_matrix_refuses_overflow_in_half_precision():
-    w, x_o, x_t = _problem(out=8, inputs=16, rows=2)
-    with pytest.raises(LocoeditError, match="beyond what torch.float16 holds"):
-        edit_matrix(w.half(), x_o, x_t * 1e6, 1e-3, name="w")
+@pytest.mark.parametrize("rows", [2, 20])  # the factored path (n < in) and the dense one
+def test_edit_matrix_refuses_overflow_in_half_precision_naming_the_parameter(rows):
+    w, x_o, x_t = _problem(out=8, inputs=16, rows=rows)
+    with pytest.raises(LocoeditError, match="^w.to_k: the edited matrix has entries beyond what torch.float16 holds"):
+        edit_matrix(w.half(), x_o, x_t * 1e6, 1e-3, name="w.to_k")
+
+
+def test_edit_factors_are_the_closed_form_update_computed_blockwise():
+    w, x_o, x_t = _problem(out=300, inputs=4096, rows=6, seed=4)  # three blocks of rows, as above
+    update, objective = edit_factors(w.float(), x_o, x_t, 0.3)  # no workspace given: it makes its own
+    exact = closed_form_edit(w.float(), x_o, x_t, 0.3)
+    assert update.up.shape == (300, 6) and torch.equal(update.down, x_o)
+    torch.testing.assert_close(w.float().double() + update.up @ update.down, exact, rtol=1e-12, atol=1e-12)
+    assert objective == pytest.approx(edit_objective(w.float(), exact, x_o, x_t, 0.3), rel=1e-9)
+    with pytest.raises(ValueError, match=r"needs fewer rows than inputs \(got 16 rows of width 16\)"):
+        edit_factors(*_problem(out=8, inputs=16, rows=16), 0.3)
 
 
 def test_closed_form_is_float64_for_low_precision_inputs():
@@ -153,6 +173,30 @@ def test_concept_rows_map_to_the_targets_outputs(family, tmp_path):
     for want, old, new in zip(wanted, before, after):
         assert torch.linalg.norm(new - want) / torch.linalg.norm(want) < 1e-3
         assert torch.linalg.norm(old - want) / torch.linalg.norm(want) > 0.05  # it was not so before
+
+
+@pytest.mark.parametrize("token, preserve", [("last-subject", ()), ("all", ("a dog",))])  # factored; dense (n >= in)
+def test_the_key_and_the_value_projection_each_use_their_own_lambda(token, preserve, tmp_path):
+    # Lambdas 100x apart, so that solving a projection with the other one's lambda moves it far beyond round-off.
+    adapter = tiny("sd", tmp_path)
+    req = request(layers=(1, 2), lambda_key=0.05, lambda_value=5.0, token=token, preserve=preserve)
+    delta = compute_edit(adapter, req)
+    assert bool(delta.factors) == (token == "last-subject")
+    rows, edited = build_rows(adapter, req), delta.edited_values(adapter)
+    for layer in (adapter.layers[1], adapter.layers[2]):
+        sources, targets = (m.double() for m in rows.matrices(layer, req.preserve_scale))
+        for projection, own, other in zip(layer.edit_projections, (0.05, 5.0), (5.0, 0.05)):
+            weight = getattr(layer.module, projection).weight.detach().double()
+
+            def textbook(lam):  # (W X_t^T X_o + lam W)(X_o^T X_o + lam I)^{-1}, written out here
+                system = sources.T @ sources + lam * torch.eye(sources.shape[1], dtype=torch.float64)
+                return torch.linalg.solve(system, (weight @ targets.T @ sources + lam * weight).T).T
+
+            got = edited[f"{layer.name}.{projection}.weight"].double()
+            expected, swapped = textbook(own), textbook(other)
+            error = torch.linalg.norm(got - expected)
+            assert error <= 1e-5 * torch.linalg.norm(expected), projection  # float32 rounding of the result
+            assert torch.linalg.norm(swapped - expected) > 100 * error, projection  # the lambdas really matter
 
 
 def _snapshot(pipe) -> dict[str, str]:

@@ -69,6 +69,18 @@ def test_top_neurons_output_their_neutral_mean_and_nothing_else_changes(family, 
     unedited_copy = adapter_for(TINY_PIPELINES[family](tmp_path / "copy"))  # the same seed: the same weights
     assert delta.method == "neurons" and len(delta.settings["chosen_neurons"]) == 2
     assert {name: tensor_sha256(p) for name, p in adapter.denoiser.named_parameters()} == before
+    # The neutral means computed here, from the unedited projections and the neutral rows (not what the edit recorded).
+    neutral_means = {}
+    for item, projection_name in zip(delta.settings["chosen_neurons"], layer.edit_projections):
+        with torch.no_grad():
+            neutral_out = getattr(layer.module, projection_name)(neutral.float()).double()  # [neutral rows, out]
+            concept_out = getattr(layer.module, projection_name)(concept.float()).double()  # [concept rows, out]
+        neutral_means[projection_name] = neutral_out.mean(dim=0)[item["neurons"]]
+        concept_means = concept_out.mean(dim=0)[item["neurons"]]
+        # The chosen neurons respond to the concept: their concept mean is far from the neutral one.
+        assert (concept_means - neutral_means[projection_name]).abs().min() > 1e-3
+        torch.testing.assert_close(torch.tensor(item["neutral_means"], dtype=torch.float64),
+                                   neutral_means[projection_name], rtol=1e-5, atol=1e-6)
     with delta.apply(adapter):
         for item, projection_name in zip(delta.settings["chosen_neurons"], layer.edit_projections):
             projection = getattr(layer.module, projection_name)
@@ -76,7 +88,7 @@ def test_top_neurons_output_their_neutral_mean_and_nothing_else_changes(family, 
             assert len(neurons) == 3
             with torch.no_grad():
                 out = projection(concept.float()).double()[:, neurons]  # [rows, k]
-            means = torch.tensor(item["neutral_means"], dtype=torch.float64)
+            means = neutral_means[projection_name]
             if projection.bias is not None:  # exact: W_j = 0, b_j = m_j
                 torch.testing.assert_close(out, means.expand_as(out).clone(), rtol=0, atol=1e-6)
             else:  # approximate: W_j = m_j u^T with X u ~ 1

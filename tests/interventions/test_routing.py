@@ -5,7 +5,13 @@ import torch
 
 from locoedit.interventions import Intervention
 from locoedit.models import GenerationSettings
-from locoedit.interventions.routing import Routing, RoutingController, TextRouting, routed_processors
+from locoedit.interventions.routing import (
+    RoutedAttnProcessor,
+    Routing,
+    RoutingController,
+    TextRouting,
+    routed_processors,
+)
 
 FAMILIES = ["sd", "sdxl", "if", "pixart"]
 SETTINGS = GenerationSettings(3, 4.0, 16, 16)
@@ -93,8 +99,46 @@ def test_processors_replaced_during_generation_are_detected(tiny_adapters):
 
 
 def test_routing_names_a_missing_layer():
-    with pytest.raises(ValueError, match="layer indices \\[9\\]"):
+    with pytest.raises(ValueError, match="layer indices \\[9\\]; the model has layers 0..3"):
         RoutingController(Routing(((9,),)), 4, torch.zeros(1, 2, 3))
+    with pytest.raises(ValueError, match="layer indices \\[4\\]; the model has layers 0..3"):  # one past the end
+        RoutingController(Routing(((3,), (4,))), 4, torch.zeros(2, 2, 3))
+
+
+def test_mismatched_batches_are_refused_naming_both_sizes(tiny_adapters):
+    with pytest.raises(ValueError, match="routing has 2 batch elements but the target states have 1"):
+        RoutingController(Routing(((0,), ())), 4, torch.zeros(1, 2, 3))
+    controller = RoutingController(Routing(((0,), ())), 4, torch.zeros(2, 2, 3))
+    with pytest.raises(RuntimeError, match="layer 0 got 3 text rows for a routing of 2; pass exactly one prompt "
+                                           "embedding per routed batch element"):
+        controller.reroute(0, torch.zeros(3, 2, 3), None)
+    adapter = tiny_adapters["sd"]
+    prompts = adapter.encode(["a red circle"])
+    with pytest.raises(ValueError, match="routing covers 2 rows but 1 prompts were given"):
+        adapter.generate(prompts, [0], SETTINGS, [TextRouting(Routing(((0,), ())), adapter.encode(TARGETS).conditional)])
+
+
+def test_the_routed_processor_passes_every_other_argument_through():
+    # diffusers passes extra keyword arguments (cross_attention_kwargs, temb) to processors; the wrapper must not
+    # drop any, positional or keyword.
+    received = []
+    inner = lambda *args, **kwargs: received.append((args, kwargs)) or "out"  # noqa: E731
+    controller = RoutingController(Routing(((0,),)), 2, torch.ones(1, 2, 3))
+    processor = RoutedAttnProcessor(inner, 0, controller)
+    assert processor("attn", "hidden", torch.zeros(2, 2, 3), None, "extra", temb="t", scale=0.5) == "out"
+    (args, kwargs), = received
+    assert args[:2] == ("attn", "hidden") and args[3:] == (None, "extra") and kwargs == {"temb": "t", "scale": 0.5}
+    assert torch.equal(args[2], torch.cat([torch.zeros(1, 2, 3), torch.ones(1, 2, 3)]))  # rerouted text states
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_each_routed_layer_reads_the_target_once_per_step(tiny_adapters, steps):
+    adapter = tiny_adapters["sd"]
+    routing = TextRouting(Routing(((0, 2),)), adapter.encode(TARGETS[:1]).conditional)
+    adapter.generate(adapter.encode(PROMPTS[:1]), [0], GenerationSettings(steps, 4.0, 16, 16), [routing])
+    # One call per denoising step (both guidance halves in one batch); layers that are not routed are not wrapped.
+    expected = [steps if i in (0, 2) else 0 for i in range(len(adapter.layers))]
+    assert routing._controller.calls.tolist() == expected
 
 
 def test_routing_is_data():

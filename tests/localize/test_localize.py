@@ -134,6 +134,46 @@ def test_an_interrupted_sweep_resumes_and_ends_with_the_same_json(tiny_adapters,
     assert _strip_timings(first) == _strip_timings(second)
 
 
+@pytest.mark.parametrize("chunk", [2, 4])  # 6 windows: three full loops; a full loop and a part-filled one
+def test_localize_gives_the_same_sweep_in_exact_and_batched_mode(tiny_adapters, chunk):
+    adapter = tiny_adapters["sd"]
+    exact = localize(request(mode="exact"), None, adapter, PixelScorer())
+    batched = localize(request(mode="batched", chunk=chunk), None, adapter, PixelScorer())
+    assert len(exact.windows) == len(adapter.layers) - 1 == 6 > chunk
+    assert [w.layers for w in batched.windows] == [w.layers for w in exact.windows]
+    for one, other in zip(exact.windows, batched.windows):  # images agree to 1e-3 (float round-off), effects too
+        assert other.effects == pytest.approx(one.effects, abs=1e-4), one.layers
+    assert batched.full_swap_effect == pytest.approx(exact.full_swap_effect, abs=1e-6)
+    assert batched.chosen.layers == exact.chosen.layers
+    effects = [w.effect for w in exact.windows]
+    assert max(effects) - sorted(effects)[-2] > 1e-3  # the choice is not decided by round-off
+
+
+def test_an_interrupted_batched_sweep_resumes_and_ends_with_the_same_json(tiny_adapters, tmp_path):
+    adapter = tiny_adapters["sd"]
+    req = request(mode="batched", chunk=2)
+    complete = localize(req, tmp_path / "complete", adapter, PixelScorer())
+
+    with pytest.raises(KeyboardInterrupt):  # the first loop (references and two windows) is scored, then Ctrl-C
+        localize(req, tmp_path / "resumed", adapter, Interrupting(after=2))
+    finished = sorted(p.name for p in (tmp_path / "resumed" / "progress").glob("window_*.json"))
+    assert finished == ["window_00-01.json", "window_01-02.json"]
+
+    generated = []
+    original_generate = adapter.generate
+    adapter.generate = lambda *a, **k: generated.append(len(a[1])) or original_generate(*a, **k)
+    try:
+        localize(req, tmp_path / "resumed", adapter, PixelScorer())
+    finally:
+        del adapter.generate
+    rows = len(req.prompts) * len(req.seeds)
+    # The four windows left, two per loop; the references come from the progress file, not generated again.
+    assert generated == [2 * rows, 2 * rows] and len(complete.windows) == 6
+    first = json.loads((tmp_path / "complete" / "localization.json").read_text())
+    second = json.loads((tmp_path / "resumed" / "localization.json").read_text())
+    assert _strip_timings(first) == _strip_timings(second)
+
+
 def test_run_folder_contents(tiny_adapters, tmp_path):
     adapter = tiny_adapters["pixart"]
     result = localize(request(prompts=PROMPTS, targets=TARGETS, concept="in the style of van gogh"),
@@ -165,6 +205,46 @@ def test_auto_window_stops_at_the_first_size_that_passes(tiny_adapters, tmp_path
     sizes = [s.window_size for s in strict.sweeps]
     assert sizes == list(range(1, len(sizes) + 1)) and len(sizes) > 1
     assert strict.chosen.effect >= strict.full_swap_effect or sizes[-1] == len(adapter.layers)
+
+
+def test_the_auto_threshold_is_a_share_of_the_all_layer_effect(tiny_adapters):
+    """The rule: stop at the first size whose best window reaches ``auto_threshold x full_swap_effect``. The
+    thresholds bracket single layers' share of the full swap (the pixel effects are far below 1, so a threshold
+    compared with raw effects would never be met by one layer at these thresholds)."""
+    adapter = tiny_adapters["sd"]
+    single = localize(request(window=1), None, adapter, PixelScorer())
+    best, full = max(w.effect for w in single.windows), single.full_swap_effect
+    share = best / full  # the single best layer's share of the all-layer effect
+    assert 0 < full < 0.5 and 0 < share < 0.9  # measured: best layer 0.055, full swap 0.070 (share 0.79)
+    passes = localize(request(window="auto", auto_threshold=share * 0.99), None, adapter, PixelScorer())
+    assert [s.window_size for s in passes.sweeps] == [1]
+    assert passes.full_swap_effect == pytest.approx(full)
+    fails = localize(request(window="auto", auto_threshold=share * 1.01), None, adapter, PixelScorer())
+    sizes = [s.window_size for s in fails.sweeps]
+    assert sizes[:2] == [1, 2]
+    for sweep in fails.sweeps[:-1]:  # every size before the last missed the threshold; the last reached it
+        assert sweep.best().effect < share * 1.01 * full
+    assert fails.sweeps[-1].best().effect >= share * 1.01 * full or sizes[-1] == len(adapter.layers)
+
+
+def test_on_the_toy_world_routing_the_styles_window_removes_the_style():
+    """A real concept scorer (the toy world's probe): removing the style must score as a positive effect, and only
+    windows within layers 0-4 carry the style (the README's finding)."""
+    from locoedit.models import load_adapter
+    from locoedit.scoring import make_scorer
+
+    adapter = load_adapter("toyworld", device="cpu")
+    result = localize(
+        LocalizationRequest(model="toyworld", prompts=("a red circle on black in the style of kandinsky",),
+                            targets=("a red circle on black",), concept="in the style of kandinsky", window=3,
+                            seeds=(0, 1), mode="batched", chunk=9),
+        None, adapter, make_scorer("toyworld"),
+    )
+    assert result.full_swap_effect > 0.9  # the probe sees the style in the prompt's images, not in the target's
+    effects = {tuple(w.layers): w.effect for w in result.windows}
+    assert result.chosen.effect == max(effects.values()) > 0.9  # measured: 1.0 for windows 0-2, 1-3, 2-4
+    assert result.chosen.layers[-1] <= 4
+    assert all(abs(effect) < 0.05 for window, effect in effects.items() if window[0] > 2)  # no effect elsewhere
 
 
 def test_infer_concept():

@@ -12,10 +12,12 @@ from locoedit.toyworld.probe import ToyworldProbe
 
 torch.set_num_threads(1)
 
-#: Floors for the probe agreeing with held-out captions on a small generated sample (8 object + 8
-#: fact prompts; the shipped model scores 100% here and on the full check, seeds 0-99, in the README).
-AGREEMENT_FLOOR = 0.90  # mean over attributes
-ATTRIBUTE_FLOOR = 0.75  # each attribute
+#: Floors for the probe agreeing with held-out captions on a small generated sample (seeds 0-7: 8 object + 8
+#: fact prompts). The shipped model scores 100% on every attribute here (measured) and on the full check (seeds
+#: 0-99, in the README). The margin is one miss: 7 of 8 for an attribute, one miss among the 48 answers of the
+#: mean (47/48 = 0.979), so that float round-off of another BLAS flipping one picture does not fail the test.
+AGREEMENT_FLOOR = 0.975  # mean over attributes
+ATTRIBUTE_FLOOR = 7 / 8  # each attribute
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +53,7 @@ def test_pipeline_is_a_standard_sd_pipeline(pipe):
     assert type(pipe) is StableDiffusionPipeline
     assert isinstance(pipe.scheduler, DDIMScheduler) and pipe.scheduler.config.timestep_spacing == "trailing"
     names = [n for n, _ in pipe.unet.named_modules() if n.endswith("attn2")]
-    assert len(names) >= 8
+    assert len(names) == 11  # the layer numbering of the README (windows 0-10) and of the demo's plan
     for part in ("down_blocks", "mid_block", "up_blocks"):
         assert any(n.startswith(part) for n in names), part
 

@@ -42,6 +42,26 @@ def test_demo_localizes_edits_and_evaluates_each_kind(demo_run):
     assert summary_lines(rows)[0].split()[:3] == ["kind", "edit", "layers"]
 
 
+def test_demo_chooses_the_readme_windows_by_the_largest_positive_effect(demo_run):
+    """The README's table (plan seeds) chooses layers 2-4 for all three cases; at the test's one seed per prompt
+    LocoGen chooses them too (measured effects 0.75, 0.26, 0.49; every window starting after layer 2 under 0.01)."""
+    out, rows, _, _ = demo_run
+    for kind in ("style", "object", "fact"):
+        localization = json.loads((out / kind / "localize" / "localization.json").read_text())
+        effects = {window["layers"][0]: window["effect"] for window in localization["windows"]}
+        assert localization["chosen"]["layers"] == [2, 3, 4], kind
+        assert localization["chosen"]["effect"] == max(effects.values()) > 0.2, kind  # positive: the concept is gone
+        assert all(abs(effect) < 0.01 for start, effect in effects.items() if start > 2), kind
+        assert localization["full_swap_effect"] > 0.5, kind
+    # Figures of the README's table that hold at one seed too: the edit of every layer removes each concept, and
+    # the random windows are the ones drawn there.
+    for row in rows:
+        if row.variant == "all layers":
+            assert row.layers == list(range(11)) and row.headline.efficacy == 1.0, row.kind
+    random_windows = {r.kind: r.layers for r in rows if r.variant == "random window"}
+    assert random_windows == {"style": [7, 8, 9], "object": [4, 5, 6], "fact": [6, 7, 8]}
+
+
 def test_demo_report_links_resolve(demo_run):
     import re
 

@@ -33,7 +33,7 @@ def closed_form_edit(
     x_t = targets.to(device=w.device, dtype=torch.float64)
     n, inputs = x_o.shape
     if n < inputs:
-        solved, _ = _row_space_update(w, x_o, x_t, lam)  # [n, out]
+        solved = _row_space_update(w, x_o, x_t, lam)  # [n, out]
         return torch.addmm(w, solved.T, x_o)  # [out, in]
     residual = (x_t - x_o) @ w.T  # [n, out]
     system = x_o.T @ x_o + lam * torch.eye(inputs, dtype=torch.float64, device=w.device)  # [in, in]
@@ -46,18 +46,15 @@ def _row_space_update(
     x_o: torch.Tensor,  # [n, in] float64
     x_t: torch.Tensor,  # [n, in] float64
     lam: float,
-) -> tuple[torch.Tensor, float]:  # S [n, out] with W_new = W + S^T X_o; and the objective at W_new
-    """S = (X_o X_o^T + lam I_n)^{-1} R, R = (X_t - X_o) W^T, by a linear solve; the objective from the factors:
-    X_o W_new^T - X_t W^T = G S - R and ||W_new - W||^2 = <S S^T, G>, with G = X_o X_o^T.
+) -> torch.Tensor:  # S [n, out] with W_new = W + S^T X_o
+    """S = (X_o X_o^T + lam I_n)^{-1} R, R = (X_t - X_o) W^T, by a linear solve.
 
     Every output row of W is handled independently (column j of S depends on row j of W only), which is what lets
     :func:`edit_matrix` work through a large matrix in cache-sized blocks of rows."""
     n = x_o.shape[0]
     gram = x_o @ x_o.T  # [n, n]
     residual = (x_t - x_o) @ w.T  # [n, out]
-    solved = torch.linalg.solve(gram + lam * torch.eye(n, dtype=gram.dtype, device=gram.device), residual)
-    objective = ((gram @ solved - residual) ** 2).sum() + lam * ((solved @ solved.T) * gram).sum()
-    return solved, float(objective)
+    return torch.linalg.solve(gram + lam * torch.eye(n, dtype=gram.dtype, device=gram.device), residual)
 
 
 def edit_factors(

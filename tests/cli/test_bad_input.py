@@ -141,3 +141,31 @@ def test_bad_input_gets_one_line_and_changes_nothing(files, tmp_path, args, mess
     assert "Traceback" not in result.output
     assert not out.exists() and not any(tmp_path.iterdir()), "nothing may be written"
     assert snapshot(files) == before, "nothing may be changed"
+
+
+def test_a_full_disk_is_one_line(tmp_path, monkeypatch):
+    import errno
+
+    import locoedit.workflows.generate as generate
+
+    def full(path, image):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(generate, "write_png", full)
+    result = CliRunner().invoke(app, ["generate", "toyworld", "--prompt", "a red circle", "--seeds", "0",
+                                      "--steps", "2", "--out", str(tmp_path / "out")])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and "No space left on device" in lines[0], result.output
+
+
+def test_another_evaluation_in_the_same_folder_is_refused_and_the_same_one_resumes(files, tmp_path):
+    out = tmp_path / "eval"
+    args = ["evaluate", "toyworld", "--edit", str(files / "circle.safetensors"), "--suite", "toyworld-object-circle",
+            "--steps", "2", "--out", str(out)]
+    assert CliRunner().invoke(app, [*args, "--seeds", "0"]).exit_code == 0
+    first = (out / "evaluation.json").read_text()
+    again = CliRunner().invoke(app, [*args, "--seeds", "0"])
+    assert again.exit_code == 0 and json.loads((out / "evaluation.json").read_text())["items"] == json.loads(first)["items"]
+    other = CliRunner().invoke(app, [*args, "--seeds", "1"])
+    assert other.exit_code == 2 and "holds a different run (differs in: suite)" in other.stderr
+    assert json.loads((out / "evaluation.json").read_text())["items"] == json.loads(first)["items"]

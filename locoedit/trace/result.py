@@ -12,6 +12,7 @@ from locoedit.models.layers import LayerInfo
 from locoedit.trace.request import TraceRequest
 
 RESULT_FILE = "trace.json"
+WEAK_GAP = 0.1  # a gap under this share of the clean score is noted: effects then rest on a few images
 MIN_GAP = 1e-9  # below this the corruption changed nothing measurable: effects are undefined, not divided by ~0
 
 

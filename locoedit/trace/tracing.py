@@ -33,7 +33,7 @@ from locoedit.scoring import ConceptScorer, PixelScorer, Scorer, resolve_scorer
 from locoedit.trace.corruption import TokenEmbeddingNoise
 from locoedit.trace.report import trace_report_html
 from locoedit.trace.request import TraceRequest
-from locoedit.trace.result import MIN_GAP, RESULT_FILE, SiteEffect, TraceImages, TraceResult
+from locoedit.trace.result import MIN_GAP, RESULT_FILE, WEAK_GAP, SiteEffect, TraceImages, TraceResult
 from locoedit.trace.sites import Site, denoiser_sites, text_encoder_sites
 
 def _images_of(group: str, request: TraceRequest) -> list[str]:
@@ -195,8 +195,12 @@ def trace(
     scores, images = tracer.run(sites)
     effects = [_effects(scores, site) for site in sites]
     clean, corrupted = scores["clean"].mean().item(), scores["corrupted"].mean().item()
-    note = "" if abs(clean - corrupted) >= MIN_GAP else (
-        "the corruption did not change the score (gap 0), so no site's effect is defined; raise --noise")
+    note = ""
+    if abs(clean - corrupted) < MIN_GAP:
+        note = "the corruption did not change the score (gap 0), so no site's effect is defined; raise --noise"
+    elif clean and abs(clean - corrupted) < WEAK_GAP * abs(clean):
+        note = (f"the corruption moved the score by only {abs(clean - corrupted) / abs(clean):.1%} of the clean score, "
+                "so the effects rest on the few images it changed; raise --noise (e.g. --noise 6)")
     paths = TraceImages(_images_of("clean", request), _images_of("corrupted", request))
     result = TraceResult(
         request.model, request, tracer.settings, request.concept, list(request.seeds), dict(tracer.noise.sigma),

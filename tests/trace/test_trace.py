@@ -171,3 +171,11 @@ def test_text_encoder_sites_in_every_family(tiny_adapters, family, encoders, lay
     assert {s.kind for s in result.sites} == {"encoder_layer", "encoder_attention", "encoder_mlp"}
     assert result.gap > 0 and all(s.effect is not None for s in result.sites)
     assert set(result.noise_sigma) == set(tiny_adapters[family].text_encoder_names)
+
+
+def test_a_weak_corruption_is_noted(tiny_adapters, tiny_clip_folder):
+    from locoedit.scoring import make_scorer
+
+    result = trace(request(noise=1e-3, parts=("denoiser",), sites=("unet.up_blocks.0.resnets.0",)), None,
+                   tiny_adapters["sd"], make_scorer(f"clip:{tiny_clip_folder}"))
+    assert 0 < abs(result.gap) < 0.1 * abs(result.clean_score) and "raise --noise" in result.note

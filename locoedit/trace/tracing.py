@@ -62,20 +62,10 @@ class Tracer:
             patch.verify()
         return encoded
 
-    def _generate(self, per_prompt: list[EncodedPrompts], interventions, task: ProgressTask) -> torch.Tensor:
-        """One image per row; ``per_prompt[k]`` holds the conditioning of prompt k (several groups stacked)."""
-        encoded = _stack([per_prompt[p] for p, _ in self.rows])
-        start = time.perf_counter()
-        images = self.adapter.generate(encoded, [seed for _, seed in self.rows], self.settings, interventions,
-                                       task.advance)
-        self.timings["generation_s"] += time.perf_counter() - start
-        return images
-
     def presence(self, images: torch.Tensor) -> torch.Tensor:  # [rows]
         if isinstance(self.scorer, ConceptScorer):
             return self.scorer.score(images, self.request.concept).double()
-        tiles = images.shape[0] // len(self.rows)
-        return -(images.double() - self.clean_images.double().repeat(tiles, 1, 1, 1)).abs().flatten(1).mean(1)
+        return -(images.double() - self.clean_images.double()).abs().flatten(1).mean(1)
 
     def run(self, sites: list[Site]) -> tuple[dict, dict[str, torch.Tensor]]:
         request = self.request
@@ -85,12 +75,16 @@ class Tracer:
         encoder_chunks = [encoder[i : i + request.chunk] for i in range(0, len(encoder), request.chunk)]
         task = ProgressTask(self.progress, "tracing", (2 + len(chunks) + len(encoder_chunks)) * self.settings.num_inference_steps)
         prompts = range(len(request.prompts))
-        clean = [self.adapter.encode([request.prompts[p]]) for p in prompts]
+        clean, encoder_states = [], []  # per prompt: its encoding, and every encoder site's clean outputs
+        for p in prompts:
+            encoder_states.append(ActivationRecorder([s.name for s in encoder]))
+            with encoder_states[-1].installed(self.adapter):
+                clean.append(self.adapter.encode([request.prompts[p]]))
         corrupted = [self._encode(p) for p in prompts]
         self.noise.verify()
         recorder = ActivationRecorder([s.name for s in denoiser])
-        self.clean_images = self._generate(clean, [recorder] if denoiser else [], task)
-        corrupted_images = self._generate(corrupted, [], task)
+        self.clean_images = self._generate(clean, 1, [recorder] if denoiser else [], task)
+        corrupted_images = self._generate(corrupted, 1, [], task)
         scores = {"clean": self.presence(self.clean_images), "corrupted": self.presence(corrupted_images)}
         images = {"clean": self.clean_images, "corrupted": corrupted_images}
         batch = len(self.rows)
@@ -98,16 +92,18 @@ class Tracer:
             patches = [ActivationPatch(site.name, recorder.outputs[site.name], _rows(batch, len(chunk), j))
                        for j, site in enumerate(chunk)]
             stacked = [_stack([corrupted[p]] * len(chunk)) for p in prompts]
-            restored = self._generate_tiled(stacked, len(chunk), patches, task)
+            restored = self._generate(stacked, len(chunk), patches, task)
             self._split(restored, chunk, scores, images)
         for chunk in encoder_chunks:
-            conditioned = [_stack([self._restore_in_encoder(site, p) for site in chunk]) for p in prompts]
-            restored = self._generate_tiled(conditioned, len(chunk), [], task)
+            conditioned = [_stack([self._restore_in_encoder(site, p, encoder_states[p].outputs[site.name])
+                                   for site in chunk]) for p in prompts]
+            restored = self._generate(conditioned, len(chunk), [], task)
             self._split(restored, chunk, scores, images)
         return scores, images
 
-    def _generate_tiled(self, stacked: list[EncodedPrompts], groups: int, interventions, task) -> torch.Tensor:
-        """Rows ordered (group, prompt, seed): group j's rows are its block of the batch."""
+    def _generate(self, stacked: list[EncodedPrompts], groups: int, interventions, task) -> torch.Tensor:
+        """One image per (group, prompt, seed), in that order: ``stacked[p]`` holds prompt p's conditioning for each of
+        the ``groups``, and group j's rows are its block of the batch."""
         encoded = _stack([stacked[p].take([j]) for j in range(groups) for p, _ in self.rows])
         seeds = [seed for _ in range(groups) for _, seed in self.rows]
         start = time.perf_counter()
@@ -115,12 +111,10 @@ class Tracer:
         self.timings["generation_s"] += time.perf_counter() - start
         return images
 
-    def _restore_in_encoder(self, site: Site, prompt: int) -> EncodedPrompts:
-        recorder = ActivationRecorder([site.name])
-        with recorder.installed(self.adapter):
-            self.adapter.encode([self.request.prompts[prompt]])
+    def _restore_in_encoder(self, site: Site, prompt: int, clean: list[torch.Tensor]) -> EncodedPrompts:
+        """Prompt ``prompt`` encoded corrupted, with ``site``'s ``clean`` outputs written back at the concept."""
         positions = self.positions[prompt] if self.request.restore_tokens == "all" else self.positions[prompt][-1:]
-        return self._encode(prompt, [ActivationPatch(site.name, recorder.outputs[site.name], positions=positions)])
+        return self._encode(prompt, [ActivationPatch(site.name, clean, positions=positions)])
 
     def _split(self, restored: torch.Tensor, chunk: list[Site], scores: dict, images: dict) -> None:
         for site, group in zip(chunk, restored.split(len(self.rows))):

@@ -46,3 +46,9 @@ def tiny_clip_folder(tiny_dir):
     from locoedit.testing import tiny_clip
 
     return tiny_clip(tiny_dir / "clip")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_stats_cache(tmp_path_factory):
+    """Preservation statistics are cached in a folder of the test session's own, never in the user's cache."""
+    os.environ["LOCOEDIT_CACHE"] = str(tmp_path_factory.mktemp("locoedit-cache"))

@@ -41,7 +41,8 @@ def apply_delta_to_folder(model: str, delta_path: str | Path, out_dir: str | Pat
 
     The folder is written next to ``out_dir`` and renamed into place, so ``out_dir`` holds a complete pipeline or
     nothing; an existing non-empty ``out_dir`` is refused. The model is loaded in the dtype the delta was computed
-    for. The base folder's ``locoedit.json`` (how the model is meant to be sampled and scored) is carried over;
+    for. The base folder's ``locoedit.json`` (how the model is meant to be sampled, scored and edited) is carried over
+    with the preservation corpus it names;
     ``readme`` (a model card) is written as ``README.md``.
     """
     out_dir = check_writable(out_dir)
@@ -61,6 +62,9 @@ def apply_delta_to_folder(model: str, delta_path: str | Path, out_dir: str | Pat
         base_settings = Path(resolve_model(model)) / DEFAULTS_FILE
         if base_settings.is_file():
             shutil.copy2(base_settings, staging / DEFAULTS_FILE)
+            corpus = adapter.recommended.edit.corpus if adapter.recommended.edit else None
+            if corpus is not None:  # the preservation corpus that locoedit.json names, beside it
+                shutil.copy2(corpus, staging / Path(corpus).name)
         if readme is not None:
             (staging / "README.md").write_text(readme)
         record.write(staging / APPLIED_FILE)

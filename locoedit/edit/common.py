@@ -24,6 +24,11 @@ def check_positive(name: str, value: float, flag: str) -> None:
         raise LocoeditError(f"{name} must be a finite number > 0, got {value!r}; pass e.g. {flag} 0.1")
 
 
+def check_non_negative(name: str, value: float, flag: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise LocoeditError(f"{name} must be a finite number >= 0 (0 turns it off), got {value!r}; pass e.g. {flag} 1")
+
+
 def check_texts(values: tuple, message: str) -> None:
     """Raise ``message`` if any of ``values`` is not text or only whitespace."""
     if any(not isinstance(v, str) or not v.strip() for v in values):

@@ -1,13 +1,12 @@
 """LocoEdit: rewrite the key and value projections of the localized cross-attention layers in closed form.
 
 For each edited projection ``W`` the concept's text rows should produce what the target's rows produce today, while
-``W`` moves as little as possible (:mod:`locoedit.edit.closed_form`). Which rows: :mod:`locoedit.edit.rows`.
-Preservation prompts add rows that map to themselves (``X_p -> X_p``), as UCE does.
+the outputs of the rows to preserve, and ``W`` itself, move as little as possible (:mod:`locoedit.edit.closed_form`).
+Which rows: :mod:`locoedit.edit.rows`; what is preserved: :mod:`locoedit.edit.preservation`.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,9 +17,28 @@ from locoedit.core.errors import LocoeditError
 from locoedit.core.formats import JsonRecord
 from locoedit.core.lowrank import LowRank, Workspace, check_low_rank_fits
 from locoedit.core.progress import ProgressCallback
-from locoedit.edit.closed_form import edit_factors, edit_matrix
-from locoedit.edit.common import as_tuple, check_positive, check_texts, normalise_common_fields, with_model_defaults
+from locoedit.edit.closed_form import Regulariser, edit_factors, edit_matrix
+from locoedit.edit.common import (
+    as_tuple,
+    check_non_negative,
+    check_positive,
+    check_texts,
+    normalise_common_fields,
+    with_model_defaults,
+)
 from locoedit.edit.layers import auto_localization, resolve_layers
+from locoedit.edit.preservation import (
+    corpus_for,
+    corpus_stats,
+    input_space,
+    moment_sums,
+    names_concept,
+    neighbour_concepts,
+    neighbour_prompts,
+    read_corpus,
+    spaces_of,
+    usable,
+)
 from locoedit.edit.rows import (
     PromptPair,
     TextRows,
@@ -48,7 +66,12 @@ class EditRequest(JsonRecord):
     prompts: tuple[str, ...] = ()  # templates with "{c}", or prompts that contain a concept's text
     layers: tuple[int, ...] | str = "auto"  # indices, "auto" (run LocoGen first), or a LocoGen run folder
     preserve: tuple[str, ...] = ()  # prompts whose keys and values should stay
-    preserve_scale: float = 1.0  # weight of the preservation rows relative to the concept rows
+    preserve_scale: float = 1.0  # weight of each row of ``preserve`` relative to a concept row
+    preserve_neighbours: float = 1.0  # weight of the neighbouring concepts' mean second moment
+    preserve_general: float = 1.0  # weight of the general corpus's mean second moment
+    neighbours: tuple[str, ...] = ()  # concepts to keep; empty = the concept's group in the model's (or shipped) lists
+    preserve_corpus: str | None = None  # general corpus file, one prompt per line; None = the model's, else shipped
+    preserve_stats: str | None = None  # the corpus's statistics from `locoedit stats --out`; None = cache
     lambda_key: float = 0.1
     lambda_value: float = 0.1
     token: str | None = None  # None = the model folder's recommendation, else last-subject
@@ -61,10 +84,11 @@ class EditRequest(JsonRecord):
 
     def __post_init__(self):
         normalise_common_fields(self)
-        for name in ("targets", "preserve"):
+        for name in ("targets", "preserve", "neighbours"):
             object.__setattr__(self, name, as_tuple(getattr(self, name)))
-        check_texts(self.prompts + self.preserve,
-                    "a prompt or preservation prompt is empty; every --prompt and --preserve needs text")
+        check_texts(self.prompts + self.preserve + self.neighbours,
+                    "a prompt, preservation prompt or neighbour is empty; every --prompt, --preserve and --neighbour "
+                    "needs text")
         if not self.targets:
             raise LocoeditError("give --target: what the concept should become (e.g. --target 'a painting'; "
                                 "--target '' removes it)")
@@ -81,6 +105,8 @@ class EditRequest(JsonRecord):
         check_positive("lambda_key", self.lambda_key, "--lambda-key")
         check_positive("lambda_value", self.lambda_value, "--lambda-value")
         check_positive("preserve_scale", self.preserve_scale, "--preserve-scale")
+        check_non_negative("preserve_neighbours", self.preserve_neighbours, "--preserve-neighbours")
+        check_non_negative("preserve_general", self.preserve_general, "--preserve-general")
 
     @property
     def all_targets(self) -> tuple[str, ...]:
@@ -98,16 +124,10 @@ class EditRequest(JsonRecord):
 class EditRows:
     concept: TextRows  # X_o
     target: TextRows  # X_t, aligned row by row with ``concept``
-    preserve: TextRows | None  # X_p, mapped to themselves
     pairs: list[PromptPair]
 
-    def matrices(self, layer: CrossAttentionLayer, preserve_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stacked (sources, targets) [rows, in] for ``layer``, preservation rows weighted by sqrt(scale)."""
-        sources, targets = self.concept.at(layer), self.target.at(layer)
-        if self.preserve is not None:
-            kept = self.preserve.at(layer) * math.sqrt(preserve_scale)
-            sources, targets = torch.cat([sources, kept]), torch.cat([targets, kept])
-        return sources, targets
+    def matrices(self, layer: CrossAttentionLayer) -> tuple[torch.Tensor, torch.Tensor]:  # [rows, in] float64 x2
+        return self.concept.at(layer), self.target.at(layer)
 
 
 def build_rows(adapter: Adapter, request: EditRequest) -> EditRows:
@@ -116,10 +136,60 @@ def build_rows(adapter: Adapter, request: EditRequest) -> EditRows:
     aligned = [aligned_positions(adapter, pair, request.token) for pair in pairs]
     concept = encode_rows(adapter, [p.prompt for p in pairs], [a for a, _ in aligned])
     target = encode_rows(adapter, [p.target_prompt for p in pairs], [b for _, b in aligned])
-    preserve = None
+    return EditRows(concept, target, pairs)
+
+
+@dataclass
+class Preservation:
+    """The preservation second moment ``C`` per input space, and how many prompts of each source went into it."""
+
+    moments: dict[str, torch.Tensor]  # input space -> [in, in] float64
+    counts: dict[str, int]  # source -> prompts
+
+    def regulariser(self, layer: CrossAttentionLayer, lam: float) -> Regulariser:
+        return Regulariser(lam, self.moments.get(input_space(layer)))
+
+
+def build_preservation(adapter: Adapter, request: EditRequest, layers: list[CrossAttentionLayer]) -> Preservation:
+    """``C`` = preserve_neighbours x mean over the neighbours' rows + preserve_general x mean over the general
+    corpus's rows + preserve_scale x the sum over the explicit ``preserve`` prompts' rows."""
+    request = with_model_defaults(request, adapter)
+    spaces = spaces_of(layers)
+    moments: dict[str, torch.Tensor] = {}
+    counts = {"neighbours": 0, "general": 0, "explicit": len(request.preserve)}
+
+    def add(sums: dict[str, torch.Tensor], weight: float) -> None:
+        for space in spaces:
+            moments[space] = weight * sums[space] + moments.get(space, 0)
+
+    if request.preserve_neighbours > 0:
+        neighbours = neighbour_concepts(adapter, request.concepts, request.kind, request.neighbours)
+        prompts = neighbour_prompts(request.concepts, request.prompt_set, neighbours)
+        if prompts:
+            prompts = usable(adapter, prompts, "the neighbours' prompts")
+            sums, rows = moment_sums(adapter, prompts, spaces)
+            add(sums, request.preserve_neighbours / rows)
+            counts["neighbours"] = len(prompts)
+    if request.preserve_general > 0:
+        source = corpus_for(adapter, request.preserve_corpus)
+        corpus = usable(adapter, read_corpus(source), f"preservation corpus {source}")
+        stats = corpus_stats(adapter, corpus, request.preserve_stats)
+        naming = [p for p in corpus if any(names_concept(p, c) for c in request.concepts)]
+        if len(naming) == len(corpus):
+            raise LocoeditError(f"every prompt of preservation corpus {source} names an edited concept, so none is "
+                                "left to preserve; give a corpus of other prompts (--preserve-corpus)")
+        sums, rows = dict(stats.sums), stats.rows
+        if naming:  # left out: the edit is meant to change them
+            left_out, left_out_rows = moment_sums(adapter, naming, spaces_of(adapter.layers))
+            sums = {space: sums[space] - left_out[space] for space in sums}
+            rows -= left_out_rows
+        add(sums, request.preserve_general / rows)
+        counts["general"] = len(corpus) - len(naming)
     if request.preserve:
-        preserve = encode_rows(adapter, list(request.preserve), all_real_positions(adapter, request.preserve))
-    return EditRows(concept, target, preserve, pairs)
+        explicit = encode_rows(adapter, list(request.preserve), all_real_positions(adapter, request.preserve))
+        add({space: explicit.at(layer).T @ explicit.at(layer) for space, layer in spaces.items()},
+            request.preserve_scale)
+    return Preservation(moments, counts)
 
 
 def compute_edit(adapter: Adapter, request: EditRequest, layers: list[CrossAttentionLayer] | None = None,
@@ -130,19 +200,23 @@ def compute_edit(adapter: Adapter, request: EditRequest, layers: list[CrossAtten
         auto = auto_localization(request, request.pairs()) if request.layers == "auto" else None
         layers = resolve_layers(adapter, request.layers, auto, progress)
     rows = build_rows(adapter, request)
+    preservation = build_preservation(adapter, request, layers)
     tensors, factors, originals, report = {}, {}, {}, []
     workspace = Workspace()
+    regularisers: dict[tuple[str, float], Regulariser] = {}  # one factorisation per input space and lambda
     for layer in layers:
-        sources, targets = rows.matrices(layer, request.preserve_scale)  # [rows, in] float64
+        sources, targets = rows.matrices(layer)  # [rows, in] float64
         for projection, lam in zip(layer.edit_projections, (request.lambda_key, request.lambda_value)):
             name = f"{layer.name}.{projection}.weight"
             weight = getattr(layer.module, projection).weight  # [out, in]
-            if len(sources) < min(weight.shape):  # the update S^T X_o has rank <= rows: keep its factors
-                update, objective = edit_factors(weight, sources, targets, lam, workspace)
+            key = (input_space(layer), lam)
+            regulariser = regularisers.setdefault(key, preservation.regulariser(layer, lam))
+            if len(sources) < min(weight.shape):  # the update S^T V has rank <= rows: keep its factors
+                update, objective = edit_factors(weight, sources, targets, regulariser, workspace)
                 check_low_rank_fits(weight, update, name)
                 factors[name] = LowRank(update.up.cpu(), update.down.cpu())
             else:
-                new, objective = edit_matrix(weight, sources, targets, lam, name, workspace)
+                new, objective = edit_matrix(weight, sources, targets, regulariser, name, workspace)
                 tensors[name] = new.cpu()
             originals[name] = describe_original(weight)
             report.append({"parameter": name, "objective": objective})
@@ -152,7 +226,7 @@ def compute_edit(adapter: Adapter, request: EditRequest, layers: list[CrossAtten
             "prompt_pairs": [[p.prompt, p.target_prompt] for p in rows.pairs],
             "concept_rows": len(rows.concept),
             "concept_positions": rows.concept.positions(),
-            "preserve_rows": 0 if rows.preserve is None else len(rows.preserve),
+            "preserve_prompts": preservation.counts,
             "objectives": report,
         }
     )

@@ -11,11 +11,13 @@ import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from locoedit import toyworld
+from locoedit.core.errors import LocoeditError
 from locoedit.models.base import (
     Adapter,
     EditDefaults,
@@ -30,7 +32,6 @@ from locoedit.models.deepfloyd_if import DeepFloydIFAdapter
 from locoedit.models.pixart import PixArtAlphaAdapter
 from locoedit.models.stable_diffusion import StableDiffusionAdapter
 from locoedit.models.stable_diffusion_xl import StableDiffusionXLAdapter
-from locoedit.core.errors import LocoeditError
 
 __all__ = [
     "Adapter",
@@ -178,4 +179,14 @@ def _quiet_loading() -> Iterator[None]:
 def _folder_settings(location: str) -> ModelSettings:
     """What a model folder recommends in ``locoedit.json``; nothing for a hub id or a folder without one."""
     file = Path(location) / DEFAULTS_FILE
-    return ModelSettings.read(file) if file.is_file() else ModelSettings()
+    if not file.is_file():
+        return ModelSettings()
+    settings = ModelSettings.read(file)
+    edit = settings.edit
+    if edit is not None and edit.corpus is not None:  # named relative to the folder
+        corpus = Path(location) / edit.corpus
+        if not corpus.is_file():
+            raise LocoeditError(f"{file} names the preservation corpus {edit.corpus!r}, which is not in {location}; "
+                                "put the file there or remove edit.corpus")
+        settings = replace(settings, edit=replace(edit, corpus=str(corpus)))
+    return settings

@@ -129,6 +129,8 @@ class EditDefaults:
 
     token: str | None = None  # which token rows an edit reads (locoedit.edit.rows.TOKEN_CHOICES)
     templates: dict[str, list[str]] = field(default_factory=dict)  # per kind, prompt templates in its vocabulary
+    neighbours: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # kind -> group -> concepts to keep
+    corpus: str | None = None  # general preservation corpus: a file in the model folder, one prompt per line
 
 
 @dataclass(frozen=True)

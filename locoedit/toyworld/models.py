@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -81,8 +82,40 @@ EDIT_TEMPLATES = {
     "fact": ["{c}", "{c} on black", "{c} on white", "{c} on gray", "{c} in the style of klimt",
              "{c} in the style of hokusai"],
 }
+# What an edit keeps by default: the edited concept's group (the other shapes for a shape), and a general corpus of
+# captions from the training distribution (PRESERVATION_CORPUS_SIZE of them, drawn with a fixed seed).
+_VOCAB = load_vocab()
+NEIGHBOURS = {
+    "object": {"shapes": list(_VOCAB.shapes), "colors": list(_VOCAB.colors), "textures": list(_VOCAB.textures)},
+    "style": {"styles": [f"in the style of {style}" for style in _VOCAB.styles]},
+    "fact": {"facts": list(_VOCAB.facts)},
+}
+PRESERVATION_CORPUS_FILE = "preservation_corpus.txt"
+PRESERVATION_CORPUS_SIZE = 500
 MODEL_SETTINGS = {"format": "locoedit.model/1", "generation": DEFAULTS, "scorer": "toyworld",
-                  "edit": {"token": "from-concept", "templates": EDIT_TEMPLATES}}
+                  "edit": {"token": "from-concept", "templates": EDIT_TEMPLATES, "neighbours": NEIGHBOURS,
+                           "corpus": PRESERVATION_CORPUS_FILE}}
+
+
+def preservation_corpus() -> list[str]:
+    """Distinct non-empty captions from the training distribution, in the order drawn (seed 0)."""
+    from .world import sample_caption
+
+    rng = np.random.default_rng(0)
+    captions: dict[str, None] = {}
+    while len(captions) < PRESERVATION_CORPUS_SIZE:
+        caption = sample_caption(rng)
+        if caption:
+            captions[caption] = None
+    return list(captions)
+
+
+def write_model_settings(folder: Path) -> None:
+    """``locoedit.json`` and the preservation corpus it names, into a pipeline folder."""
+    (folder / "locoedit.json").write_text(json.dumps(MODEL_SETTINGS, indent=2) + "\n")
+    (folder / PRESERVATION_CORPUS_FILE).write_text(
+        "# Captions from the toy world's training distribution: what a toy-world edit preserves by default.\n"
+        + "\n".join(preservation_corpus()) + "\n")
 
 SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
 

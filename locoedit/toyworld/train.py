@@ -37,7 +37,6 @@ from . import WEIGHTS_DIR
 from .evaluate import check_prompt_following, format_table
 from .models import (
     DEFAULTS,
-    MODEL_SETTINGS,
     MAX_TOKENS,
     build_scheduler,
     build_text_encoder,
@@ -46,6 +45,7 @@ from .models import (
     build_unet,
     build_vae,
     count_params,
+    write_model_settings,
 )
 from .probe import ToyworldProbe
 from .world import ATTRIBUTES, caption_for, describe_scene, render_batch, sample_scene
@@ -287,7 +287,7 @@ def export(pipe, probe: ToyworldProbe, dest: Path, tokenizer_dir: Path) -> None:
     for name in ("vocab.json", "merges.txt"):  # the BPE files too, for readers without `tokenizers`
         shutil.copy(tokenizer_dir / name, tmp / "pipeline" / "tokenizer" / name)
     probe.save(tmp / "probe.safetensors")
-    (tmp / "pipeline" / "locoedit.json").write_text(json.dumps(MODEL_SETTINGS, indent=2) + "\n")
+    write_model_settings(tmp / "pipeline")
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)
 

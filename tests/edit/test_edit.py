@@ -17,7 +17,7 @@ from locoedit.edit.closed_form import (  # noqa: E402
     edit_objective,
     to_model_dtype,
 )
-from locoedit.edit.locoedit import EditRequest, build_rows, compute_edit  # noqa: E402
+from locoedit.edit.locoedit import EditRequest, build_preservation, build_rows, compute_edit  # noqa: E402
 from locoedit.edit.rows import (  # noqa: E402
     aligned_positions,
     all_real_positions,
@@ -41,7 +41,9 @@ def tiny(family, tmp_path, seed=0, dtype=None):
 
 
 def request(**overrides):
-    base = dict(model="tiny", concepts=("van gogh",), targets=("a painting",), kind="style", layers=(1,))
+    """An edit request; without preservation unless asked (its own tests below), so the concept rows map exactly."""
+    base = dict(model="tiny", concepts=("van gogh",), targets=("a painting",), kind="style", layers=(1,),
+                preserve_neighbours=0.0, preserve_general=0.0)
     base.update(overrides)
     return EditRequest(**base)
 
@@ -106,7 +108,7 @@ def test_edit_factors_are_the_closed_form_update_computed_blockwise():
     w, x_o, x_t = _problem(out=300, inputs=4096, rows=6, seed=4)  # three blocks of rows, as above
     update, objective = edit_factors(w.float(), x_o, x_t, 0.3)  # no workspace given: it makes its own
     exact = closed_form_edit(w.float(), x_o, x_t, 0.3)
-    assert update.up.shape == (300, 6) and torch.equal(update.down, x_o)
+    assert update.up.shape == (300, 6) and torch.allclose(update.down, x_o / 0.3, rtol=1e-15, atol=0)  # V = X_o A^{-1}
     torch.testing.assert_close(w.float().double() + update.up @ update.down, exact, rtol=1e-12, atol=1e-12)
     assert objective == pytest.approx(edit_objective(w.float(), exact, x_o, x_t, 0.3), rel=1e-9)
     with pytest.raises(ValueError, match=r"needs fewer rows than inputs \(got 16 rows of width 16\)"):
@@ -175,22 +177,27 @@ def test_concept_rows_map_to_the_targets_outputs(family, tmp_path):
         assert torch.linalg.norm(old - want) / torch.linalg.norm(want) > 0.05  # it was not so before
 
 
-@pytest.mark.parametrize("token, preserve", [("last-subject", ()), ("all", ("a dog",))])  # factored; dense (n >= in)
-def test_the_key_and_the_value_projection_each_use_their_own_lambda(token, preserve, tmp_path):
-    # Lambdas 100x apart, so that solving a projection with the other one's lambda moves it far beyond round-off.
+@pytest.mark.parametrize("token", ["last-subject", "from-concept"])  # factored (n < in); dense (n >= in)
+def test_the_key_and_the_value_projection_each_use_their_own_lambda(token, tmp_path):
+    # Lambdas 100x apart, so that solving a projection with the other one's lambda moves it far beyond round-off;
+    # with every preservation source on, so that C is part of the textbook formula too.
     adapter = tiny("sd", tmp_path)
-    req = request(layers=(1, 2), lambda_key=0.05, lambda_value=5.0, token=token, preserve=preserve)
+    req = request(layers=(1, 2), lambda_key=0.05, lambda_value=5.0, token=token, preserve=("a dog",),
+                  preserve_neighbours=2.0, preserve_general=3.0)
     delta = compute_edit(adapter, req)
     assert bool(delta.factors) == (token == "last-subject")
     rows, edited = build_rows(adapter, req), delta.edited_values(adapter)
+    preservation = build_preservation(adapter, req, [adapter.layers[1], adapter.layers[2]])
+    assert all(preservation.counts.values())
     for layer in (adapter.layers[1], adapter.layers[2]):
-        sources, targets = (m.double() for m in rows.matrices(layer, req.preserve_scale))
+        sources, targets = (m.double() for m in rows.matrices(layer))
+        moment = preservation.moments["text"]
         for projection, own, other in zip(layer.edit_projections, (0.05, 5.0), (5.0, 0.05)):
             weight = getattr(layer.module, projection).weight.detach().double()
 
-            def textbook(lam):  # (W X_t^T X_o + lam W)(X_o^T X_o + lam I)^{-1}, written out here
-                system = sources.T @ sources + lam * torch.eye(sources.shape[1], dtype=torch.float64)
-                return torch.linalg.solve(system, (weight @ targets.T @ sources + lam * weight).T).T
+            def textbook(lam):  # (W X_t^T X_o + W A)(X_o^T X_o + A)^{-1}, A = C + lam I, written out here
+                a = moment + lam * torch.eye(sources.shape[1], dtype=torch.float64)
+                return torch.linalg.solve(sources.T @ sources + a, (weight @ targets.T @ sources + weight @ a).T).T
 
             got = edited[f"{layer.name}.{projection}.weight"].double()
             expected, swapped = textbook(own), textbook(other)

@@ -37,10 +37,12 @@ def tiny(family, folder):
 
 
 def strong_edit(adapter):
-    """An edit of every layer with small lambdas, so that it changes the images far beyond the tolerance."""
+    """An edit of every layer with small lambdas and nothing preserved, so that it changes the images far beyond the
+    tolerance."""
     return compute_edit(adapter, EditRequest(model="tiny", concepts=("van gogh",), targets=("a painting",),
                                              kind="style", layers=tuple(range(len(adapter.layers))),
-                                             lambda_key=0.01, lambda_value=0.01))
+                                             lambda_key=0.01, lambda_value=0.01, preserve_neighbours=0.0,
+                                             preserve_general=0.0))
 
 
 def images(adapter, prompt=PROMPT):
@@ -153,9 +155,9 @@ def test_pixart_is_refused_because_diffusers_has_no_lora_loader_for_it(tmp_path)
 
 def test_dense_parameters_and_biases_are_refused_with_the_reason(tmp_path):
     full_rank = compute_edit(tiny("sd", tmp_path / "tok"), EditRequest(
-        model="tiny", concepts=("van gogh",), targets=("a painting",), kind="style", layers=(1,), token="all",
-        preserve=("a dog",)))
-    assert full_rank.tensors  # 18 rows >= 16: stored as new values
+        model="tiny", concepts=("van gogh",), targets=("a painting",), kind="style", layers=(1,),
+        token="from-concept"))
+    assert full_rank.tensors  # 4 prompts x every padded row >= 16: stored as new values
     with pytest.raises(LocoeditError, match="stored as new values, not as a low-rank update"):
         lora_tensors(full_rank, "peft")
     neurons = compute_neuron_edit(tiny("if", tmp_path / "if"), NeuronRequest(

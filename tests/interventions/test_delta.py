@@ -17,14 +17,14 @@ from locoedit.edit.apply import apply_delta_to_folder  # noqa: E402
 from locoedit.interventions.delta import EditDelta, architecture_fingerprint, tensor_sha256  # noqa: E402
 from locoedit.core.lowrank import LowRank  # noqa: E402
 from locoedit.edit.closed_form import edit_matrix  # noqa: E402
-from locoedit.edit.locoedit import build_rows  # noqa: E402
+from locoedit.edit.locoedit import build_preservation, build_rows  # noqa: E402
 from locoedit.edit import EditRequest, compute_edit  # noqa: E402
 from locoedit.core.errors import LocoeditError  # noqa: E402
 from locoedit.testing import TINY_PIPELINES  # noqa: E402
 
-# 18 rows ("all" tokens and a preserved prompt) >= min(16, 16): stored dense; 4 last-subject rows: stored as factors.
+# from-concept: 4 prompts x every padded row >= min(16, 16): stored dense; 4 last-subject rows: stored as factors.
 REQUEST = EditRequest(model="tiny-sd", concepts=("van gogh",), targets=("a painting",), kind="style", layers=(1, 2),
-                      preserve=("a dog",), lambda_key=0.2, lambda_value=0.3, token="all")
+                      preserve=("a dog",), lambda_key=0.2, lambda_value=0.3, token="from-concept")
 LOW_RANK = EditRequest(model="tiny-sd", concepts=("van gogh",), targets=("a painting",), kind="style", layers=(1, 2),
                        lambda_key=0.2, lambda_value=0.3, token="last-subject")
 
@@ -230,12 +230,13 @@ def test_factors_are_the_exact_closed_form_update_and_apply_rounds_it_once(sd):
     rows = build_rows(sd, LOW_RANK)
     parameters = dict(sd.denoiser.named_parameters())
     layer = sd.layers[1]
-    sources, targets = rows.matrices(layer, LOW_RANK.preserve_scale)
+    sources, targets = rows.matrices(layer)
+    regulariser = build_preservation(sd, LOW_RANK, [layer]).regulariser(layer, LOW_RANK.lambda_key)
     name = f"{layer.name}.to_k.weight"
     update = delta.factors[name]
     assert update.rank == len(sources) == 4 and update.up.dtype == torch.float64
-    assert torch.equal(update.down, sources)  # V = X_o: the update lies in the concept rows' span
-    dense, _ = edit_matrix(parameters[name], sources, targets, LOW_RANK.lambda_key)
+    assert torch.allclose(update.down, regulariser.solve(sources.T).T, rtol=1e-12, atol=0)  # V = X_o A^{-1}
+    dense, _ = edit_matrix(parameters[name], sources, targets, regulariser)
     assert torch.equal(delta.edited_values(sd)[name], dense)  # the same bits as the dense path
     expected = (parameters[name].detach().double() + update.up @ update.down).float()
     assert torch.equal(dense, expected)

@@ -38,7 +38,8 @@ class ConceptScorer(Scorer):
     Optional abilities (used by ``locoedit.evaluate``; the defaults say "not available"):
     ``presence_threshold`` (a score at or above it means the concept is in the image), ``check_concept``,
     ``features`` (image features for a Frechet distance), ``predict`` (every attribute the scorer reads) and
-    ``concept_attributes`` (which of those attributes a concept stands for).
+    ``concept_attributes`` (which of those attributes a concept stands for). ``follows`` (does an image show what its
+    prompt asks) is zero-shot classification among a suite's concepts unless a scorer knows better.
     """
 
     presence_threshold: float | None = None
@@ -60,6 +61,12 @@ class ConceptScorer(Scorer):
     def concept_attributes(self, concept: str) -> set[str]:
         """The attributes of ``predict`` that ``concept`` is about (an edit of it may change them)."""
         return set()
+
+    def follows(self, images: Images, prompts: list[str], concepts: list[str], candidates: list[str]) -> list[bool]:
+        """Per image: does it show what its prompt asks? Here: its own ``concepts[i]`` scores highest among
+        ``candidates`` (every concept of the suite), CLIP's zero-shot classification."""
+        scores = torch.stack([self.score(images, candidate) for candidate in candidates], 1)  # [batch, candidates]
+        return [candidates[best] == concept for best, concept in zip(scores.argmax(1).tolist(), concepts)]
 
     def effect(self, reference: Images, images: Images, concept: str) -> torch.Tensor:
         return self.score(reference, concept) - self.score(images, concept)
@@ -158,6 +165,14 @@ class ToyworldScorer(ConceptScorer):
 
     def concept_attributes(self, concept: str) -> set[str]:
         return {attribute for attribute, _ in self.probe.resolve(concept)}
+
+    def follows(self, images: Images, prompts: list[str], concepts: list[str], candidates: list[str]) -> list[bool]:
+        """Per image: every attribute its prompt states (a fact: its colour, shape and texture) is read as stated."""
+        from locoedit.toyworld import parse_caption
+
+        predicted = self.predict(images)
+        return [all(seen.get(attribute) == value for attribute, value in parse_caption(prompt).items()
+                    if attribute in seen) for seen, prompt in zip(predicted, prompts)]
 
     def features(self, images: Images) -> torch.Tensor:  # [batch, 128]
         return self.probe.features(images)

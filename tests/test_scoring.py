@@ -144,3 +144,33 @@ def test_the_toy_probe_effect_is_positive_when_the_concept_is_gone():
                         for seed in range(4)])
     assert (scorer.effect(red, blue, "red") > 0.9).all()  # the probe reads rendered colours at >= 98%
     assert (scorer.effect(blue, red, "red") < -0.9).all()
+
+
+def _rendered(caption, seed=0):
+    from locoedit.toyworld import render
+
+    return torch.from_numpy(render(caption, seed)).permute(2, 0, 1).float() / 255
+
+
+def test_the_toy_world_reads_whether_an_image_shows_every_attribute_its_prompt_states():
+    scorer = make_scorer("toyworld")
+    images = torch.stack([_rendered("a red striped circle on black"), _rendered("the sun on white"),
+                          _rendered("a blue square in the style of klimt")])
+    prompts = ["a red striped circle on black", "the sun on white", "a blue square in the style of klimt"]
+    assert scorer.follows(images, prompts, ["", "", ""], []) == [True, True, True]
+    wrong = ["a green striped circle on black", "the ocean on white", "a blue square in the style of hokusai"]
+    assert scorer.follows(images, wrong, ["", "", ""], []) == [False, False, False]
+    assert scorer.follows(images[:1], ["a circle"], [""], []) == [True]  # only what the prompt states counts
+
+
+def test_without_a_reader_of_attributes_following_is_zero_shot_among_the_suites_concepts():
+    class ChannelScorer(ConceptScorer):  # "red" / "green" / "blue": the mean of that channel
+        spec = "channel"
+
+        def score(self, images, concept):
+            return images[:, ["red", "green", "blue"].index(concept)].flatten(1).mean(1)
+
+    images = torch.zeros(3, 3, 4, 4)
+    images[0, 0], images[1, 1], images[2, 2] = 1.0, 1.0, 1.0
+    concepts = ["red", "green", "red"]
+    assert ChannelScorer().follows(images, ["p"] * 3, concepts, ["red", "green", "blue"]) == [True, True, False]

@@ -255,7 +255,12 @@ def edit(
     prompt: Prompts = None,
     layers: Layers = default(E, "layers"),
     preserve: Annotated[list[str] | None, typer.Option("--preserve", help="Prompt whose keys and values should stay (repeat).")] = None,
-    preserve_scale: Annotated[float, typer.Option(help="Weight of the preservation rows.")] = default(E, "preserve_scale"),
+    preserve_scale: Annotated[float, typer.Option(help="Weight of each --preserve prompt's rows.")] = default(E, "preserve_scale"),
+    preserve_neighbours: Annotated[float, typer.Option(help="Weight of the neighbouring concepts (the concept's group); 0: off.")] = default(E, "preserve_neighbours"),
+    preserve_general: Annotated[float, typer.Option(help="Weight of the general prompt corpus; 0: off.")] = default(E, "preserve_general"),
+    neighbour: Annotated[list[str] | None, typer.Option("--neighbour", help="Concept to keep (repeat); default: the concept's group in the model's lists.")] = None,
+    preserve_corpus: Annotated[Path | None, typer.Option(help="General corpus: a text file, one prompt per line (default: the model's, else locoedit's).")] = None,
+    preserve_stats: Annotated[Path | None, typer.Option(help="The corpus's statistics from `locoedit stats --out` (default: cached).")] = None,
     lambda_key: Annotated[float, typer.Option("--lambda-key", help="Regulariser of the key edits (> 0).")] = default(E, "lambda_key"),
     lambda_value: Annotated[float, typer.Option("--lambda-value", help="Regulariser of the value edits (> 0).")] = default(E, "lambda_value"),
     token: Token = default(E, "token"),
@@ -269,12 +274,44 @@ def edit(
     request = EditRequest(
         model=model, concepts=tuple(concept), targets=tuple(target or ()), kind=kind, prompts=tuple(prompt or ()),
         layers=parse_layers(layers), preserve=tuple(preserve or ()), preserve_scale=preserve_scale,
-        lambda_key=lambda_key, lambda_value=lambda_value, token=token, dtype=dtype, device=device,
+        preserve_neighbours=preserve_neighbours, preserve_general=preserve_general, neighbours=tuple(neighbour or ()),
+        preserve_corpus=None if preserve_corpus is None else str(preserve_corpus),
+        preserve_stats=None if preserve_stats is None else str(preserve_stats), lambda_key=lambda_key, lambda_value=lambda_value, token=token, dtype=dtype, device=device,
         auto_window=window,
     )
     delta = edit_to_file(request, out, progress=ctx.obj)
     names = ", ".join(str(layer["index"]) for layer in delta.layers)
     typer.echo(f"edited layers {names} ({len(delta.parameters)} matrices, {delta.settings['concept_rows']} concept rows) -> {out}")
+
+
+@app.command()
+@user_errors
+def stats(
+    model: Model,
+    corpus: Annotated[Path | None, typer.Option(help="Prompt corpus, one per line (default: the model's, else locoedit's).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Statistics file to write (default: locoedit's cache, reused by edits).")] = None,
+    dtype: Dtype = default(E, "dtype"),
+    device: Device = None,
+):
+    """Precompute the preservation statistics (second moments of a prompt corpus's text rows) that edits use."""
+    from locoedit.core.dtypes import dtype_named
+    from locoedit.edit.preservation import compute_stats, corpus_for, corpus_stats, read_corpus
+    from locoedit.models import load_adapter
+
+    if out is not None and out.suffix != ".safetensors":
+        raise LocoeditError(f"--out {out} must end in .safetensors")
+    adapter = load_adapter(model, dtype_named(dtype), device)
+    source = corpus_for(adapter, None if corpus is None else str(corpus))
+    prompts = read_corpus(source)
+    if out is None:
+        computed = corpus_stats(adapter, prompts)
+        where = "the cache (edits of this model with this corpus reuse it)"
+    else:
+        computed = compute_stats(adapter, prompts)
+        computed.save(out)
+        where = f"{out} (pass it to edits with --preserve-stats)"
+    typer.echo(f"{computed.prompts} prompts of {source}, {computed.rows} text rows, {len(computed.sums)} input "
+               f"space(s) -> {where}")
 
 
 @app.command()
@@ -383,7 +420,8 @@ def evaluate(
         return "-" if value is None else (f"{100 * value:.1f}%" if percent else f"{value:.4g}")
 
     typer.echo(f"  efficacy {show(headline.efficacy)}  generalization {show(headline.generalization)}  "
-               f"specificity {show(headline.specificity)}  other attributes {show(headline.other_attributes)}")
+               f"specificity {show(headline.specificity)}  identity {show(headline.identity)}  "
+               f"other attributes {show(headline.other_attributes)}")
     typer.echo(f"  concept score {show(headline.concept_score_before, False)} -> "
                f"{show(headline.concept_score_after, False)}; unrelated SSIM {show(headline.ssim, False)}, "
                f"PSNR {show(headline.psnr, False)} dB; Frechet distance {show(headline.frechet_distance, False)}")

@@ -176,6 +176,12 @@ def evaluate(
         scores_after[index] = scorer.score(after[index], concept).float()
     similarity, peak = ssim(before, after), psnr(before, after)
     attributes_before, attributes_after = scorer.predict(before), scorer.predict(after)
+    others = [i for i, item in enumerate(items) if item.group in ("neighbours", "unrelated")]
+    follows = {}
+    if others:
+        prompts_, concepts_ = [items[i].prompt for i in others], [items[i].concept for i in others]
+        for name, images in (("follows_before", before), ("follows_after", after)):
+            follows[name] = dict(zip(others, scorer.follows(images[others], prompts_, concepts_, suite.concepts)))
     features_before = scorer.features(before)
     features = None if features_before is None else (features_before, scorer.features(after))
     scored = [
@@ -183,6 +189,7 @@ def evaluate(
             item, score_before=scores_before[i].item(), score_after=scores_after[i].item(), ssim=similarity[i].item(),
             psnr=peak[i].item(), attributes_before=None if attributes_before is None else attributes_before[i],
             attributes_after=None if attributes_after is None else attributes_after[i],
+            **{name: values.get(i) for name, values in follows.items()},
         )
         for i, item in enumerate(items)
     ]

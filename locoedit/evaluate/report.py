@@ -46,14 +46,19 @@ def _metric_rows(result: EvaluationResult) -> list[tuple[str, str, str, str, str
             rows.append((f"specificity: attributes unchanged ({group})", "", percent(entry.attributes_unchanged), "", ""))
         rows.append((f"specificity: SSIM / PSNR to unedited ({group})", "",
                      f"{number(entry.ssim)} / {number(entry.psnr)} dB", "", ""))
-    if specificity.rate is not None:
-        rows.append(("specificity: neighbour and unrelated images unchanged", "", percent(specificity.rate), "",
+    if specificity.follows_before is not None:
+        rows.append(("specificity: neighbour and unrelated images showing what their prompt asks",
+                     percent(specificity.follows_before), percent(specificity.follows_after),
+                     f"{percent(specificity.rate)} of before" if specificity.rate is not None else "",
                      target("specificity")))
+    if specificity.identity is not None:
+        rows.append((f"identity: {specificity.identity_basis}", "", percent(specificity.identity), "",
+                     target("identity")))
     other = specificity.other_attributes
     if other is not None:
         ignored = ", ".join(other.ignored) or "none"
-        rows.append((f"specificity: other attributes unchanged on concept prompts (ignoring {ignored})", "",
-                     percent(other.rate), "", target("other_attributes")))
+        rows.append((f"other attributes unchanged on concept prompts (ignoring {ignored})", "",
+                     percent(other.rate), "", ""))
     quality = metrics.quality
     if quality.frechet_distance is not None:
         rows.append((f"quality: Frechet distance before vs after ({quality.features})", "",

@@ -61,6 +61,9 @@ class ControlledScorer(ConceptScorer):
     def concept_attributes(self, concept):
         return {"bright"}
 
+    def follows(self, images, prompts, concepts, candidates):  # "shows its prompt": the reddish ones
+        return [attributes["reddish"] == "True" for attributes in self.predict(images)]
+
     def features(self, images):
         return torch.nn.functional.adaptive_avg_pool2d(images, 2).flatten(1)
 
@@ -141,7 +144,7 @@ def test_an_identity_delta_changes_nothing(adapter, delta, suite):
     result = evaluate(adapter, identity, suite, ControlledScorer(), settings=SETTINGS)
     assert torch.equal(result.before, result.after)
     headline = result.headline
-    assert headline.specificity == 1.0 and headline.other_attributes == 1.0
+    assert headline.specificity == 1.0 and headline.identity == 1.0 and headline.other_attributes == 1.0
     assert headline.ssim == pytest.approx(1.0) and headline.psnr == 100.0
     assert headline.frechet_distance == pytest.approx(0.0, abs=1e-9)
     assert result.metrics.efficacy.absent_before == result.metrics.efficacy.absent_after
@@ -174,11 +177,12 @@ def test_the_delta_is_reverted_when_generation_fails(adapter, delta, suite):
 
 
 def test_rates_from_hand_made_items():
-    def item(group, before, after, attrs_before=("a", "x"), attrs_after=("a", "x"), set_index=0, attributes=True):
+    def item(group, before, after, attrs_before=("a", "x"), attrs_after=("a", "x"), follows=(None, None),
+             attributes=True):
         return EvaluationItem(
-            group, set_index, 0, "p", "c", 0, "b.png", "a.png", before, after, 1.0, 50.0,
+            group, 0, 0, "p", "c", 0, "b.png", "a.png", before, after, 1.0, 50.0,
             {"bright": attrs_before[0], "reddish": attrs_before[1]} if attributes else None,
-            {"bright": attrs_after[0], "reddish": attrs_after[1]} if attributes else None,
+            {"bright": attrs_after[0], "reddish": attrs_after[1]} if attributes else None, *follows,
         )
 
     rows = [
@@ -188,23 +192,25 @@ def test_rates_from_hand_made_items():
         ("concept", 0.9, 0.3),  # removed
         ("paraphrases", 0.9, 0.6),
         ("paraphrases", 0.9, 0.2),
-        ("neighbours", 0.9, 0.9),
-        ("neighbours", 0.9, 0.9, ("a", "x"), ("a", "y")),  # a neighbour changed
-        ("unrelated", 0.1, 0.1),
-        ("unrelated", 0.1, 0.1),
+        ("neighbours", 0.9, 0.9, ("a", "x"), ("a", "x"), (True, True)),
+        ("neighbours", 0.9, 0.9, ("a", "x"), ("a", "y"), (True, False)),  # a neighbour changed, no longer as asked
+        ("unrelated", 0.1, 0.1, ("a", "x"), ("a", "x"), (True, True)),
+        ("unrelated", 0.1, 0.1, ("a", "x"), ("a", "x"), (False, False)),  # never showed its prompt
     ]
     metrics = Metrics.of([item(*row) for row in rows], ControlledScorer(0.5), "c", None)
     assert metrics.efficacy.absent_before == 0.25 and metrics.efficacy.rate == 0.75
     assert metrics.generalization.rate == 0.5
-    assert metrics.specificity.rate == 0.75
-    assert metrics.specificity.neighbours.attributes_unchanged == 0.5
+    specificity = metrics.specificity
+    assert (specificity.follows_before, specificity.follows_after) == (0.75, 0.5)
+    assert specificity.rate == pytest.approx(2 / 3)  # relative to before: the one never right does not count against
+    assert specificity.identity == 0.75 and specificity.neighbours.attributes_unchanged == 0.5
     other = metrics.specificity.other_attributes
     assert other.rate == 5 / 6 and other.per_attribute == {"reddish": 5 / 6}
     assert metrics.quality.frechet_distance is None
     # Without predict and without a threshold only the means are reported.
     plain = [item(*row[:3], attributes=False) for row in rows]
     metrics = Metrics.of(plain, ControlledScorer(None), "c", None)
-    assert metrics.efficacy.rate is None and metrics.specificity.rate is None
+    assert metrics.efficacy.rate is None and metrics.specificity.rate is None and metrics.specificity.identity is None
     assert metrics.efficacy.score.before == pytest.approx((0.9 * 3 + 0.2) / 4)
 
 

@@ -2,13 +2,15 @@
 
 A suite (``locoedit/data/suites/NAME.json`` or any JSON file of the same form) names the concept text to score,
 prompts that show the concept, paraphrases of them, neighbouring concepts (each with its own prompts and its own
-concept text), unrelated prompts, and seeds.
+concept text), unrelated prompts, and seeds: its **test** split, what ``locoedit evaluate`` reports. An optional
+``"validation"`` object holds a second split of the same groups, with other prompts and other seeds, on which
+``locoedit tune`` chooses settings. A suite without one is all test split (suites written before splits existed).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
@@ -53,7 +55,9 @@ class SuiteItem:
 
 
 _REQUIRED = ("name", "kind", "concept", "concept_prompts", "paraphrases", "neighbours", "unrelated", "seeds")
-_OPTIONAL = ("description", "edit_concept", "model", "scorer", "steps", "guidance", "size")
+_OPTIONAL = ("description", "edit_concept", "model", "scorer", "steps", "guidance", "size", "validation")
+_SPLIT_FIELDS = ("concept_prompts", "paraphrases", "neighbours", "unrelated", "seeds")
+SPLITS = ("validation", "test")
 
 
 def _strings(value, where: str, allow_empty: bool = True) -> tuple[str, ...]:
@@ -98,6 +102,39 @@ def _prompt_sets(value, where: str) -> tuple[PromptSet, ...]:
 
 
 @dataclass(frozen=True)
+class SuiteSplit:
+    """The prompts and seeds of one split of a suite (its validation split; the suite's own fields are the test one)."""
+
+    concept_prompts: tuple[str, ...]
+    paraphrases: tuple[str, ...]
+    neighbours: tuple[PromptSet, ...]
+    unrelated: tuple[PromptSet, ...]
+    seeds: tuple[int, ...]
+
+    @classmethod
+    def from_json(cls, value) -> SuiteSplit:
+        if isinstance(value, SuiteSplit):
+            return value
+        if not isinstance(value, dict):
+            raise LocoeditError(f"suite field validation must be an object with {', '.join(_SPLIT_FIELDS)}")
+        missing = [name for name in _SPLIT_FIELDS if name not in value]
+        unknown = sorted(set(value) - set(_SPLIT_FIELDS))
+        if missing or unknown:
+            problem = f"lacks {', '.join(missing)}" if missing else f"has unknown fields {', '.join(unknown)}"
+            raise LocoeditError(f"suite field validation {problem}; it holds {', '.join(_SPLIT_FIELDS)}, like the "
+                                "suite itself")
+        return cls(_strings(value["concept_prompts"], "validation.concept_prompts", allow_empty=False),
+                   _strings(value["paraphrases"], "validation.paraphrases"),
+                   _prompt_sets(value["neighbours"], "validation.neighbours"),
+                   _prompt_sets(value["unrelated"], "validation.unrelated"),
+                   check_seeds(value["seeds"], "suite field validation.seeds"))
+
+    def prompts(self) -> set[str]:
+        return set(self.concept_prompts + self.paraphrases) | {p for s in self.neighbours + self.unrelated
+                                                               for p in s.prompts}
+
+
+@dataclass(frozen=True)
 class EvaluationSuite:
     """What to generate and score to evaluate an edit of one concept. Validates on construction."""
 
@@ -116,6 +153,7 @@ class EvaluationSuite:
     steps: int | None = None  # generation settings; None = the model's defaults
     guidance: float | None = None
     size: int | None = None
+    validation: SuiteSplit | None = None  # the split settings are chosen on; the fields above are the test split
 
     def __post_init__(self):
         for name in ("name", "concept"):
@@ -139,6 +177,38 @@ class EvaluationSuite:
                 raise LocoeditError(f"suite field {name} must be a positive integer or null, got {value!r}")
         if self.guidance is not None and (isinstance(self.guidance, bool) or not isinstance(self.guidance, (int, float))):
             raise LocoeditError(f"suite field guidance must be a number or null, got {self.guidance!r}")
+        if self.validation is not None:
+            validation = SuiteSplit.from_json(self.validation)
+            object.__setattr__(self, "validation", validation)
+            if not validation.neighbours and not validation.unrelated:
+                raise LocoeditError("suite field validation has no neighbours and no unrelated prompts; give at least "
+                                    "one, so that specificity can be measured on it")
+            shared_seeds = sorted(set(validation.seeds) & set(self.seeds))
+            if shared_seeds:
+                raise LocoeditError(f"suite seeds {shared_seeds} are in both the validation and the test split; the "
+                                    "splits need disjoint seeds")
+            shared = sorted(validation.prompts() & self._split().prompts())
+            if shared:
+                raise LocoeditError(f"suite prompts {shared[:3]} are in both the validation and the test split; the "
+                                    "splits need disjoint prompts")
+
+    def _split(self) -> SuiteSplit:
+        return SuiteSplit(self.concept_prompts, self.paraphrases, self.neighbours, self.unrelated, self.seeds)
+
+    def split(self, name: str) -> EvaluationSuite:
+        """The suite of one split: ``test`` (the suite's own prompts and seeds) or ``validation``."""
+        if name not in SPLITS:
+            raise LocoeditError(f"split {name!r} is unknown; use validation or test")
+        if name == "test":
+            return replace(self, validation=None)
+        if self.validation is None:
+            raise LocoeditError(f"suite {self.name!r} has no validation split, so settings cannot be chosen apart from "
+                                "the test prompts; add a \"validation\" object (other prompts and seeds) to the suite "
+                                "file, or use a shipped toy-world suite")
+        v = self.validation
+        return replace(self, name=f"{self.name}:validation", concept_prompts=v.concept_prompts,
+                       paraphrases=v.paraphrases, neighbours=v.neighbours, unrelated=v.unrelated, seeds=v.seeds,
+                       validation=None)
 
     # -- reading and writing
 

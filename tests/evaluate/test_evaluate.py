@@ -272,6 +272,36 @@ def test_bad_suite_files_are_explained(tmp_path, change, message):
     assert message in str(error.value) and str(file) in str(error.value)
 
 
+VALIDATION = {"concept_prompts": ["a tree in the style of van gogh"], "paraphrases": [],
+              "neighbours": [{"concept": "monet", "prompts": ["a tree in the style of monet"]}], "unrelated": [],
+              "seeds": [7]}
+
+
+def test_a_suite_has_a_validation_split_apart_from_its_test_split():
+    suite = EvaluationSuite.from_json({**SUITE, "validation": VALIDATION})
+    validation, test = suite.split("validation"), suite.split("test")
+    assert [(i.prompt, i.seed) for i in validation.items()] == [("a tree in the style of van gogh", 7),
+                                                                ("a tree in the style of monet", 7)]
+    assert test.items() == EvaluationSuite.from_json(SUITE).items()  # the suite's own fields are its test split
+    assert EvaluationSuite.from_json(json.loads(json.dumps(suite.to_json()))) == suite
+    for name in ("toyworld-style-kandinsky", "toyworld-object-circle", "toyworld-fact-sun", "toyworld-color-red",
+                 "toyworld-style-hokusai", "toyworld-style-klimt"):
+        assert EvaluationSuite.load(name).split("validation").items()
+    with pytest.raises(LocoeditError, match="suite 'tiny-van-gogh' has no validation split, so settings cannot be"):
+        EvaluationSuite.from_json(SUITE).split("validation")  # suites from before splits: all test, still loading
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"seeds": [0]}, r"suite seeds \[0\] are in both the validation and the test split; the splits need disjoint"),
+    ({"concept_prompts": ["a house in the style of van gogh"]}, "are in both the validation and the test split"),
+    ({"neighbours": [], "unrelated": []}, "validation has no neighbours and no unrelated prompts"),
+    ({"colour": "red"}, "validation has unknown fields colour"),
+])
+def test_bad_validation_splits_are_explained(change, message):
+    with pytest.raises(LocoeditError, match=message):
+        EvaluationSuite.from_json({**SUITE, "validation": {**VALIDATION, **change}})
+
+
 def test_unknown_suite_names_and_missing_files_are_explained(tmp_path):
     with pytest.raises(LocoeditError, match="unknown suite 'toyworld-style-monet'; shipped suites: .*toyworld-fact-sun"):
         EvaluationSuite.load("toyworld-style-monet")

@@ -292,12 +292,17 @@ def shipped_suites() -> dict[str, Path]:
 
 
 def suite_for_delta(delta: EditDelta, model: str) -> EvaluationSuite:
-    """The shipped suite for the concept a delta edits (when --suite is not given), or a clear error.
+    """The shipped suite for the concept a delta edits (when --suite is not given), or a clear error."""
+    return suite_for_concepts(delta.settings.get("concepts", []), model, delta.settings.get("kind"))
 
-    A suite fits when it scores one of the delta's concepts and is written for this model (or for any model);
-    among several, those written for this very model come first, then those of the delta's kind.
+
+def suite_for_concepts(concepts, model: str, kind: str | None = None) -> EvaluationSuite:
+    """The shipped suite for an edit of ``concepts`` on ``model``, or a clear error.
+
+    A suite fits when it scores one of the concepts and is written for this model (or for any model); among several,
+    those written for this very model come first, then those of the edit's kind.
     """
-    concepts = {c.strip().lower() for c in delta.settings.get("concepts", [])}
+    concepts = {c.strip().lower() for c in concepts}
     location = resolve_model(model)
     matches = []
     for name in shipped_suites():
@@ -305,13 +310,13 @@ def suite_for_delta(delta: EditDelta, model: str) -> EvaluationSuite:
         names = {suite.concept.strip().lower(), suite.edit_concept.strip().lower()} - {""}
         if names & concepts and (suite.model is None or resolve_model(suite.model) == location):
             matches.append(suite)
-    for prefer in (lambda s: s.model is not None, lambda s: s.kind == delta.settings.get("kind")):
+    for prefer in (lambda s: s.model is not None, lambda s: s.kind == kind):
         if len(matches) > 1:
             matches = [s for s in matches if prefer(s)] or matches
     if len(matches) != 1:
         found = "several: " + ", ".join(s.name for s in matches) if matches else "none"
         raise LocoeditError(
-            f"no single shipped suite fits this delta (concepts {sorted(concepts)}, model {model!r}; found {found}); "
+            f"no single shipped suite fits this edit (concepts {sorted(concepts)}, model {model!r}; found {found}); "
             f"pass --suite with a shipped name ({', '.join(shipped_suites())}) or a suite .json file"
         )
     return matches[0]

@@ -242,7 +242,7 @@ def test_the_suite_for_a_delta_is_found_by_its_concept(delta):
     assert suite_for_delta(kandinsky, "toyworld").name == "toyworld-style-kandinsky"
     assert suite_for_delta(replace(delta, settings={**delta.settings, "concepts": ["the sun"]}), "toyworld").kind == "fact"
     unknown = replace(delta, settings={**delta.settings, "concepts": ["a teapot"]})
-    with pytest.raises(LocoeditError, match="no single shipped suite fits this delta.*pass --suite"):
+    with pytest.raises(LocoeditError, match="no single shipped suite fits this edit.*pass --suite"):
         suite_for_delta(unknown, "some/sd-model")
 
 
@@ -385,7 +385,7 @@ def test_cli_bad_input_exits_2_with_one_clear_line(tiny_sd_folder, tmp_path):
     cases = [
         (["--suite", suite_file], "original matrix differs"),  # a delta for another model
         (["--suite", "no-such-suite"], "unknown suite 'no-such-suite'; shipped suites:"),
-        ([], "no single shipped suite fits this delta"),  # concept 'dog' has no shipped suite
+        ([], "no single shipped suite fits this edit"),  # concept 'dog' has no shipped suite
     ]
     fits = tmp_path / "fits.safetensors"
     assert run("edit", tiny_sd_folder, "--concept", "dog", "--target", "cat", "--layers", "1", "--out", fits).exit_code == 0

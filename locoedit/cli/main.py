@@ -168,6 +168,26 @@ def localize(
 
 @app.command()
 @user_errors
+def sweep(
+    ctx: typer.Context,
+    spec: Annotated[Path, typer.Argument(help="JSON: {\"jobs\": [{\"model\", \"prompts\", \"targets\", ...}], \"defaults\": {...}}; a job's keys are localize's request fields, plus an optional folder name.")],
+    out: Annotated[Path, typer.Option(help="Folder: one run folder per job, sweep.json and index.html. Rerun to resume.")],
+    screen: ScreenOption = None,
+):
+    """Many LocoGen jobs from one spec (`accelerate launch` shares every job among its processes)."""
+    from locoedit.workflows.sweep import SweepSpec, run_sweep
+
+    index = run_sweep(SweepSpec.load(spec, Screen.parse(screen) if screen else None), out, progress=ctx.obj)
+    if not is_main_process():
+        return
+    for row in index.jobs:
+        typer.echo(f"{row.name}: {row.concept!r} -> layers {row.chosen} (effect {row.effect:+.4f}, all layers "
+                   f"{row.full_swap_effect:+.4f})")
+    typer.echo(f"wrote {out / 'sweep.json'} and {out / 'index.html'}")
+
+
+@app.command()
+@user_errors
 def trace(
     ctx: typer.Context,
     model: Model,

@@ -253,6 +253,29 @@ class LocoGen:
                                      full_swap, sweeps, images, versions(), totals)
 
 
+def checked(request: LocalizationRequest, adapter: Adapter, scorer: Scorer | None = None,
+            ) -> tuple[LocalizationRequest, Scorer]:
+    """The request with its scorer resolved (recorded in the result), and the scorer; refuses what this model cannot
+    run (window, concept, prompt lengths, settings, screening budget) before any work is done."""
+    num_layers = len(adapter.layers)
+    if request.window != "auto" and request.window > num_layers:
+        raise LocoeditError(
+            f"window {request.window} is larger than the model's {num_layers} cross-attention layers; "
+            f"give --window between 1 and {num_layers}"
+        )
+    scorer = resolve_scorer(request.scorer, scorer, adapter)
+    request = replace(request, scorer=scorer.spec)  # the result records the scorer used
+    if isinstance(scorer, ConceptScorer):
+        scorer.check_concept(request.concept)
+    for prompt in request.prompts + request.targets:
+        adapter.check_length(prompt)
+    settings = adapter.settings(request.steps, request.guidance, request.height, request.width)
+    if request.screen is not None and request.screen.steps >= settings.num_inference_steps:
+        raise LocoeditError(f"screen steps {request.screen.steps} are not fewer than the sweep's "
+                            f"{settings.num_inference_steps}; screening must be cheaper than the sweep it screens")
+    return request, scorer
+
+
 def localize(
     request: LocalizationRequest,
     out: str | Path | None = None,
@@ -276,22 +299,7 @@ def localize(
         check_writable(out)
     if adapter is None:
         adapter = load_adapter(request.model, dtype_named(request.dtype), request.device or processes.device)
-    num_layers = len(adapter.layers)
-    if request.window != "auto" and request.window > num_layers:
-        raise LocoeditError(
-            f"window {request.window} is larger than the model's {num_layers} cross-attention layers; "
-            f"give --window between 1 and {num_layers}"
-        )
-    scorer = resolve_scorer(request.scorer, scorer, adapter)
-    request = replace(request, scorer=scorer.spec)  # the result records the scorer used
-    if isinstance(scorer, ConceptScorer):
-        scorer.check_concept(request.concept)
-    for prompt in request.prompts + request.targets:
-        adapter.check_length(prompt)
-    settings = adapter.settings(request.steps, request.guidance, request.height, request.width)  # refuses what the model can't do
-    if request.screen is not None and request.screen.steps >= settings.num_inference_steps:
-        raise LocoeditError(f"screen steps {request.screen.steps} are not fewer than the sweep's "
-                            f"{settings.num_inference_steps}; screening must be cheaper than the sweep it screens")
+    request, scorer = checked(request, adapter, scorer)
     with _scheduler(adapter, request.scheduler):
         run = None
         if out is not None:

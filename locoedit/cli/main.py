@@ -15,11 +15,12 @@ from locoedit.cli.errors import user_errors
 from locoedit.cli.progress import terminal_progress
 from locoedit.core.errors import LocoeditError
 from locoedit.core.formats import to_plain
+from locoedit.core.processes import is_main_process
 from locoedit.core.seeds import parse_seeds
 from locoedit.edit import EditRequest
 from locoedit.edit.neurons import NeuronRequest
 from locoedit.evaluate import EvaluationRequest
-from locoedit.localize import LocalizationRequest
+from locoedit.localize import LocalizationRequest, Screen
 from locoedit.trace import TraceRequest
 from locoedit.workflows.generate import GenerationRequest
 
@@ -72,13 +73,15 @@ def main(
         transformers_logging.set_verbosity_error()
         diffusers_logging.disable_progress_bar()  # their loading bars; ours follow --progress
         transformers_logging.disable_progress_bar()
-    ctx.obj = terminal_progress(progress)  # the progress callback every command hands the library
+    # The progress callback every command hands the library; under a launcher, the main process draws.
+    ctx.obj = terminal_progress(progress) if is_main_process() else None
 
 
 Model = Annotated[str, typer.Argument(help="A hub id, a local diffusers pipeline folder, or 'toyworld'.")]
 Dtype = Annotated[str, typer.Option(help="float32, float16 or bfloat16.")]
 L, E, N = LocalizationRequest, EditRequest, NeuronRequest
-Device = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, ... (default: cuda if available).")]
+Device = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, ... (default: cuda if available; under a launcher, each process's own).")]
+ScreenOption = Annotated[str | None, typer.Option(help="STEPS:SEEDS:TOPK: rank every window on fewer steps and seeds, then give only the top k the full budget (default: off).")]
 
 
 @app.command()
@@ -123,10 +126,11 @@ def localize(
     mode: Annotated[str, typer.Option(help="exact (one loop per window, as the paper) or batched.")] = default(L, "mode"),
     chunk: Annotated[int, typer.Option(help="Windows per denoising loop in batched mode.")] = default(L, "chunk"),
     route_added_text: Annotated[bool, typer.Option(help="Also route SD-XL pooled / IF time-embedding text.")] = default(L, "route_added_text"),
+    screen: ScreenOption = None,
     dtype: Dtype = default(L, "dtype"),
     device: Device = None,
 ):
-    """LocoGen: find the window of cross-attention layers that controls a concept."""
+    """LocoGen: find the window of cross-attention layers that controls a concept (`accelerate launch` shares it)."""
     from locoedit.localize import localize as run_localize
 
     request = LocalizationRequest(
@@ -148,8 +152,11 @@ def localize(
         dtype=dtype,
         device=device,
         route_added_text=route_added_text,
+        screen=Screen.parse(screen) if screen else None,
     )
     result = run_localize(request, out=out, progress=ctx.obj)
+    if not is_main_process():
+        return
     typer.echo(f"concept {request.concept!r}: window size {result.window_size}")
     for window_result in result.windows:
         mark = "  <- chosen" if window_result.layers == result.chosen.layers else ""
@@ -157,6 +164,26 @@ def localize(
                    f"+- {window_result.effect_std:.4f}{mark}")
     typer.echo(f"all layers: effect {result.full_swap_effect:+.4f}")
     typer.echo(f"wrote {out / 'localization.json'} and {out / 'report.html'}")
+
+
+@app.command()
+@user_errors
+def sweep(
+    ctx: typer.Context,
+    spec: Annotated[Path, typer.Argument(help="JSON: {\"jobs\": [{\"model\", \"prompts\", \"targets\", ...}], \"defaults\": {...}}; a job's keys are localize's request fields, plus an optional folder name.")],
+    out: Annotated[Path, typer.Option(help="Folder: one run folder per job, sweep.json and index.html. Rerun to resume.")],
+    screen: ScreenOption = None,
+):
+    """Many LocoGen jobs from one spec (`accelerate launch` shares every job among its processes)."""
+    from locoedit.workflows.sweep import SweepSpec, run_sweep
+
+    index = run_sweep(SweepSpec.load(spec, Screen.parse(screen) if screen else None), out, progress=ctx.obj)
+    if not is_main_process():
+        return
+    for row in index.jobs:
+        typer.echo(f"{row.name}: {row.concept!r} -> layers {row.chosen} (effect {row.effect:+.4f}, all layers "
+                   f"{row.full_swap_effect:+.4f})")
+    typer.echo(f"wrote {out / 'sweep.json'} and {out / 'index.html'}")
 
 
 @app.command()

@@ -49,10 +49,9 @@ class RunFolder:
         self.path = Path(path)
         self.request_file = self.path / request_file
 
-    def claim(self, request: JsonRecord) -> bool:
-        """Refuse a folder holding anything but this same request; record the request. True when resuming."""
+    def check_claim(self, request: JsonRecord) -> bool:
+        """Refuse a folder holding anything but this same request, changing nothing. True when resuming."""
         check_writable(self.path)
-        remove_stale(self.path)
         if self.request_file.is_file():
             stored = type(request).read(self.request_file)
             if stored != request:
@@ -63,12 +62,19 @@ class RunFolder:
                     "choose another --out, or delete the folder to start over"
                 )
             return True
-        if self.path.exists() and any(self.path.iterdir()):
+        if self.path.exists() and any(p for p in self.path.iterdir() if not p.match(STALE)):
             raise LocoeditError(
                 f"output folder {self.path} is not empty and holds no locoedit run; choose an empty or new --out"
             )
-        request.write(self.request_file)
         return False
+
+    def claim(self, request: JsonRecord) -> bool:
+        """Refuse a folder holding anything but this same request; record the request. True when resuming."""
+        resuming = self.check_claim(request)
+        remove_stale(self.path)
+        if not resuming:
+            request.write(self.request_file)
+        return resuming
 
     def load_tensors(self, name: str) -> dict[str, torch.Tensor] | None:
         from safetensors.torch import load_file

@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -28,6 +28,7 @@ from locoedit.core.dtypes import dtype_named
 from locoedit.core.errors import LocoeditError
 from locoedit.core.io import write_png, write_text
 from locoedit.core.runfolder import RunFolder, check_writable
+from locoedit.core.processes import Processes, current_processes
 from locoedit.core.progress import ProgressCallback, ProgressTask
 from locoedit.core.versions import versions
 from locoedit.interventions.routing import Routing, TextRouting
@@ -37,11 +38,12 @@ from locoedit.localize.result import (
     RESULT_FILE,
     LocalizationResult,
     ReferenceImages,
+    Screening,
     Sweep,
     WindowResult,
     window_key,
 )
-from locoedit.models import Adapter, load_adapter
+from locoedit.models import Adapter, GenerationSettings, load_adapter
 from locoedit.scoring import ConceptScorer, Scorer, resolve_scorer
 
 logger = logging.getLogger(__name__)
@@ -56,14 +58,17 @@ def _mean_std(values: torch.Tensor) -> tuple[float, float]:
 
 
 class LocalizationFolder(RunFolder):
-    """A LocoGen run: its request, reference images, and one progress file per finished window."""
+    """A LocoGen run: its request, reference images, and one progress file per finished window and stage."""
 
-    def finished(self, key: str) -> WindowResult | None:
-        file = self.path / "progress" / f"{key}.json"
+    def _progress(self, key: str, stage: str) -> Path:
+        return self.path / "progress" / stage / f"{key}.json"
+
+    def finished(self, key: str, stage: str = "") -> WindowResult | None:
+        file = self._progress(key, stage)
         return WindowResult.read(file) if file.is_file() else None
 
-    def record(self, result: WindowResult) -> None:
-        result.write(self.path / "progress" / f"{result.key}.json")
+    def record(self, result: WindowResult, stage: str = "") -> None:
+        result.write(self._progress(result.key, stage))
 
     def write_images(self, group: str, images: torch.Tensor, request: LocalizationRequest) -> list[str]:
         paths = _image_paths(group, request)
@@ -97,127 +102,161 @@ def _scheduler(adapter: Adapter, name: str | None) -> Iterator[None]:
 
 ORIGINAL, TARGET = "original", "target"  # the two unrouted image groups every sweep is measured against
 Group = str | tuple[int, ...]  # ORIGINAL, TARGET, or a window's layer indices
+Row = tuple[Group, int, int]  # (group, prompt index, seed): one image
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What a stage spends on each window: its generation settings and seeds. A screened run ranks every window on
+    the ``screen`` stage, then confirms the best on the full budget (stage ``""``)."""
+
+    settings: GenerationSettings
+    seeds: tuple[int, ...]
+    stage: str
+
+    def rows(self, num_prompts: int) -> list[tuple[int, int]]:  # (prompt, seed), prompt-major
+        return [(p, seed) for p in range(num_prompts) for seed in self.seeds]
 
 
 class LocoGen:
     """Runs a :class:`LocalizationRequest` on an adapter, optionally persisting to (and resuming from) a folder.
 
-    Every denoising loop generates a list of *groups*, each one row per (prompt, seed): the unrouted
-    prompts (ORIGINAL), the unrouted targets (TARGET), or the prompts with a window routed to the targets.
-    Exact mode runs the two reference groups in one loop, then one loop per window; batched mode runs
-    ``chunk`` windows per loop, the reference groups joining the first.
+    First the unrouted prompts (ORIGINAL) and targets (TARGET), one image per (prompt, seed), their rows shared by the
+    processes; then the windows, each process taking its share of the windows not yet finished and generating
+    ``chunk`` windows per denoising loop (exact mode: one). Every process records its windows in the run folder and
+    reads the others' from there once all are done, so that each holds the whole sweep.
     """
 
     def __init__(self, request: LocalizationRequest, adapter: Adapter, scorer: Scorer, run: LocalizationFolder | None,
-                 progress: ProgressCallback | None = None):
+                 progress: ProgressCallback | None = None, processes: Processes | None = None):
         self.request = request
         self.adapter = adapter
         self.scorer = scorer
         self.run = run
         self.progress = progress
-        self.settings = adapter.settings(request.steps, request.guidance, request.height, request.width)
-        # One row per (prompt, seed), prompt-major: the unit that every window is generated and scored on.
-        self.rows = [(p, seed) for p in range(len(request.prompts)) for seed in request.seeds]
-        self.timings = {"generation_s": 0.0, "scoring_s": 0.0}
+        self.processes = processes or Processes(0, 1, None)
+        settings = adapter.settings(request.steps, request.guidance, request.height, request.width)
+        self.full = Budget(settings, request.seeds, "")
+        screen = request.screen
+        self.screening = None if screen is None else Budget(
+            replace(settings, num_inference_steps=screen.steps), request.seeds[: screen.seeds], "screen")
+        # Denoiser calls count one per image and step (a classifier-free-guidance pair is one call): the work done.
+        self.timings = {"generation_s": 0.0, "scoring_s": 0.0, "denoiser_calls": 0}
         # Prompts and targets encoded together: row p is prompt p, row P + p its target.
         self.encoded = adapter.encode(list(request.prompts) + list(request.targets))
-        self.reference: torch.Tensor | None = None  # [rows, 3, H, W] the unrouted prompts' images
-        self.target_images: torch.Tensor | None = None  # [rows, 3, H, W] the unrouted targets' images
 
-    def _generate(self, groups: list[Group], task: ProgressTask) -> list[torch.Tensor]:  # per group [rows, 3, H, W]
+    def _generate(self, budget: Budget, rows: list[Row], task: ProgressTask) -> torch.Tensor:  # [rows, 3, H, W]
         num_prompts = len(self.request.prompts)
-        prompt_rows, target_rows, seeds, routes = [], [], [], []
-        for group in groups:
-            for p, seed in self.rows:
-                prompt_rows.append(p + num_prompts if group == TARGET else p)
-                target_rows.append(p + num_prompts)
-                seeds.append(seed)
-                routes.append(group if isinstance(group, tuple) else ())
+        prompt_rows = [p + num_prompts if group == TARGET else p for group, p, _ in rows]
+        target_rows = [p + num_prompts for _, p, _ in rows]
+        routes = tuple(group if isinstance(group, tuple) else () for group, _, _ in rows)
         interventions = []
         if any(routes):
-            routing = Routing(tuple(routes), self.request.route_added_text)
-            interventions.append(TextRouting(routing, self.encoded.conditional.take(target_rows)))
+            interventions.append(TextRouting(Routing(routes, self.request.route_added_text),
+                                             self.encoded.conditional.take(target_rows)))
         start = time.perf_counter()
-        images = self.adapter.generate(self.encoded.take(prompt_rows), seeds, self.settings, interventions, task.advance)
+        images = self.adapter.generate(self.encoded.take(prompt_rows), [seed for _, _, seed in rows], budget.settings,
+                                       interventions, task.advance)
         self.timings["generation_s"] += time.perf_counter() - start
-        return list(images.split(len(self.rows)))
+        self.timings["denoiser_calls"] += len(rows) * budget.settings.num_inference_steps
+        return images
 
-    def _effects(self, images: torch.Tensor) -> torch.Tensor:  # [rows]
+    def _effects(self, reference: torch.Tensor, images: torch.Tensor) -> torch.Tensor:  # [rows]
         start = time.perf_counter()
-        effect = self.scorer.effect(self.reference, images, self.request.concept)
+        effect = self.scorer.effect(reference, images, self.request.concept)
         self.timings["scoring_s"] += time.perf_counter() - start
         return effect
 
-    def _store_references(self, original: torch.Tensor, target: torch.Tensor) -> None:
-        self.reference, self.target_images = original, target
-        if self.run:
-            self.run.write_images(ORIGINAL, original, self.request)
-            self.run.write_images(TARGET, target, self.request)
+    def _references(self, budget: Budget, groups: tuple[str, ...]) -> dict[str, torch.Tensor]:  # [rows, 3, H, W] each
+        name = f"{budget.stage}-reference" if budget.stage else "reference"
+        stored = self.run.load_tensors(name) if self.run else None
+        if stored is not None and set(groups) <= set(stored):
+            return stored
+        rows = [(group, p, seed) for group in groups for p, seed in budget.rows(len(self.request.prompts))]
+        mine = self.processes.share(rows)
+        task = ProgressTask(self.progress, f"references{' (' + budget.stage + ')' if budget.stage else ''}",
+                            budget.settings.num_inference_steps)
+        images = self._generate(budget, mine, task) if mine else torch.empty(0)
+        shares = [share for share in self.processes.gather(images) if share.numel()]
+        generated = dict(zip(groups, torch.cat(shares).split(len(rows) // len(groups))))
+        if self.run and self.processes.is_main:
             # Kept as float tensors so that a resumed run scores against exactly the same images.
-            self.run.save_tensors("reference", {ORIGINAL: original, TARGET: target})
+            self.run.save_tensors(name, generated)
+            if not budget.stage:
+                for group, group_images in generated.items():
+                    self.run.write_images(group, group_images, self.request)
+        return generated
 
-    def _sweep(self, size: int) -> Sweep:
-        windows = _windows(len(self.adapter.layers), size)
-        results = {w: self.run.finished(window_key(w)) for w in windows} if self.run else {}
+    def _run_windows(self, budget: Budget, reference: torch.Tensor, windows: list[tuple[int, ...]],
+                 task_name: str) -> list[WindowResult]:
+        """Every window's result at ``budget``: recorded ones from the folder, this process's share of the rest
+        generated and scored against ``reference``, the other processes' share read back once they are done."""
+        stage = budget.stage
+        results = {w: self.run.finished(window_key(w), stage) for w in windows} if self.run else {}
         pending = [w for w in windows if results.get(w) is None]
+        self.processes.wait()  # every process has read the folder before any of them adds to it
+        mine = self.processes.share(pending)
         per_loop = 1 if self.request.mode == "exact" else self.request.chunk
-        loops: list[list[Group]] = [pending[i : i + per_loop] for i in range(0, len(pending), per_loop)]
-        if self.reference is None:
-            if self.request.mode == "exact" or not loops:
-                loops.insert(0, [])
-            loops[0] = [ORIGINAL, TARGET] + loops[0]
-        task = ProgressTask(self.progress, f"windows of {size}", len(loops) * self.settings.num_inference_steps)
+        loops = [mine[i : i + per_loop] for i in range(0, len(mine), per_loop)]
+        rows = budget.rows(len(self.request.prompts))
+        task = ProgressTask(self.progress, task_name, len(loops) * budget.settings.num_inference_steps)
         for loop in loops:
-            generated = dict(zip(loop, self._generate(loop, task)))
-            if ORIGINAL in generated:
-                self._store_references(generated.pop(ORIGINAL), generated.pop(TARGET))
-            for window, images in generated.items():
-                effects = self._effects(images)
+            generated = self._generate(budget, [(w, p, seed) for w in loop for p, seed in rows], task)
+            for window, images in zip(loop, generated.split(len(rows))):
+                effects = self._effects(reference, images)
                 mean, std = _mean_std(effects)
-                key = window_key(window)
-                paths = self.run.write_images(key, images, self.request) if self.run else []
+                paths = self.run.write_images(window_key(window), images, self.request) if self.run and not stage else []
                 results[window] = WindowResult(list(window), mean, std, effects.tolist(), paths)
                 if self.run:
-                    self.run.record(results[window])
-                logger.info("window %s: effect %.4f +- %.4f", list(window), mean, std)
-        return Sweep(size, [results[w] for w in windows])
+                    self.run.record(results[window], stage)
+                logger.info("window %s%s: effect %.4f +- %.4f", list(window), f" ({stage})" if stage else "", mean, std)
+        self.processes.wait()
+        for window in pending:
+            if window not in mine:
+                results[window] = self.run.finished(window_key(window), stage)
+        return [results[w] for w in windows]
 
     def run_all(self) -> LocalizationResult:
         started = time.perf_counter()
         request, num_layers = self.request, len(self.adapter.layers)
-        stored = self.run.load_tensors("reference") if self.run else None
-        if stored is not None:
-            self.reference, self.target_images = stored[ORIGINAL], stored[TARGET]
+        ranking = self.screening or self.full  # the budget every window gets
+        references = self._references(ranking, (ORIGINAL, TARGET))
         sizes = [request.window] if request.window != "auto" else range(1, num_layers + 1)
-        sweeps, full_swap = [], None
+        ranked: list[tuple[int, list[WindowResult]]] = []
         for size in sizes:
-            sweeps.append(self._sweep(size))
-            if full_swap is None:
-                full_swap, _ = _mean_std(self._effects(self.target_images))
-            if request.window != "auto" or sweeps[-1].best().effect >= request.auto_threshold * full_swap:
+            windows = self._run_windows(ranking, references[ORIGINAL], _windows(num_layers, size),
+                                    f"windows of {size}{' (screening)' if self.screening else ''}")
+            ranked.append((size, windows))
+            if not ranked[1:]:  # scored after the first windows, as an interrupted run counts scorings
+                full_swap, _ = _mean_std(self._effects(references[ORIGINAL], references[TARGET]))
+            best = max(w.effect for w in windows)
+            if request.window != "auto" or best >= request.auto_threshold * full_swap:
                 break
-        self.timings["total_s"] = time.perf_counter() - started
-        images = ReferenceImages(_image_paths(ORIGINAL, request), _image_paths(TARGET, request))
-        return LocalizationResult.of(request, self.settings, [layer.info for layer in self.adapter.layers], full_swap,
-                                     sweeps, images, versions(), dict(self.timings))
+        if self.screening is None:
+            sweeps = [Sweep(size, windows) for size, windows in ranked]
+        else:
+            screen = request.screen
+            screenings = [Screening(screen.steps, list(self.screening.seeds), screen.top_k, full_swap, windows)
+                          for _, windows in ranked]
+            original = self._references(self.full, (ORIGINAL,))[ORIGINAL]
+            top = [tuple(w.layers) for w in screenings[-1].top()]
+            confirmed = self._run_windows(self.full, original, top, f"top {len(top)} windows of {ranked[-1][0]}")
+            sweeps = [Sweep(size, [], screening) for (size, _), screening in zip(ranked[:-1], screenings[:-1])]
+            sweeps.append(Sweep(ranked[-1][0], confirmed, screenings[-1]))
+        timings = self.processes.gather(dict(self.timings))
+        totals = {key: sum(each[key] for each in timings) for key in self.timings}  # work of every process
+        totals["total_s"] = time.perf_counter() - started
+        totals["processes"] = self.processes.count
+        images = ReferenceImages(_image_paths(ORIGINAL, request),
+                                 [] if self.screening else _image_paths(TARGET, request))
+        return LocalizationResult.of(request, self.full.settings, [layer.info for layer in self.adapter.layers],
+                                     full_swap, sweeps, images, versions(), totals)
 
 
-def localize(
-    request: LocalizationRequest,
-    out: str | Path | None = None,
-    adapter: Adapter | None = None,
-    scorer: Scorer | None = None,
-    progress: ProgressCallback | None = None,
-) -> LocalizationResult:
-    """Run LocoGen. With ``out``, write the run folder (JSON, images, report) and resume a run stopped part way.
-
-    A request without a scorer gets the model's concept scorer (:func:`locoedit.scoring.scorer_spec_for`); the
-    result's request records the one used.
-    """
-    if out is not None:
-        check_writable(out)
-    if adapter is None:
-        adapter = load_adapter(request.model, dtype_named(request.dtype), request.device)
+def checked(request: LocalizationRequest, adapter: Adapter, scorer: Scorer | None = None,
+            ) -> tuple[LocalizationRequest, Scorer]:
+    """The request with its scorer resolved (recorded in the result), and the scorer; refuses what this model cannot
+    run (window, concept, prompt lengths, settings, screening budget) before any work is done."""
     num_layers = len(adapter.layers)
     if request.window != "auto" and request.window > num_layers:
         raise LocoeditError(
@@ -230,14 +269,49 @@ def localize(
         scorer.check_concept(request.concept)
     for prompt in request.prompts + request.targets:
         adapter.check_length(prompt)
-    adapter.settings(request.steps, request.guidance, request.height, request.width)  # refuses what the model can't do
+    settings = adapter.settings(request.steps, request.guidance, request.height, request.width)
+    if request.screen is not None and request.screen.steps >= settings.num_inference_steps:
+        raise LocoeditError(f"screen steps {request.screen.steps} are not fewer than the sweep's "
+                            f"{settings.num_inference_steps}; screening must be cheaper than the sweep it screens")
+    return request, scorer
+
+
+def localize(
+    request: LocalizationRequest,
+    out: str | Path | None = None,
+    adapter: Adapter | None = None,
+    scorer: Scorer | None = None,
+    progress: ProgressCallback | None = None,
+    processes: Processes | None = None,
+) -> LocalizationResult:
+    """Run LocoGen. With ``out``, write the run folder (JSON, images, report) and resume a run stopped part way.
+
+    A request without a scorer gets the model's concept scorer (:func:`locoedit.scoring.scorer_spec_for`); the
+    result's request records the one used. Under ``accelerate launch`` (default ``processes``: those the launcher
+    started) the processes share the work through the run folder, each on its own device; the main process writes
+    the result, and every process returns it.
+    """
+    processes = processes or current_processes()
+    if processes.shared and out is None:
+        raise LocoeditError(f"a run shared by {processes.count} processes needs an output folder (--out): the "
+                            "processes exchange their windows through it")
+    if out is not None:
+        check_writable(out)
+    if adapter is None:
+        adapter = load_adapter(request.model, dtype_named(request.dtype), request.device or processes.device)
+    request, scorer = checked(request, adapter, scorer)
     with _scheduler(adapter, request.scheduler):
         run = None
         if out is not None:
             run = LocalizationFolder(out)
-            run.claim(request)
-        result = LocoGen(request, adapter, scorer, run, progress).run_all()
-    if run is not None:
+            run.check_claim(request)  # every process refuses a folder of another run before any writes
+            processes.wait()
+            if processes.is_main:
+                run.claim(request)
+            processes.wait()
+        result = LocoGen(request, adapter, scorer, run, progress, processes).run_all()
+    if run is not None and processes.is_main:
         result.write(run.path / RESULT_FILE)
         write_text(run.path / "report.html", localization_report_html(result))
+    processes.wait()
     return result

@@ -23,10 +23,35 @@ def infer_concept(prompt: str, target: str) -> str:
 
 
 @dataclass(frozen=True)
+class Screen:
+    """Screening (``--screen STEPS:SEEDS:TOPK``): rank every window with ``steps`` denoising steps on the first
+    ``seeds`` seeds, then spend the full budget only on the ``top_k`` best."""
+
+    steps: int
+    seeds: int
+    top_k: int
+
+    def __post_init__(self):
+        for name in ("steps", "seeds", "top_k"):
+            check_positive_int(f"screen {name}", getattr(self, name), "--screen STEPS:SEEDS:TOPK")
+
+    @classmethod
+    def parse(cls, text: str) -> Screen:
+        """``STEPS:SEEDS:TOPK``, e.g. ``2:1:1``."""
+        parts = text.split(":")
+        if len(parts) != 3 or not all(part.strip().isdigit() for part in parts):
+            raise LocoeditError(f"screen {text!r} is not STEPS:SEEDS:TOPK (three positive integers), e.g. 2:1:1")
+        return cls(*(int(part) for part in parts))
+
+    def __str__(self) -> str:
+        return f"{self.steps}:{self.seeds}:{self.top_k}"
+
+
+@dataclass(frozen=True)
 class LocalizationRequest(JsonRecord):
     """Everything that determines a LocoGen run. Validates on construction; serialises to JSON (request.json)."""
 
-    FORMAT = "locoedit.localization-request/1"
+    FORMAT = "locoedit.localization-request/2"  # 2 added screen; version 1 files read with screen None
 
     model: str
     prompts: tuple[str, ...]
@@ -46,6 +71,7 @@ class LocalizationRequest(JsonRecord):
     dtype: str = "float32"
     device: str | None = None
     route_added_text: bool = False
+    screen: Screen | None = None  # None: every window gets the full budget
 
     def __post_init__(self):
         for name in ("prompts", "targets"):
@@ -86,3 +112,14 @@ class LocalizationRequest(JsonRecord):
         for name in ("steps", "height", "width"):
             check_positive_int(name, getattr(self, name))
         check_guidance(self.guidance)
+        if self.screen is not None:
+            if not isinstance(self.screen, Screen):
+                raise LocoeditError(f"screen must be a Screen(steps, seeds, top_k), got {self.screen!r}")
+            if self.screen.seeds > len(self.seeds):
+                raise LocoeditError(
+                    f"screen ranks windows on {self.screen.seeds} seeds but the request has only {len(self.seeds)}; "
+                    f"give at most {len(self.seeds)} screening seeds"
+                )
+            if self.steps is not None and self.screen.steps >= self.steps:
+                raise LocoeditError(f"screen steps {self.screen.steps} are not fewer than the full {self.steps} steps; "
+                                    "screening must be cheaper than the sweep it screens")

@@ -36,9 +36,29 @@ class WindowResult(JsonRecord):
 
 
 @dataclass
+class Screening:
+    """The cheap stage of a screened sweep: every window ranked on fewer steps and seeds, no images kept."""
+
+    steps: int
+    seeds: list[int]
+    top_k: int
+    full_swap_effect: float  # routing every layer, at this budget
+    windows: list[WindowResult]
+
+    def best(self) -> WindowResult:
+        return max(self.windows, key=lambda w: w.effect)
+
+    def top(self) -> list[WindowResult]:
+        """The ``top_k`` windows with the largest effect (ties: the earlier window), in window order."""
+        ranked = sorted(self.windows, key=lambda w: -w.effect)[: self.top_k]
+        return sorted(ranked, key=lambda w: w.layers)
+
+
+@dataclass
 class Sweep:
     window_size: int
-    windows: list[WindowResult]
+    windows: list[WindowResult]  # at the full budget: every window, or only those a screening confirmed
+    screening: Screening | None = None  # in a screened sweep, its cheap stage (every window)
 
     def best(self) -> WindowResult:
         return max(self.windows, key=lambda w: w.effect)
@@ -55,7 +75,7 @@ class ChosenWindow:
 @dataclass(frozen=True)
 class ReferenceImages:
     original: list[str]  # the unrouted prompts' images, one per (prompt, seed)
-    target: list[str]  # the unrouted targets' images (= routing every layer)
+    target: list[str]  # the unrouted targets' images (= routing every layer); none in a screened run
 
 
 @dataclass
@@ -63,7 +83,8 @@ class LocalizationResult(JsonRecord):
     """A finished LocoGen run (``localization.json``). ``windows``, ``window_size`` and ``chosen`` repeat the last
     sweep's, for readers of the file."""
 
-    FORMAT = "locoedit.localization/1"
+    # 2 added screening (Sweep.screening, request.screen); version 1 files read as sweeps without it
+    FORMAT = "locoedit.localization/2"
 
     model: str
     request: LocalizationRequest
@@ -72,7 +93,8 @@ class LocalizationResult(JsonRecord):
     seeds: list[int]
     layers: list[LayerInfo]
     window_size: int
-    full_swap_effect: float  # the effect of routing every layer (= generating from the target)
+    full_swap_effect: float  # the effect of routing every layer (= generating from the target); screened: at the
+    # screening budget, since the full budget is spent on the prompts' own images and the top windows only
     windows: list[WindowResult]
     chosen: ChosenWindow
     sweeps: list[Sweep]

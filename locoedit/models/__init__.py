@@ -45,6 +45,7 @@ __all__ = [
     "TextConditioning",
     "ADAPTERS",
     "adapter_for",
+    "check_model",
     "load_adapter",
     "resolve_model",
     "DEFAULTS_FILE",
@@ -121,14 +122,21 @@ def _pipeline_class_name(model: str) -> str:
         ) from error
 
 
+def check_model(model: str) -> str:
+    """The pipeline class of ``model`` (a hub id or local folder), read from its model_index.json without loading
+    weights; a LocoeditError when there is no such model or locoedit does not support its pipeline."""
+    class_name = _pipeline_class_name(resolve_model(model))
+    if class_name not in ADAPTERS:
+        raise _unsupported(class_name, repr(model))
+    return class_name
+
+
 def load_adapter(model: str, dtype: torch.dtype = torch.float32, device: str | None = None) -> Adapter:
     """Load a supported pipeline from a hub id or local folder and wrap it in its family's adapter."""
     import diffusers
 
     location = resolve_model(model)
-    class_name = _pipeline_class_name(location)
-    if class_name not in ADAPTERS:
-        raise _unsupported(class_name, repr(model))
+    class_name = check_model(model)
     device = check_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     settings = _folder_settings(location)
     try:

@@ -15,9 +15,12 @@ def test_localize_reports_each_denoising_step(tiny_adapters):
                                   window=3, seeds=(0,), steps=2, chunk=2)
     localize(request, adapter=tiny_adapters["sd"], scorer=PixelScorer(), progress=events.append)
     windows = len(tiny_adapters["sd"].layers) - 2
-    loops = -(-windows // 2)  # the references join the first loop
-    assert events[0] == ProgressEvent("windows of 3", 0, loops * 2)
-    assert [e.done for e in events] == list(range(loops * 2 + 1)) and events[-1].finished
+    loops = -(-windows // 2)
+    references = [e for e in events if e.task == "references"]  # one loop first: every process needs them to score
+    assert references[0] == ProgressEvent("references", 0, 2) and [e.done for e in references] == [0, 1, 2]
+    sweep = [e for e in events if e.task == "windows of 3"]
+    assert events == references + sweep and sweep[0] == ProgressEvent("windows of 3", 0, loops * 2)
+    assert [e.done for e in sweep] == list(range(loops * 2 + 1)) and sweep[-1].finished
 
 
 def test_a_task_without_a_callback_is_silent():

@@ -6,7 +6,7 @@ import functools
 
 import typer
 
-from locoedit.core.errors import LocoeditError
+from locoedit.core.errors import LocoeditError, user_message
 
 
 def user_errors(command):
@@ -17,13 +17,8 @@ def user_errors(command):
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except LocoeditError as error:
-            typer.echo(f"error: {error}", err=True)
-            raise typer.Exit(2) from None
-        except OSError as error:
-            where = f" ({error.filename})" if error.filename else ""
-            typer.echo(f"error: {error.strerror or error}{where}; free space or choose another place and rerun",
-                       err=True)
+        except (LocoeditError, OSError) as error:
+            typer.echo(user_message(error), err=True)
             raise typer.Exit(2) from None
 
     return wrapper

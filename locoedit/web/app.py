@@ -194,7 +194,8 @@ def build_app(workbench: Workbench, model: str) -> gr.Blocks:
                         l_seeds = gr.Textbox(seeds_text(field_default(L, "seeds")), label="Seeds", elem_id="l-seeds")
                         l_steps = gr.Textbox(label="Steps", info="empty: the model's", elem_id="l-steps")
                     l_scorer = gr.Textbox(label="Scorer", info="pixel, toyworld or clip:ID (empty: the model's)", elem_id="l-scorer")
-                    l_out = gr.Textbox(label="Run folder", info="written like `locoedit localize --out`", elem_id="l-out")
+                    l_out = gr.Textbox(label="Run folder", info="as `locoedit localize --out`; empty: a new one under the "
+                                       "runs folder", elem_id="l-out")
                     l_run = gr.Button("Localize", variant="primary", elem_id="l-run")
                     with gr.Row():
                         l_open_folder = gr.Textbox(label="Open an existing run folder", scale=3, elem_id="l-open-folder")
@@ -203,7 +204,7 @@ def build_app(workbench: Workbench, model: str) -> gr.Blocks:
                     l_summary = gr.Markdown(elem_id="localize-summary")
                     l_plot = gr.HTML()
                     l_grid = gr.Gallery(label="Images: original, target, then each window", columns=4,
-                                        elem_id="localize-grid", object_fit="contain")
+                                        elem_id="localize-grid", object_fit="contain", height="auto")
 
         with gr.Tab("Edit", id="edit"):
             with gr.Row():
@@ -232,15 +233,16 @@ def build_app(workbench: Workbench, model: str) -> gr.Blocks:
                     with gr.Row():
                         e_seeds = gr.Textbox(seeds_text(field_default(G, "seeds")), label="Seeds", elem_id="e-seeds")
                         e_steps = gr.Textbox(label="Steps", info="empty: the model's", elem_id="e-steps")
-                    e_out = gr.Textbox(label="Delta file (.safetensors)", elem_id="e-out")
+                    e_out = gr.Textbox(label="Delta file (.safetensors)", info="empty: a new one under the runs folder", elem_id="e-out")
                     e_run = gr.Button("Compute the edit", variant="primary", elem_id="e-run")
                 with gr.Column(scale=2):
                     e_summary = gr.Markdown(elem_id="edit-summary")
                     e_strength = gr.Slider(0, 1, value=1, step=0.05, label="Strength",
                                            info="scales the update: 0 = the original model, 1 = the edit",
                                            elem_id="strength")
-                    e_before = gr.Gallery(label="Before", columns=8, elem_id="before", object_fit="contain")
-                    e_after = gr.Gallery(label="After", columns=8, elem_id="after", object_fit="contain")
+                    e_before = gr.Gallery(label="Before", columns=8, elem_id="before", object_fit="contain",
+                                          height="auto")
+                    e_after = gr.Gallery(label="After", columns=8, elem_id="after", object_fit="contain", height="auto")
                     e_file = gr.File(label="Delta file", elem_id="delta-file")
                     with gr.Row():
                         e_kohya = gr.Button("Export LoRA (kohya)", elem_id="e-kohya")
@@ -254,22 +256,15 @@ def build_app(workbench: Workbench, model: str) -> gr.Blocks:
                     v_suite = gr.Dropdown([SUITE_FOR_DELTA, *shipped_suites()], value=SUITE_FOR_DELTA,
                                           label="Suite", elem_id="v-suite")
                     v_seeds = gr.Textbox(label="Seeds", info="empty: the suite's", elem_id="v-seeds")
-                    v_out = gr.Textbox(label="Evaluation folder", elem_id="v-out")
+                    v_out = gr.Textbox(label="Evaluation folder", info="empty: a new one under the runs folder", elem_id="v-out")
                     v_run = gr.Button("Evaluate", variant="primary", elem_id="v-run")
                 with gr.Column(scale=2):
                     v_link = gr.Markdown(elem_id="evaluate-link")
                     v_table = gr.Dataframe(headers=["metric", "value", "target", "met"], label="Metrics",
                                            interactive=False, elem_id="metrics")
-                    with gr.Row():
-                        v_before = gr.Gallery(label="Before (concept prompts)", columns=4, object_fit="contain")
-                        v_after = gr.Gallery(label="After", columns=4, object_fit="contain")
-
-        def fresh_folders():
-            return (str(workbench.fresh_folder("localize")),
-                    str(workbench.fresh_folder("edit") / "edit.safetensors"),
-                    str(workbench.fresh_folder("evaluate")))
-
-        blocks.load(fresh_folders, outputs=[l_out, e_out, v_out], queue=False)
+                    v_before = gr.Gallery(label="Before (concept prompts)", columns=8, object_fit="contain",
+                                          height="auto")
+                    v_after = gr.Gallery(label="After", columns=8, object_fit="contain", height="auto")
 
         def run_localization(model, prompts, targets, concept, window, seeds, steps, scorer, out,
                              progress=gr.Progress()):
@@ -279,10 +274,10 @@ def build_app(workbench: Workbench, model: str) -> gr.Blocks:
                     scorer=scorer.strip() or None, window=parse_window(window.strip()), seeds=parse_seeds(seeds),
                     steps=optional_int("steps", steps),
                 )
-                folder = Path(out.strip())
+                folder = Path(out.strip()) if out.strip() else workbench.fresh_folder("localize")
                 result = workbench.localize(request, folder, progress_bar(progress))
                 shown = localization_view(result, folder, runs)
-            return (*shown, str(folder), str(workbench.fresh_folder("localize")))
+            return (*shown, str(folder))
 
         def open_run(folder):
             with shown_errors():
@@ -292,7 +287,7 @@ def build_app(workbench: Workbench, model: str) -> gr.Blocks:
 
         l_run.click(run_localization,
                     [model_box, l_prompts, l_targets, l_concept, l_window, l_seeds, l_steps, l_scorer, l_out],
-                    [l_summary, l_plot, l_grid, e_layers, l_out])
+                    [l_summary, l_plot, l_grid, e_layers])
         l_open.click(open_run, [l_open_folder], [l_summary, l_plot, l_grid, e_layers])
 
         def compute_edit(model, concepts, targets, kind, token, layers, templates, preserve, preserve_scale,
@@ -306,7 +301,7 @@ def build_app(workbench: Workbench, model: str) -> gr.Blocks:
                 )
                 images = GenerationRequest(model.strip(), lines(prompts), parse_seeds(seeds),
                                            optional_int("steps", steps))
-                path = Path(out.strip())
+                path = Path(out.strip()) if out.strip() else workbench.fresh_folder("edit") / "edit.safetensors"
                 bar = progress_bar(progress)
                 delta = workbench.edit(request, path, bar)
                 before = workbench.generate(images, progress=bar)
@@ -317,8 +312,7 @@ def build_app(workbench: Workbench, model: str) -> gr.Blocks:
             columns = gallery_columns(len(images.seeds))
             return (summary, gr.Gallery(generated_gallery(before, images), columns=columns),
                     gr.Gallery(generated_gallery(after, images), columns=columns), 1.0, str(path),
-                    {"delta": str(path), "images": images}, str(path),
-                    str(workbench.fresh_folder("edit") / "edit.safetensors"))
+                    {"delta": str(path), "images": images}, str(path))
 
         def rescale(strength, state, progress=gr.Progress()):
             with shown_errors():
@@ -340,7 +334,7 @@ def build_app(workbench: Workbench, model: str) -> gr.Blocks:
         e_run.click(compute_edit,
                     [model_box, e_concepts, e_targets, e_kind, e_token, e_layers, e_templates, e_preserve,
                      e_preserve_scale, e_lambda_key, e_lambda_value, e_window, e_prompts, e_seeds, e_steps, e_out],
-                    [e_summary, e_before, e_after, e_strength, e_file, edit_state, v_delta, e_out])
+                    [e_summary, e_before, e_after, e_strength, e_file, edit_state, v_delta])
         e_strength.release(rescale, [e_strength, edit_state], [e_after])
         e_kohya.click(lambda state: export(state, "kohya"), [edit_state], [e_lora])
         e_peft.click(lambda state: export(state, "peft"), [edit_state], [e_lora])
@@ -351,15 +345,14 @@ def build_app(workbench: Workbench, model: str) -> gr.Blocks:
                     model=model.strip(), edit=delta.strip(), suite=None if suite == SUITE_FOR_DELTA else suite,
                     seeds=parse_seeds(seeds) if seeds.strip() else (),
                 )
-                folder = Path(out.strip())
+                folder = Path(out.strip()) if out.strip() else workbench.fresh_folder("evaluate")
                 result = workbench.evaluate(request, folder, progress_bar(progress))
             before, after = evaluation_galleries(result)
             return (f"Suite `{result.suite.name}`, {len(result.items)} images before and after; "
-                    f"{report_link(folder, runs)}.", metric_rows(result), before, after,
-                    str(workbench.fresh_folder("evaluate")))
+                    f"{report_link(folder, runs)}.", metric_rows(result), before, after)
 
         v_run.click(run_evaluation, [model_box, v_delta, v_suite, v_seeds, v_out],
-                    [v_link, v_table, v_before, v_after, v_out])
+                    [v_link, v_table, v_before, v_after])
 
     # Every job reaches the workbench's queue at once, which runs them one at a time per model and lists them.
     blocks.queue(default_concurrency_limit=None)

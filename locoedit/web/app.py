@@ -48,7 +48,6 @@ L, E, G = LocalizationRequest, EditRequest, GenerationRequest
 MODEL_DEFAULT_TOKEN = "the model's default"
 SUITE_FOR_DELTA = "the shipped suite for the delta's concept"
 SHOWN_SIDE = 128  # small images (the toy world's 32 x 32) are enlarged to this many pixels, without smoothing
-CSS = ".gallery img { image-rendering: pixelated; }"
 
 
 @contextmanager
@@ -187,18 +186,22 @@ def build_app(workbench: Workbench, model: str) -> gr.Blocks:
                                            placeholder="a red striped circle on black", elem_id="l-prompts")
                     l_targets = gr.Textbox(label="Target: the prompt with the concept removed (one per prompt)",
                                            lines=2, placeholder="a red circle on black", elem_id="l-targets")
-                    l_concept = gr.Textbox(label="Concept to score", info="empty: the words the target drops", elem_id="l-concept")
+                    l_concept = gr.Textbox(label="Concept to score", info="empty: the words the target drops",
+                                           elem_id="l-concept")
                     with gr.Row():
                         l_window = gr.Textbox(str(field_default(L, "window")), label="Window size (m or auto)",
                                               elem_id="l-window")
                         l_seeds = gr.Textbox(seeds_text(field_default(L, "seeds")), label="Seeds", elem_id="l-seeds")
                         l_steps = gr.Textbox(label="Steps", info="empty: the model's", elem_id="l-steps")
-                    l_scorer = gr.Textbox(label="Scorer", info="pixel, toyworld or clip:ID (empty: the model's)", elem_id="l-scorer")
-                    l_out = gr.Textbox(label="Run folder", info="as `locoedit localize --out`; empty: a new one under the "
-                                       "runs folder", elem_id="l-out")
+                    l_scorer = gr.Textbox(label="Scorer", info="pixel, toyworld or clip:ID (empty: the model's)",
+                                          elem_id="l-scorer")
+                    l_out = gr.Textbox(label="Run folder",
+                                       info="as `locoedit localize --out`; empty: a new one under the runs folder",
+                                       elem_id="l-out")
                     l_run = gr.Button("Localize", variant="primary", elem_id="l-run")
                     with gr.Row():
-                        l_open_folder = gr.Textbox(label="Open an existing run folder", scale=3, elem_id="l-open-folder")
+                        l_open_folder = gr.Textbox(label="Open an existing run folder", scale=3,
+                                                   elem_id="l-open-folder")
                         l_open = gr.Button("Open", scale=1, elem_id="l-open")
                 with gr.Column(scale=2):
                     l_summary = gr.Markdown(elem_id="localize-summary")
@@ -213,7 +216,8 @@ def build_app(workbench: Workbench, model: str) -> gr.Blocks:
                     e_targets = gr.Textbox(label="Target", info="what the concept becomes; empty: remove it",
                                            placeholder="square", elem_id="e-targets")
                     with gr.Row():
-                        e_kind = gr.Dropdown(list(KINDS), value=field_default(E, "kind"), label="Kind", elem_id="e-kind")
+                        e_kind = gr.Dropdown(list(KINDS), value=field_default(E, "kind"), label="Kind",
+                                             elem_id="e-kind")
                         e_token = gr.Dropdown([MODEL_DEFAULT_TOKEN, *TOKEN_CHOICES], value=MODEL_DEFAULT_TOKEN,
                                               label="Token rows", elem_id="e-token")
                     e_layers = gr.Textbox(str(field_default(E, "layers")), label="Layers",
@@ -223,9 +227,12 @@ def build_app(workbench: Workbench, model: str) -> gr.Blocks:
                                              info="empty: the model's or the kind's templates", elem_id="e-templates")
                     e_preserve = gr.Textbox(label="Preserve (one prompt per line)", lines=2, elem_id="e-preserve")
                     with gr.Row():
-                        e_preserve_scale = gr.Number(field_default(E, "preserve_scale"), label="Preservation weight", elem_id="e-preserve-scale")
-                        e_lambda_key = gr.Number(field_default(E, "lambda_key"), label="λ keys", elem_id="e-lambda-key")
-                        e_lambda_value = gr.Number(field_default(E, "lambda_value"), label="λ values", elem_id="e-lambda-value")
+                        e_preserve_scale = gr.Number(field_default(E, "preserve_scale"), label="Preservation weight",
+                                                     elem_id="e-preserve-scale")
+                        e_lambda_key = gr.Number(field_default(E, "lambda_key"), label="λ keys",
+                                                 elem_id="e-lambda-key")
+                        e_lambda_value = gr.Number(field_default(E, "lambda_value"), label="λ values",
+                                                   elem_id="e-lambda-value")
                         e_window = gr.Textbox(str(field_default(E, "auto_window")), label="Window (auto)",
                                              elem_id="e-window")
                     e_prompts = gr.Textbox(label="Your prompts to see before and after (one per line)", lines=2,
@@ -233,7 +240,8 @@ def build_app(workbench: Workbench, model: str) -> gr.Blocks:
                     with gr.Row():
                         e_seeds = gr.Textbox(seeds_text(field_default(G, "seeds")), label="Seeds", elem_id="e-seeds")
                         e_steps = gr.Textbox(label="Steps", info="empty: the model's", elem_id="e-steps")
-                    e_out = gr.Textbox(label="Delta file (.safetensors)", info="empty: a new one under the runs folder", elem_id="e-out")
+                    e_out = gr.Textbox(label="Delta file (.safetensors)", info="empty: a new one under the runs folder",
+                                       elem_id="e-out")
                     e_run = gr.Button("Compute the edit", variant="primary", elem_id="e-run")
                 with gr.Column(scale=2):
                     e_summary = gr.Markdown(elem_id="edit-summary")
@@ -256,7 +264,8 @@ def build_app(workbench: Workbench, model: str) -> gr.Blocks:
                     v_suite = gr.Dropdown([SUITE_FOR_DELTA, *shipped_suites()], value=SUITE_FOR_DELTA,
                                           label="Suite", elem_id="v-suite")
                     v_seeds = gr.Textbox(label="Seeds", info="empty: the suite's", elem_id="v-seeds")
-                    v_out = gr.Textbox(label="Evaluation folder", info="empty: a new one under the runs folder", elem_id="v-out")
+                    v_out = gr.Textbox(label="Evaluation folder", info="empty: a new one under the runs folder",
+                                       elem_id="v-out")
                     v_run = gr.Button("Evaluate", variant="primary", elem_id="v-run")
                 with gr.Column(scale=2):
                     v_link = gr.Markdown(elem_id="evaluate-link")
@@ -380,8 +389,7 @@ def serve(model: str, port: int, runs: str | Path, host: str = "127.0.0.1",
     runs.mkdir(parents=True, exist_ok=True)
     server = FastAPI()
     server.mount("/runs", StaticFiles(directory=runs), name="runs")
-    server = gr.mount_gradio_app(server, build_app(Workbench(runs), model), path="", allowed_paths=[str(runs)],
-                                 css=CSS)
+    server = gr.mount_gradio_app(server, build_app(Workbench(runs), model), path="", allowed_paths=[str(runs)])
     if announce is not None:
         announce(f"http://{host}:{port}")
     uvicorn.run(server, host=host, port=port, log_level="warning")

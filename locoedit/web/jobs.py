@@ -6,7 +6,6 @@ model edited; a job that fails records the same one line the command line prints
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,8 +13,6 @@ from dataclasses import dataclass, replace
 
 from locoedit.core.errors import user_message
 from locoedit.core.progress import ProgressCallback, ProgressEvent
-
-logger = logging.getLogger(__name__)
 
 WAITING, RUNNING, DONE, FAILED = "waiting", "running", "done", "failed"
 
@@ -36,7 +33,8 @@ class Job:
 def failure_line(error: BaseException) -> str:
     """The one line shown for a failed job: the CLI's line for a user error; for anything else (a bug) its type, the
     traceback going to the server's log instead of the page."""
-    return user_message(error) or f"error: {type(error).__name__} inside locoedit (a bug; the server's log has the traceback)"
+    return user_message(error) or (f"error: {type(error).__name__} inside locoedit (a bug; the server's log has the "
+                                   "traceback)")
 
 
 class JobQueue:
@@ -76,8 +74,6 @@ class JobQueue:
             yield report
         except BaseException as error:
             job.message = failure_line(error)
-            if user_message(error) is None:
-                logger.exception("job %d (%s) failed", job.id, title)
             self._finish(job, FAILED)
             raise
         self._finish(job, DONE)

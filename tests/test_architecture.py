@@ -23,8 +23,9 @@ LAYERS = {
     "edit": 4,
     "evaluate": 5,
     "workflows": 6,
-    "cli": 7,
-    "__main__": 8,
+    "web": 7,  # the Gradio app, a front end like the CLI; below it only because `locoedit ui` starts it
+    "cli": 8,
+    "__main__": 9,
 }
 
 

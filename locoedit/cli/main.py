@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-import re
 from pathlib import Path
 from typing import Annotated
 
@@ -14,48 +12,20 @@ import typer
 from locoedit.cli.errors import user_errors
 from locoedit.cli.progress import terminal_progress
 from locoedit.core.errors import LocoeditError
+from locoedit.core.formats import field_default as default
 from locoedit.core.formats import to_plain
 from locoedit.core.processes import is_main_process
-from locoedit.core.seeds import parse_seeds
+from locoedit.core.seeds import parse_seeds, seeds_text
 from locoedit.edit import EditRequest
+from locoedit.edit.layers import parse_layers
 from locoedit.edit.neurons import NeuronRequest
 from locoedit.evaluate import EvaluationRequest
-from locoedit.localize import LocalizationRequest, Screen
+from locoedit.localize import LocalizationRequest, Screen, parse_window
 from locoedit.trace import TraceRequest
 from locoedit.workflows.generate import GenerationRequest
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
-
-
-def default(request_class, name: str):
-    """The library's default for a request field: the one place defaults are decided (shown by --help)."""
-    return next(f.default for f in dataclasses.fields(request_class) if f.name == name)
-
-
-def seeds_text(seeds: tuple[int, ...]) -> str:
-    """Seeds as they are typed: a run of consecutive seeds as a range."""
-    consecutive = len(seeds) > 1 and list(seeds) == list(range(seeds[0], seeds[0] + len(seeds)))
-    return f"{seeds[0]}-{seeds[-1]}" if consecutive else ",".join(map(str, seeds))
-
-
-def parse_window(text: str) -> int | str:
-    if text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise LocoeditError(f"window {text!r} is neither an integer nor 'auto'") from None
-
-
-def parse_layers(text: str) -> tuple[int, ...] | str:
-    """``--layers``: ``auto``, comma-separated indices ``8,9``, or a LocoGen run folder."""
-    text = text.strip()
-    if text == "auto":
-        return "auto"
-    if re.fullmatch(r"\d+(\s*,\s*\d+)*", text):
-        return tuple(int(part) for part in text.split(","))
-    return text
 
 
 @app.callback()
@@ -495,6 +465,21 @@ def demo(
     for line in summary_lines(rows):
         typer.echo(line)
     typer.echo(f"wrote {out / 'report.html'} and {out / 'demo.json'}")
+
+
+@app.command()
+@user_errors
+def ui(
+    model: Annotated[str, typer.Option(help="The model the forms start with: 'toyworld', a local pipeline folder or a hub id.")] = "toyworld",
+    port: Annotated[int, typer.Option(help="Port to serve the app on.")] = 7860,
+    host: Annotated[str, typer.Option(help="Address to serve on (0.0.0.0: every network interface).")] = "127.0.0.1",
+    runs: Annotated[Path, typer.Option(help="Folder for the run folders the app writes; their reports are served from it.")] = Path("runs/ui"),
+):
+    """A local web app: localize, edit and evaluate in the browser (needs the ui extra: pip install -e ".[ui]")."""
+    from locoedit.web.app import serve
+
+    serve(model, port, runs, host,
+          announce=lambda url: typer.echo(f"locoedit ui: {url} (run folders in {runs}); Ctrl-C stops"))
 
 
 def _add_toyworld_commands() -> None:

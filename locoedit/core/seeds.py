@@ -24,6 +24,12 @@ def parse_seeds(text: str) -> tuple[int, ...]:
     return check_seeds(tuple(seeds), f"seeds {text!r}")
 
 
+def seeds_text(seeds: tuple[int, ...]) -> str:
+    """Seeds as they are typed: a run of consecutive seeds as a range (what :func:`parse_seeds` reads back)."""
+    consecutive = len(seeds) > 1 and list(seeds) == list(range(seeds[0], seeds[0] + len(seeds)))
+    return f"{seeds[0]}-{seeds[-1]}" if consecutive else ",".join(map(str, seeds))
+
+
 def check_seeds(seeds, where: str = "seeds") -> tuple[int, ...]:
     """``seeds`` as a tuple of distinct integers in [0, 2**63); a LocoeditError naming the problem otherwise."""
     if isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__iter__"):

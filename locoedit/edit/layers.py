@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 from locoedit.core.errors import LocoeditError
@@ -15,6 +16,16 @@ from locoedit.models import Adapter
 from locoedit.models.layers import CrossAttentionLayer
 
 logger = logging.getLogger(__name__)
+
+
+def parse_layers(text: str) -> tuple[int, ...] | str:
+    """Layers as typed (``--layers``): ``auto``, comma-separated indices ``8,9``, or a LocoGen run folder."""
+    text = text.strip()
+    if text == "auto":
+        return "auto"
+    if re.fullmatch(r"\d+(\s*,\s*\d+)*", text):
+        return tuple(int(part) for part in text.split(","))
+    return text
 
 
 def check_layer_spec(layers) -> tuple[int, ...] | str:

@@ -34,7 +34,7 @@ from locoedit import __version__
 from locoedit.core.errors import LocoeditError
 from locoedit.core.io import write_safetensors
 from locoedit.core.runfolder import check_writable
-from locoedit.core.lowrank import LowRank, add_low_rank, check_low_rank_fits
+from locoedit.core.lowrank import LowRank, add_low_rank, check_low_rank_fits, to_model_dtype
 from locoedit.models import Adapter, Intervention, adapter_for
 
 FORMAT = "locoedit-delta/2"
@@ -212,26 +212,40 @@ class EditDelta(Intervention):
                     "it with larger lambdas"
                 )
 
-    def apply(self, model) -> AppliedDelta:
-        """Write the delta into ``model`` (adapter, pipeline or denoiser); returns a handle that reverts it."""
+    def apply(self, model, strength: float = 1.0) -> AppliedDelta:
+        """Write the delta into ``model`` (adapter, pipeline or denoiser); returns a handle that reverts it.
+
+        ``strength`` s scales the update, ``W + s (W' - W)``: 0 leaves the model as it is, 1 writes the edit bit for
+        bit. A factored update becomes ``W + (s U) V``; a dense one is interpolated in float64 and rounded once."""
+        check_strength(strength)
         parameters = self.check(model)
         self.check_plausible(parameters)
-        for name, update in self.factors.items():  # refuse an overflow before anything is written
+        factors = {name: LowRank(update.up * strength, update.down) for name, update in self.factors.items()}
+        for name, update in factors.items():  # refuse an overflow before anything is written
             check_low_rank_fits(parameters[name], update, name)
         originals = {name: parameter.detach().clone() for name, parameter in parameters.items()}
         with torch.no_grad():
             for name, parameter in parameters.items():
                 if name in self.tensors:
+                    new = self.tensors[name].to(parameter.device)
+                    if strength != 1.0:
+                        old = parameter.detach().double()
+                        new = to_model_dtype(old + strength * (new.double() - old), parameter, name)
                     # copy_ keeps the parameter contiguous (safetensors refuses a transposed nn.Parameter).
-                    parameter.copy_(self.tensors[name].to(parameter.device))
+                    parameter.copy_(new)
                 else:  # in place: each block of rows is read before it is written
-                    add_low_rank(parameter, self.factors[name], name, out=parameter.detach())
+                    add_low_rank(parameter, factors[name], name, out=parameter.detach())
         return AppliedDelta(parameters, originals)
 
     @contextmanager
     def installed(self, adapter: Adapter) -> Iterator[None]:
         with self.apply(adapter):
             yield
+
+    def at_strength(self, strength: float) -> ScaledDelta:
+        """This delta as an intervention that applies it at ``strength`` (see :meth:`apply`) for one generation."""
+        check_strength(strength)
+        return ScaledDelta(self, strength)
 
     def stored_tensors(self) -> dict[str, torch.Tensor]:
         """The tensors of a delta file: dense parameters by path, factored ones as ``PATH:up`` and ``PATH:down``."""
@@ -305,6 +319,24 @@ class EditDelta(Intervention):
                                 "parameters")
         return cls(tensors, originals, metadata["fingerprint"], metadata["base_model"], metadata["method"], layers,
                    settings, metadata["locoedit_version"], factors, metadata.get("denoiser", ""))
+
+
+def check_strength(strength: float) -> None:
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 <= strength <= 1:
+        raise LocoeditError(f"strength {strength!r} must be a number from 0 (the original model) to 1 (the edit)")
+
+
+@dataclass(frozen=True)
+class ScaledDelta(Intervention):
+    """A delta applied at a strength for the span of a generation, reverted after (even when generation raises)."""
+
+    delta: EditDelta
+    strength: float
+
+    @contextmanager
+    def installed(self, adapter: Adapter) -> Iterator[None]:
+        with self.delta.apply(adapter, self.strength):
+            yield
 
 
 def _split_stored(stored: dict[str, torch.Tensor], path: Path) -> tuple[dict[str, torch.Tensor], dict[str, LowRank]]:

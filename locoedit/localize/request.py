@@ -22,6 +22,16 @@ def infer_concept(prompt: str, target: str) -> str:
     return " ".join(dropped)
 
 
+def parse_window(text: str) -> int | str:
+    """A window size as typed (``--window``): an integer m, or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise LocoeditError(f"window {text!r} is neither an integer nor 'auto'") from None
+
+
 @dataclass(frozen=True)
 class Screen:
     """Screening (``--screen STEPS:SEEDS:TOPK``): rank every window with ``steps`` denoising steps on the first

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from locoedit.core.checks import check_guidance, check_positive_int
 from locoedit.core.dtypes import check_dtype, dtype_named
@@ -13,7 +16,7 @@ from locoedit.core.io import write_png
 from locoedit.core.progress import ProgressCallback, ProgressTask
 from locoedit.core.runfolder import RunFolder, check_writable
 from locoedit.core.seeds import check_seeds
-from locoedit.models import Adapter, GenerationSettings, load_adapter
+from locoedit.models import Adapter, GenerationSettings, Intervention, load_adapter
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,17 @@ class GenerationRecord(JsonRecord):
     images: list[GeneratedImage]
 
 
+def generate_images(request: GenerationRequest, adapter: Adapter, interventions: Sequence[Intervention] = (),
+                    progress: ProgressCallback | None = None) -> torch.Tensor:  # [prompts x seeds, 3, H, W] in [0, 1]
+    """One image per (prompt, seed), prompt-major, in memory; ``interventions`` (e.g. a delta at a strength) are
+    installed for the generation and removed after, also when it fails."""
+    settings = adapter.settings(request.steps, request.guidance, request.size, request.size)
+    rows = [(p, seed) for p in range(len(request.prompts)) for seed in request.seeds]
+    encoded = adapter.encode(list(request.prompts)).take([p for p, _ in rows])
+    task = ProgressTask(progress, "generating", settings.num_inference_steps)
+    return adapter.generate(encoded, [seed for _, seed in rows], settings, interventions, task.advance)
+
+
 def generate_to_folder(request: GenerationRequest, out: str | Path, adapter: Adapter | None = None,
                        progress: ProgressCallback | None = None) -> GenerationRecord:
     """Generate into ``out``. The same request again finds its images there and does nothing; a folder holding
@@ -66,10 +80,8 @@ def generate_to_folder(request: GenerationRequest, out: str | Path, adapter: Ada
     settings = adapter.settings(request.steps, request.guidance, request.size, request.size)
     if RunFolder(out).claim(request) and record_file.is_file():
         return GenerationRecord.read(record_file)
+    images = generate_images(request, adapter, progress=progress)
     rows = [(p, seed) for p in range(len(request.prompts)) for seed in request.seeds]
-    encoded = adapter.encode(list(request.prompts)).take([p for p, _ in rows])
-    task = ProgressTask(progress, "generating", settings.num_inference_steps)
-    images = adapter.generate(encoded, [seed for _, seed in rows], settings, on_step=task.advance)
     records = []
     for (p, seed), image in zip(rows, images):
         path = f"p{p}_s{seed}.png"

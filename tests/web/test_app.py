@@ -1,0 +1,39 @@
+"""The Gradio page's own logic, without a browser: form parsing and the one-line errors it shows."""
+
+import pytest
+
+gr = pytest.importorskip("gradio", reason="the web app needs gradio (pip install -e '.[test]' or '.[ui]')")
+
+from locoedit.core.errors import LocoeditError  # noqa: E402
+from locoedit.localize import LocalizationRequest  # noqa: E402
+from locoedit.web.app import gallery_columns, jobs_markdown, lines, optional_int, shown_errors  # noqa: E402
+from locoedit.web.jobs import Job  # noqa: E402
+
+
+def test_a_user_error_is_shown_as_the_cli_line():
+    with pytest.raises(gr.Error) as caught:
+        with shown_errors():
+            LocalizationRequest(model="toyworld", prompts=lines(""), targets=lines("a red circle on black"))
+    assert caught.value.message == "error: prompts is empty; give at least one original prompt (--prompt)"
+
+
+def test_a_bug_is_one_line_without_a_traceback():
+    with pytest.raises(gr.Error) as caught:
+        with shown_errors():
+            {}["missing"]
+    assert caught.value.message.startswith("error: KeyError inside locoedit (a bug")
+    assert "\n" not in caught.value.message and "Traceback" not in caught.value.message
+
+
+def test_boxes_parse_to_request_fields():
+    assert lines(" a red circle \n\n a blue square\n") == ("a red circle", "a blue square")
+    assert optional_int("steps", "  ") is None and optional_int("steps", "12") == 12
+    with pytest.raises(LocoeditError, match="steps 'many' is not a whole number"):
+        optional_int("steps", "many")
+
+
+def test_the_job_list_and_grids():
+    assert "No jobs yet" in jobs_markdown([])
+    table = jobs_markdown([Job(1, "toyworld", "edit 'a|b'", "failed", message="error: x")])
+    assert "| 1 | toyworld | edit 'a\\|b' | failed | error: x |" in table
+    assert [gallery_columns(n) for n in (1, 2, 3, 8, 12)] == [8, 8, 6, 8, 12]  # whole groups per row

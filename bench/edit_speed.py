@@ -13,7 +13,11 @@ locoedit: ``locoedit.edit.edit_matrix`` (float64, n x n solve, one reused float6
 ``locoedit.edit.closed_form.edit_factors``, the same edit as the factors a delta stores (no [out, in] matrix made).
 official: ``(lam W + W X_t^T X_o) @ torch.inverse(lam I + X_o^T X_o)`` in float32, per matrix, as the paper's code.
 
-Prints both times and both objectives (summed over matrices, evaluated in float64). Not a timed test.
+With preservation (``--preserve-rows`` random rows standing for a corpus's statistics, computed before the clock
+starts, as ``locoedit stats`` does): ``edit_factors`` with ``A = C + lam I``, one Cholesky factorisation per
+regulariser (keys and values each get their own, as ``compute_edit`` does), timed side by side with the plain edit.
+
+Prints the times and the objectives (summed over matrices, evaluated in float64). Not a timed test.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import time
 import torch
 
 from locoedit.core.lowrank import Workspace
-from locoedit.edit.closed_form import closed_form_edit, edit_factors, edit_matrix, edit_objective
+from locoedit.edit.closed_form import Regulariser, closed_form_edit, edit_factors, edit_matrix, edit_objective
 from locoedit.models.layers import list_cross_attention_layers
 from locoedit.models.real_configs import SDXL_UNET
 
@@ -53,6 +57,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=8, help="concept rows (e.g. 4 templates x 2 concepts)")
     parser.add_argument("--lam", type=float, default=0.1)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--preserve-rows", type=int, default=8192, help="rows behind the preservation statistics")
     parser.add_argument("--official-limit", type=int, default=None, help="time the official formula on N matrices only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -79,6 +84,15 @@ def main() -> None:
     factored = [edit_factors(w, sources, targets, args.lam, workspace) for w in weights]
     factors_s = time.perf_counter() - start
     factored_objective = sum(objective for _, objective in factored)
+    # With preservation: C from a corpus's rows is precomputed (locoedit stats); the factorisations are timed.
+    corpus = torch.randn(args.preserve_rows, inputs, generator=generator, dtype=torch.float64)
+    moment = corpus.T @ corpus / args.preserve_rows
+    start = time.perf_counter()
+    regularisers = {"to_k": Regulariser(args.lam, moment), "to_v": Regulariser(args.lam, moment)}
+    preserved = [edit_factors(w, sources, targets, regularisers[name.split(".")[-2]], workspace)
+                 for (name, _), w in zip(shapes, weights)]
+    preserved_s = time.perf_counter() - start
+    ranks = {update.rank for update, _ in preserved}
     # The floor for any method that returns new matrices: allocate and fill 140 new ones.
     start = time.perf_counter()
     copies = [torch.empty_like(w).copy_(w) for w in weights]
@@ -100,6 +114,8 @@ def main() -> None:
     print(f"locoedit, into already-mapped output memory:    {ours_reused_s:8.3f} s for {len(shapes)} matrices")
     print(f"locoedit, factors only (what a delta stores):  {factors_s:8.3f} s for {len(shapes)} matrices "
           f"(objective {factored_objective:.6e})")
+    print(f"locoedit, factors with preservation (C + lam I): {preserved_s:8.3f} s for {len(shapes)} matrices "
+          f"(rank {sorted(ranks)}; plain factors / preserving: {factors_s / preserved_s:.2f})")
     print(f"floor: allocate and copy {len(shapes)} new matrices: {floor_s:8.3f} s")
     print(f"official (float32 explicit inverse):            {theirs_s:8.3f} s for {limit} matrices"
           + ("" if limit == len(shapes) else f" (~{theirs_s * len(shapes) / limit:.1f} s for all, extrapolated)"))

@@ -23,6 +23,7 @@ from locoedit.evaluate import EvaluationRequest
 from locoedit.localize import LocalizationRequest, Screen, parse_window
 from locoedit.trace import TraceRequest
 from locoedit.workflows.generate import GenerationRequest
+from locoedit.workflows.tune import TuneRequest
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -261,7 +262,9 @@ def edit(
     lambda_key: Annotated[float, typer.Option("--lambda-key", help="Regulariser of the key edits (> 0).")] = default(E, "lambda_key"),
     lambda_value: Annotated[float, typer.Option("--lambda-value", help="Regulariser of the value edits (> 0).")] = default(E, "lambda_value"),
     token: Token = default(E, "token"),
-    window: Annotated[int, typer.Option(help="LocoGen window size for --layers auto.")] = default(E, "auto_window"),
+    window: Annotated[str, typer.Option(help="LocoGen window size for --layers auto, or 'auto': the smallest that reaches --threshold.")] = str(default(E, "auto_window")),
+    threshold: Annotated[float, typer.Option(help="For --window auto: fraction of the all-layer effect a window must reach.")] = default(E, "auto_threshold"),
+    auto_scorer: Annotated[str | None, typer.Option(help="Scorer of LocoGen for --layers auto (default: the model's concept scorer).")] = None,
     dtype: Dtype = default(E, "dtype"),
     device: Device = None,
 ):
@@ -274,11 +277,48 @@ def edit(
         preserve_neighbours=preserve_neighbours, preserve_general=preserve_general, neighbours=tuple(neighbour or ()),
         preserve_corpus=None if preserve_corpus is None else str(preserve_corpus),
         preserve_stats=None if preserve_stats is None else str(preserve_stats), lambda_key=lambda_key, lambda_value=lambda_value, token=token, dtype=dtype, device=device,
-        auto_window=window,
+        auto_window=parse_window(window), auto_threshold=threshold, auto_scorer=auto_scorer,
     )
     delta = edit_to_file(request, out, progress=ctx.obj)
     names = ", ".join(str(layer["index"]) for layer in delta.layers)
     typer.echo(f"edited layers {names} ({len(delta.parameters)} matrices, {delta.settings['concept_rows']} concept rows) -> {out}")
+
+
+@app.command()
+@user_errors
+def tune(
+    ctx: typer.Context,
+    model: Model,
+    concept: Concepts,
+    out: Annotated[Path, typer.Option(help="Folder for the grid, the chosen delta and its test evaluation.")],
+    target: Targets = None,
+    kind: Kind = default(TuneRequest, "kind"),
+    suite: Annotated[str | None, typer.Option(help="Suite with a validation split (default: the shipped one for the concept).")] = None,
+    windows: Annotated[int, typer.Option(help="How many of LocoGen's best windows to try.")] = default(TuneRequest, "windows"),
+    window: Annotated[str, typer.Option(help="LocoGen window size, or 'auto'.")] = str(default(TuneRequest, "window")),
+    token: Annotated[list[str] | None, typer.Option("--token", help="Token rows to try (repeat).")] = None,
+    preserve_neighbours: Annotated[list[float] | None, typer.Option("--preserve-neighbours", help="Neighbour weights to try (repeat).")] = None,
+    preserve_general: Annotated[list[float] | None, typer.Option("--preserve-general", help="General-corpus weights to try (repeat).")] = None,
+    lam: Annotated[list[float] | None, typer.Option("--lambda", help="Lambdas to try, keys and values alike (repeat).")] = None,
+    dtype: Dtype = default(TuneRequest, "dtype"),
+    device: Device = None,
+):
+    """Choose an edit's settings on a suite's validation split; write the chosen delta and its test-split figures."""
+    from locoedit.workflows.tune import tune as run_tune
+
+    grid = {name: tuple(values) for name, values in (("tokens", token), ("preserve_neighbours", preserve_neighbours),
+                                                     ("preserve_general", preserve_general), ("lambdas", lam)) if values}
+    request = TuneRequest(model=model, concepts=tuple(concept), targets=tuple(target or ()), kind=kind, suite=suite,
+                          windows=windows, window=parse_window(window), dtype=dtype, device=device, **grid)
+    result = run_tune(request, out, progress=ctx.obj)
+    chosen, test = result.variants[result.chosen], result.test
+    show = lambda v: "n/a" if v is None else f"{100 * v:.0f}%"  # noqa: E731
+    typer.echo(f"chose variant {chosen.index} of {len(result.variants)} on validation: layers {chosen.layers}, "
+               f"{chosen.token} rows, neighbours {chosen.preserve_neighbours:g}, general {chosen.preserve_general:g}, "
+               f"lambda {chosen.lam:g}")
+    typer.echo(f"test split: efficacy {show(test.efficacy)}  generalization {show(test.generalization)}  "
+               f"specificity {show(test.specificity)}  identity {show(test.identity)}")
+    typer.echo(f"wrote {out / 'edit.safetensors'}, {out / 'tune.json'} and {out / 'report.html'}")
 
 
 @app.command()
@@ -325,7 +365,8 @@ def neurons(
     layers: Layers = default(N, "layers"),
     top_k: Annotated[int, typer.Option("--top-k", help="Neurons replaced per key/value projection.")] = default(N, "top_k"),
     token: Token = default(N, "token"),
-    window: Annotated[int, typer.Option(help="LocoGen window size for --layers auto.")] = default(N, "auto_window"),
+    window: Annotated[str, typer.Option(help="LocoGen window size for --layers auto, or 'auto': the smallest that reaches --threshold.")] = str(default(N, "auto_window")),
+    threshold: Annotated[float, typer.Option(help="For --window auto: fraction of the all-layer effect a window must reach.")] = default(N, "auto_threshold"),
     dtype: Dtype = default(N, "dtype"),
     device: Device = None,
 ):
@@ -335,7 +376,7 @@ def neurons(
     request = NeuronRequest(
         model=model, concepts=tuple(concept), neutral=tuple(neutral or ()), targets=tuple(target or ()), kind=kind,
         prompts=tuple(prompt or ()), layers=parse_layers(layers), top_k=top_k, token=token, dtype=dtype,
-        device=device, auto_window=window,
+        device=device, auto_window=parse_window(window), auto_threshold=threshold,
     )
     delta = neurons_to_file(request, out, progress=ctx.obj)
     count = sum(len(item["neurons"]) for item in delta.settings["chosen_neurons"])

@@ -50,7 +50,7 @@ def normalise_common_fields(request) -> None:
     check_dtype(request.dtype)
     object.__setattr__(request, "layers", check_layer_spec(request.layers))
     seeds = request.auto_seeds
-    object.__setattr__(request, "auto_seeds", check_auto_settings(request.auto_window,
+    object.__setattr__(request, "auto_seeds", check_auto_settings(request.auto_window, request.auto_threshold,
                                                                   (seeds,) if isinstance(seeds, int) else seeds))
     check_positive_int("auto_steps", request.auto_steps)
 

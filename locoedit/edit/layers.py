@@ -46,10 +46,12 @@ def check_layer_spec(layers) -> tuple[int, ...] | str:
     return layers
 
 
-def check_auto_settings(window, seeds) -> tuple[int, ...]:
+def check_auto_settings(window, threshold, seeds) -> tuple[int, ...]:
     """Validate the LocoGen settings of ``layers="auto"``; returns the seeds as a tuple."""
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-        raise LocoeditError(f"auto_window {window!r} must be an integer >= 1")
+    if window != "auto" and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+        raise LocoeditError(f"auto_window {window!r} must be an integer >= 1 or 'auto' (--window)")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
+        raise LocoeditError(f"auto_threshold {threshold!r} must be in (0, 1] (--threshold)")
     return check_seeds(seeds, "auto_seeds")
 
 
@@ -72,6 +74,7 @@ def auto_localization(request, pairs: list[PromptPair]) -> LocalizationRequest:
         concept=", ".join(request.concepts),
         scorer=request.auto_scorer,
         window=request.auto_window,
+        auto_threshold=request.auto_threshold,
         seeds=request.auto_seeds,
         steps=request.auto_steps,
         dtype=request.dtype,

@@ -67,8 +67,8 @@ class EditRequest(JsonRecord):
     layers: tuple[int, ...] | str = "auto"  # indices, "auto" (run LocoGen first), or a LocoGen run folder
     preserve: tuple[str, ...] = ()  # prompts whose keys and values should stay
     preserve_scale: float = 1.0  # weight of each row of ``preserve`` relative to a concept row
-    preserve_neighbours: float = 1.0  # weight of the neighbouring concepts' mean second moment
-    preserve_general: float = 1.0  # weight of the general corpus's mean second moment
+    preserve_neighbours: float = 3.0  # weight of the neighbouring concepts' mean second moment
+    preserve_general: float = 3.0  # weight of the general corpus's mean second moment
     neighbours: tuple[str, ...] = ()  # concepts to keep; empty = the concept's group in the model's (or shipped) lists
     preserve_corpus: str | None = None  # general corpus file, one prompt per line; None = the model's, else shipped
     preserve_stats: str | None = None  # the corpus's statistics from `locoedit stats --out`; None = cache
@@ -77,7 +77,8 @@ class EditRequest(JsonRecord):
     token: str | None = None  # None = the model folder's recommendation, else last-subject
     dtype: str = "float32"
     device: str | None = None
-    auto_window: int = 2  # LocoGen window size for layers="auto"
+    auto_window: int | str = "auto"  # LocoGen window size for layers="auto"; "auto": the smallest m that passes
+    auto_threshold: float = 0.95  # ... this fraction of the effect of routing every layer
     auto_steps: int | None = None  # LocoGen denoising steps for layers="auto"; None = the family's default
     auto_seeds: tuple[int, ...] = (0, 1, 2, 3)
     auto_scorer: str | None = None  # LocoGen scorer for layers="auto"; None = the model's concept scorer

@@ -56,7 +56,8 @@ class NeuronRequest(JsonRecord):
     fit_lambda: float = 1e-3  # ridge of the constant fit used for projections without a bias
     dtype: str = "float32"
     device: str | None = None
-    auto_window: int = 2
+    auto_window: int | str = "auto"
+    auto_threshold: float = 0.95
     auto_steps: int | None = None
     auto_seeds: tuple[int, ...] = (0, 1, 2, 3)
     auto_scorer: str | None = None

@@ -306,7 +306,7 @@ def build_app(workbench: Workbench, model: str) -> gr.Blocks:
                     model=model.strip(), concepts=lines(concepts), targets=lines(targets) or ("",), kind=kind,
                     prompts=lines(templates), layers=parse_layers(layers), preserve=lines(preserve),
                     preserve_scale=preserve_scale, lambda_key=lambda_key, lambda_value=lambda_value,
-                    token=None if token == MODEL_DEFAULT_TOKEN else token, auto_window=optional_int("window", window),
+                    token=None if token == MODEL_DEFAULT_TOKEN else token, auto_window=parse_window(window.strip() or "auto"),
                 )
                 images = GenerationRequest(model.strip(), lines(prompts), parse_seeds(seeds),
                                            optional_int("steps", steps))

@@ -1,9 +1,10 @@
 """``locoedit demo``: the whole story on the shipped toy world, with no downloads.
 
-For one style, one object and one fact (``locoedit/data/demo.json``): LocoGen localizes the concept, LocoEdit
-edits the chosen layers, and the edit is evaluated against the probe's ground truth, side by side with the same
-edit of every layer and of a random window of the same size (the paper's controls), plus one neuron-level edit.
-Writes one HTML report, ``demo.json``, and prints a summary table.
+For each case of ``locoedit/data/demo.json`` (a style, an object, a fact, three styles at once), with LocoEdit's
+plain defaults: LocoGen localizes the edit on its own prompt pairs, LocoEdit edits the chosen layers, and the edit
+is evaluated on its suite's test split against the probe's ground truth, side by side with the same edit of every
+layer and of a random window of the same size (the paper's controls), plus one neuron-level edit. Writes one HTML
+report, ``demo.json``, and prints a summary table.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ from locoedit.core.io import write_text
 from locoedit.core.progress import ProgressCallback
 from locoedit.core.runfolder import check_writable
 from locoedit.edit import EditRequest, compute_edit
+from locoedit.edit.common import with_model_defaults
+from locoedit.edit.layers import auto_localization
 from locoedit.edit.neurons import NeuronRequest, compute_neuron_edit
 from locoedit.evaluate import EvaluationSuite, Headline, evaluate
 from locoedit.evaluate.report import evaluation_section
 from locoedit.interventions.delta import EditDelta
-from locoedit.localize import LocalizationRequest, localize
+from locoedit.localize import localize
 from locoedit.localize.report import localization_section
 from locoedit.models import Adapter, load_adapter
 from locoedit.report.html import page
@@ -38,16 +41,17 @@ DEMO_FILE = Path(__file__).parents[1] / "data" / "demo.json"
 
 @dataclass(frozen=True)
 class DemoRow:
-    kind: str
+    kind: str  # the case
     variant: str
     layers: list[int]
     headline: Headline
     report: str  # path of the evaluation's own report, relative to the demo folder
+    suite: str = ""
 
 
 @dataclass(frozen=True)
 class DemoRecord(JsonRecord):
-    """``demo.json``: one row per (case, edit variant)."""
+    """``demo.json``: one row per (case, edit variant, suite)."""
 
     FORMAT = "locoedit.demo/1"
 
@@ -79,54 +83,50 @@ def run_demo(out: str | Path = "runs/demo", adapter: Adapter | None = None, seed
         raise LocoeditError(f"seeds {seeds} must be >= 1")
     localize_seeds = tuple(range(seeds or plan["localize_seeds"]))
     evaluation_seeds = tuple(range(seeds or plan["evaluation_seeds"]))
-    window = plan["window"]
     rows: list[DemoRow] = []
     sections = []
     for case in plan["cases"]:
-        kind = case["kind"]
-        case_dir = out / kind
-        localization = localize(
-            LocalizationRequest(
-                model=model, prompts=tuple(case["localize"]["prompts"]), targets=tuple(case["localize"]["targets"]),
-                concept=case["concept"], scorer=scorer.spec, window=window, seeds=localize_seeds, mode="batched",
-                chunk=8,
-            ),
-            out=case_dir / "localize", adapter=adapter, scorer=scorer, progress=progress,
-        )
+        name = case["name"]
+        case_dir = out / name.replace(" ", "-")
+        request = with_model_defaults(EditRequest(model=model, concepts=tuple(case["concepts"]),
+                                                  targets=tuple(case["targets"]), kind=case["kind"],
+                                                  auto_seeds=localize_seeds), adapter)
+        localization = localize(auto_localization(request, request.pairs()), out=case_dir / "localize",
+                                adapter=adapter, scorer=scorer, progress=progress)
         chosen = localization.chosen.layers
+        request = replace(request, layers=tuple(chosen))
         num_layers = len(adapter.layers)
-        edit = case["edit"]
-        request = EditRequest(
-            model=model, concepts=tuple(edit["concepts"]), targets=tuple(edit["targets"]), kind=kind,
-            prompts=tuple(edit["prompts"]), preserve=tuple(edit["preserve"]), token=edit["token"], layers=tuple(chosen),
-        )
-        variants: dict[str, tuple[list[int], EditDelta]] = {
-            "localized": (chosen, compute_edit(adapter, request)),
-            "all layers": (list(range(num_layers)),
-                           compute_edit(adapter, replace(request, layers=tuple(range(num_layers))))),
-        }
-        random_window = _random_window(num_layers, len(chosen), chosen, seed=len(rows))
-        variants["random window"] = (random_window, compute_edit(adapter, replace(request, layers=tuple(random_window))))
+        variants: dict[str, tuple[list[int], EditDelta]] = {"localized": (chosen, compute_edit(adapter, request))}
+        if case["controls"]:
+            variants["all layers"] = (list(range(num_layers)),
+                                      compute_edit(adapter, replace(request, layers=tuple(range(num_layers)))))
+            random_window = _random_window(num_layers, len(chosen), chosen, seed=len(rows))
+            variants["random window"] = (random_window,
+                                         compute_edit(adapter, replace(request, layers=tuple(random_window))))
         if case["neurons"]:
-            # The neutral prompts are LocoGen's targets: the same scenes without the concept.
-            neurons = NeuronRequest(model=model, concepts=tuple(edit["concepts"]),
-                                    neutral=tuple(case["localize"]["targets"]), kind=kind,
-                                    prompts=tuple(edit["prompts"]), layers=tuple(chosen), token=edit["token"])
+            # The neutral prompts are the edit's target prompts: the same scenes without the concept.
+            neurons = NeuronRequest(model=model, concepts=request.concepts,
+                                    neutral=tuple(p.target_prompt for p in request.pairs() if p.target_prompt),
+                                    kind=request.kind, prompts=request.prompts, layers=tuple(chosen),
+                                    token=request.token)
             variants["neurons"] = (chosen, compute_neuron_edit(adapter, neurons))
-        suite = replace(EvaluationSuite.load(case["suite"]), seeds=evaluation_seeds)
-        case_sections = [localization_section(localization, image_root=f"{kind}/localize/")]
-        unedited = None  # every variant is compared with the same unedited images
-        for variant, (layers, delta) in variants.items():
-            name = variant.replace(" ", "-")
-            delta.save(case_dir / f"{name}.safetensors")
-            result = evaluate(adapter, delta, suite, scorer, out=case_dir / name, progress=progress, reuse=unedited,
-                              localization=case_dir / "localize")
-            unedited = unedited or result
-            rows.append(DemoRow(kind, variant, layers, result.headline, f"{kind}/{name}/report.html"))
-            if variant == "localized":
-                case_sections.append(evaluation_section(result, image_root=f"{kind}/{name}/",
-                                                        data_link=f"{kind}/{name}/evaluation.json"))
-        sections.append(f"<section id='{kind}'><h1>{kind}: {case['concept']}</h1>{''.join(case_sections)}</section>")
+        case_sections = [localization_section(localization, image_root=f"{case_dir.name}/localize/")]
+        for suite_name in case["suites"]:
+            suite = replace(EvaluationSuite.load(suite_name).split("test"), seeds=evaluation_seeds)
+            unedited = None  # every variant is compared with the same unedited images
+            for variant, (layers, delta) in variants.items():
+                folder = variant.replace(" ", "-") + ("" if len(case["suites"]) == 1 else f"-{suite_name}")
+                delta.save(case_dir / f"{variant.replace(' ', '-')}.safetensors")
+                result = evaluate(adapter, delta, suite, scorer, out=case_dir / folder, progress=progress,
+                                  reuse=unedited, localization=case_dir / "localize")
+                unedited = unedited or result
+                rows.append(DemoRow(name, variant, layers, result.headline, f"{case_dir.name}/{folder}/report.html",
+                                    suite_name))
+                if variant == "localized":
+                    case_sections.append(evaluation_section(result, image_root=f"{case_dir.name}/{folder}/",
+                                                            data_link=f"{case_dir.name}/{folder}/evaluation.json"))
+        concepts = ", ".join(request.concepts)
+        sections.append(f"<section id='{case_dir.name}'><h1>{name}: {concepts}</h1>{''.join(case_sections)}</section>")
     summary = DemoRecord(model, rows, (time.perf_counter() - started) / 60,
                          {"localize": len(localize_seeds), "evaluation": len(evaluation_seeds)})
     summary.write(out / "demo.json")
@@ -138,25 +138,33 @@ def _percent(value) -> str:
     return "n/a" if value is None else f"{100 * value:.0f}%"
 
 
+def _layers(layers: list[int]) -> str:
+    return f"{layers[0]}-{layers[-1]}" if len(layers) > 1 else str(layers[0])
+
+
 def summary_lines(rows: list[DemoRow]) -> list[str]:
-    header = f"{'kind':<7} {'edit':<14} {'layers':<12} {'efficacy':>9} {'generalization':>15} {'specificity':>12}"
+    header = (f"{'case':<13} {'edit':<14} {'suite':<25} {'layers':<7} {'efficacy':>9} {'generalization':>15} "
+              f"{'specificity':>12} {'identity':>9}")
     lines = [header, "-" * len(header)]
     for row in rows:
-        layers = f"{row.layers[0]}-{row.layers[-1]}" if len(row.layers) > 1 else str(row.layers[0])
         h = row.headline
-        lines.append(f"{row.kind:<7} {row.variant:<14} {layers:<12} {_percent(h.efficacy):>9} "
-                     f"{_percent(h.generalization):>15} {_percent(h.specificity):>12}")
+        lines.append(f"{row.kind:<13} {row.variant:<14} {row.suite:<25} {_layers(row.layers):<7} "
+                     f"{_percent(h.efficacy):>9} {_percent(h.generalization):>15} {_percent(h.specificity):>12} "
+                     f"{_percent(h.identity):>9}")
     return lines
 
 
 def summary_table_html(rows: list[DemoRow]) -> str:
     body = "".join(
-        f"<tr><td><a href='#{r.kind}'>{r.kind}</a></td><td><a href='{r.report}'>{r.variant}</a></td>"
-        f"<td>{r.layers[0]}-{r.layers[-1]}</td><td>{_percent(r.headline.efficacy)}</td>"
-        f"<td>{_percent(r.headline.generalization)}</td><td>{_percent(r.headline.specificity)}</td></tr>"
+        f"<tr><td><a href='#{r.kind.replace(' ', '-')}'>{r.kind}</a></td><td><a href='{r.report}'>{r.variant}</a></td>"
+        f"<td>{r.suite}</td><td>{_layers(r.layers)}</td><td>{_percent(r.headline.efficacy)}</td>"
+        f"<td>{_percent(r.headline.generalization)}</td><td>{_percent(r.headline.specificity)}</td>"
+        f"<td>{_percent(r.headline.identity)}</td></tr>"
         for r in rows
     )
     return ("<h1>locoedit demo: the toy world</h1><p>Efficacy: the edited concept no longer appears (probe). "
-            "Generalization: the same on paraphrases. Specificity: every attribute of neighbour and unrelated "
-            "images unchanged.</p><table class='layers'><tr><th>kind</th><th>edit</th><th>layers</th>"
-            f"<th>efficacy</th><th>generalization</th><th>specificity</th></tr>{body}</table>")
+            "Generalization: the same on paraphrases. Specificity: neighbour and unrelated images that still show "
+            "what their prompt asks, relative to the unedited model. Identity: those images with every attribute "
+            "unchanged.</p><table class='layers'><tr><th>case</th><th>edit</th><th>suite</th><th>layers</th>"
+            "<th>efficacy</th><th>generalization</th><th>specificity</th><th>identity</th></tr>"
+            f"{body}</table>")

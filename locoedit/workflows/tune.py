@@ -58,7 +58,7 @@ class TuneRequest(JsonRecord):
     kind: str = "object"
     suite: str | None = None  # shipped name or file with a validation split; None = the shipped one for the concept
     windows: int = 3  # the best LocoGen windows tried
-    window: int = 2  # LocoGen window size
+    window: int | str = "auto"  # LocoGen window size, or "auto" (the edit's default)
     tokens: tuple[str, ...] = ("from-concept", "last-subject")
     preserve_neighbours: tuple[float, ...] = (3.0, 30.0)
     preserve_general: tuple[float, ...] = (3.0, 30.0)

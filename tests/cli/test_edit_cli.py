@@ -1,5 +1,7 @@
 """The edit / neurons / apply commands through typer, on a tiny pipeline folder."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -92,7 +94,15 @@ def test_apply_carries_the_model_folders_settings_over(app, tmp_path):
         assert run(app, "apply", "toyworld", delta, "--out", tmp_path / "edited").exit_code == 0
     finally:
         os.umask(old)
+    from dataclasses import replace
+
+    from locoedit.toyworld import MODEL_SETTINGS_PATH
+
+    assert ModelSettings.read(tmp_path / "edited" / "locoedit.json") == ModelSettings.read(MODEL_SETTINGS_PATH)
     original = load_adapter("toyworld", device="cpu").recommended
-    assert ModelSettings.read(tmp_path / "edited" / "locoedit.json") == original
-    assert load_adapter(str(tmp_path / "edited"), device="cpu").recommended == original
+    carried = load_adapter(str(tmp_path / "edited"), device="cpu").recommended
+    # The preservation corpus the settings name travels with them, read from the new folder.
+    assert carried.edit.corpus == str(tmp_path / "edited" / "preservation_corpus.txt")
+    assert carried == replace(original, edit=replace(original.edit, corpus=carried.edit.corpus))
+    assert Path(carried.edit.corpus).read_text() == Path(original.edit.corpus).read_text()
     assert stat.S_IMODE((tmp_path / "edited").stat().st_mode) == 0o755

@@ -132,7 +132,7 @@ def test_the_general_corpus_leaves_out_prompts_that_name_the_concept(toy):
     got = build_preservation(toy, req, [toy.layers[2]])
     sums, rows = moment_sums(toy, kept, spaces_of([toy.layers[2]]))
     assert got.counts["general"] == len(kept)
-    torch.testing.assert_close(got.moments["text"], sums["text"] / rows, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(got.moments["text"], req.preserve_general * sums["text"] / rows, rtol=1e-9, atol=1e-12)
 
 
 def test_statistics_are_cached_reused_and_refused_for_another_model_or_corpus(sd, tmp_path, monkeypatch):
@@ -178,7 +178,7 @@ def test_removing_a_style_with_an_empty_target_and_the_default_templates(toy, sd
     req = EditRequest(model="toyworld", concepts=("in the style of hokusai",), targets=("",), kind="style",
                       auto_steps=3, auto_seeds=(0,))
     delta = compute_edit(toy, req)
-    assert len(delta.layers) == req.auto_window and delta.settings["preserve_prompts"]["neighbours"] > 0
+    assert delta.layers and delta.settings["preserve_prompts"]["neighbours"] > 0
     assert all(target for _, target in delta.settings["prompt_pairs"])
     # The shipped templates for real models start with "{c}", which is empty without the concept: LocoGen leaves that
     # pair out; the edit keeps it.

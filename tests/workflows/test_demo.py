@@ -7,6 +7,7 @@ import pytest
 
 from locoedit.workflows.demo import run_demo, summary_lines
 from locoedit.core.errors import LocoeditError
+from locoedit.interventions.delta import EditDelta
 
 
 @pytest.fixture(scope="module")
@@ -20,46 +21,52 @@ def demo_run(tmp_path_factory):
     return out, rows, adapter, before
 
 
-def test_demo_localizes_edits_and_evaluates_each_kind(demo_run):
+CASES = {"style": "style", "object": "object", "fact": "fact", "three styles": "three-styles"}  # case -> folder
+
+
+def test_demo_localizes_edits_and_evaluates_each_case(demo_run):
     out, rows, adapter, _ = demo_run
-    assert [(r.kind, r.variant) for r in rows] == [
-        ("style", "localized"), ("style", "all layers"), ("style", "random window"), ("style", "neurons"),
-        ("object", "localized"), ("object", "all layers"), ("object", "random window"),
-        ("fact", "localized"), ("fact", "all layers"), ("fact", "random window"),
+    assert [(r.kind, r.variant, r.suite) for r in rows] == [
+        ("style", "localized", "toyworld-style-kandinsky"), ("style", "all layers", "toyworld-style-kandinsky"),
+        ("style", "random window", "toyworld-style-kandinsky"), ("style", "neurons", "toyworld-style-kandinsky"),
+        ("object", "localized", "toyworld-object-circle"), ("object", "all layers", "toyworld-object-circle"),
+        ("object", "random window", "toyworld-object-circle"),
+        ("fact", "localized", "toyworld-fact-sun"), ("fact", "all layers", "toyworld-fact-sun"),
+        ("fact", "random window", "toyworld-fact-sun"),
+        ("three styles", "localized", "toyworld-style-kandinsky"), ("three styles", "localized", "toyworld-style-hokusai"),
+        ("three styles", "localized", "toyworld-style-klimt"),
     ]
     for row in rows:
-        assert all(0 <= getattr(row.headline, k) <= 1 for k in ("efficacy", "generalization", "specificity"))
+        assert all(0 <= getattr(row.headline, k) <= 1 for k in ("efficacy", "generalization", "identity"))
         assert (out / row.report).is_file()
-    for kind in ("style", "object", "fact"):
-        localization = json.loads((out / kind / "localize" / "localization.json").read_text())
-        localized = next(r for r in rows if r.kind == kind and r.variant == "localized")
+    for case, folder in CASES.items():
+        localization = json.loads((out / folder / "localize" / "localization.json").read_text())
+        localized = next(r for r in rows if r.kind == case and r.variant == "localized")
         assert localized.layers == localization["chosen"]["layers"]
-        random_window = next(r for r in rows if r.kind == kind and r.variant == "random window")
+        assert (out / folder / "localized.safetensors").is_file()
+    for case in ("style", "object", "fact"):
+        localized = next(r for r in rows if r.kind == case and r.variant == "localized")
+        random_window = next(r for r in rows if r.kind == case and r.variant == "random window")
         assert random_window.layers != localized.layers and len(random_window.layers) == len(localized.layers)
-        assert (out / kind / "localized.safetensors").is_file()
     summary = json.loads((out / "demo.json").read_text())
     assert len(summary["rows"]) == len(rows) and summary["seeds"] == {"localize": 1, "evaluation": 1}
-    assert summary_lines(rows)[0].split()[:3] == ["kind", "edit", "layers"]
+    assert summary_lines(rows)[0].split()[:4] == ["case", "edit", "suite", "layers"]
 
 
-def test_demo_chooses_the_readme_windows_by_the_largest_positive_effect(demo_run):
-    """The README's table (plan seeds) chooses layers 2-4 for all three cases; at the test's one seed per prompt
-    LocoGen chooses them too (measured effects 0.75, 0.26, 0.49; every window starting after layer 2 under 0.01)."""
+def test_demo_localizes_each_edit_on_its_own_prompt_pairs(demo_run):
+    """LocoGen runs on the edit's pairs (the concept prompt -> the same prompt with the target), so the window found
+    is the one that controls what the edit changes; the edit of every layer removes the concept in every case."""
     out, rows, _, _ = demo_run
-    for kind in ("style", "object", "fact"):
-        localization = json.loads((out / kind / "localize" / "localization.json").read_text())
-        effects = {window["layers"][0]: window["effect"] for window in localization["windows"]}
-        assert localization["chosen"]["layers"] == [2, 3, 4], kind
-        assert localization["chosen"]["effect"] == max(effects.values()) > 0.2, kind  # positive: the concept is gone
-        assert all(abs(effect) < 0.01 for start, effect in effects.items() if start > 2), kind
-        assert localization["full_swap_effect"] > 0.5, kind
-    # Figures of the README's table that hold at one seed too: the edit of every layer removes each concept, and
-    # the random windows are the ones drawn there.
+    for case, folder in CASES.items():
+        localization = json.loads((out / folder / "localize" / "localization.json").read_text())
+        delta = EditDelta.load(out / folder / "localized.safetensors")
+        pairs = [pair for pair in delta.settings["prompt_pairs"] if pair[1]]
+        assert [list(p) for p in zip(localization["request"]["prompts"], localization["request"]["targets"])] == pairs
+        effects = [window["effect"] for window in localization["windows"]]
+        assert localization["chosen"]["effect"] == max(effects) > 0, case
     for row in rows:
         if row.variant == "all layers":
             assert row.layers == list(range(11)) and row.headline.efficacy == 1.0, row.kind
-    random_windows = {r.kind: r.layers for r in rows if r.variant == "random window"}
-    assert random_windows == {"style": [7, 8, 9], "object": [4, 5, 6], "fact": [6, 7, 8]}
 
 
 def test_demo_report_links_resolve(demo_run):

@@ -69,6 +69,27 @@ def test_bad_input_exits_2_and_writes_nothing(app, model, tmp_path, args, messag
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    "corpus, message",
+    [
+        ("# nothing but a comment\n", "holds no prompts; write one prompt per line"),
+        ("van gogh\na house by van gogh\n", "names an edited concept, so none is left to preserve"),
+        (None, "does not exist; give a text file with one prompt per line"),
+        ("a tree\n", "statistics file"),  # with --preserve-stats pointing at something that is not one
+    ],
+)
+def test_bad_preservation_input_exits_2_and_writes_nothing(app, model, tmp_path_factory, corpus, message):
+    inputs, out = tmp_path_factory.mktemp("inputs"), tmp_path_factory.mktemp("out")
+    file = inputs / "corpus.txt"
+    if corpus is not None:
+        file.write_text(corpus)
+    extra = ["--preserve-stats", inputs / "corpus.txt"] if message == "statistics file" else []
+    result = run(app, "edit", model, "--concept", "van gogh", "--target", "a painting", "--layers", "1",
+                 "--preserve-corpus", file, *extra, "--out", out / "d.safetensors")
+    assert result.exit_code == 2 and message in result.output
+    assert len(result.output.strip().splitlines()) == 1 and list(out.iterdir()) == []
+
+
 def test_apply_refuses_a_delta_for_another_model(app, model, tmp_path):
     other = tmp_path / "other"
     TINY_PIPELINES["sd"](tmp_path / "tok", seed=5).save_pretrained(other)

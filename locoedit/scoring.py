@@ -140,7 +140,8 @@ class ClipScorer(ConceptScorer):
 
 
 class ToyworldScorer(ConceptScorer):
-    """The toy world's probe: a concept is present when its probability is at least 0.5."""
+    """The toy world's probe: a concept is present when its probability is at least 0.5. Several concepts joined by
+    ", " (how a multi-concept edit names what LocoGen scores) are present when any of them is: the largest score."""
 
     spec = "toyworld"
     presence_threshold = 0.5
@@ -151,20 +152,26 @@ class ToyworldScorer(ConceptScorer):
 
         self.probe = ToyworldProbe.load()
 
+    @staticmethod
+    def _parts(concept: str) -> list[str]:
+        return [part.strip() for part in concept.split(",")]
+
     def score(self, images: Images, concept: str) -> torch.Tensor:
-        return self.probe.score(images, concept).float().cpu()
+        scores = [self.probe.score(images, part).float().cpu() for part in self._parts(concept)]
+        return torch.stack(scores).amax(0)
 
     def check_concept(self, concept: str) -> None:
-        try:
-            self.probe.resolve(concept)
-        except ValueError as error:
-            raise LocoeditError(str(error)) from None
+        for part in self._parts(concept):
+            try:
+                self.probe.resolve(part)
+            except ValueError as error:
+                raise LocoeditError(str(error)) from None
 
     def predict(self, images: Images) -> list[dict[str, str]]:
         return self.probe.predict(images)
 
     def concept_attributes(self, concept: str) -> set[str]:
-        return {attribute for attribute, _ in self.probe.resolve(concept)}
+        return {attribute for part in self._parts(concept) for attribute, _ in self.probe.resolve(part)}
 
     def follows(self, images: Images, prompts: list[str], concepts: list[str], candidates: list[str]) -> list[bool]:
         """Per image: every attribute its prompt states (a fact: its colour, shape and texture) is read as stated."""

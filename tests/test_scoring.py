@@ -174,3 +174,15 @@ def test_without_a_reader_of_attributes_following_is_zero_shot_among_the_suites_
     images[0, 0], images[1, 1], images[2, 2] = 1.0, 1.0, 1.0
     concepts = ["red", "green", "red"]
     assert ChannelScorer().follows(images, ["p"] * 3, concepts, ["red", "green", "blue"]) == [True, True, False]
+
+
+def test_the_toy_world_scores_several_concepts_as_any_of_them():
+    scorer = make_scorer("toyworld")
+    images = torch.stack([_rendered("a red circle in the style of klimt"), _rendered("a red circle in the style of hokusai"),
+                          _rendered("a red circle")])
+    several = scorer.score(images, "in the style of klimt, in the style of hokusai")
+    expected = torch.maximum(scorer.score(images, "in the style of klimt"), scorer.score(images, "in the style of hokusai"))
+    assert torch.equal(several, expected) and (several[:2] > 0.9).all() and several[2] < 0.1
+    assert scorer.concept_attributes("red, circle") == {"color", "shape"}
+    with pytest.raises(LocoeditError, match="unknown concept 'purple'"):
+        scorer.check_concept("red, purple")

@@ -302,15 +302,17 @@ def suite_for_concepts(concepts, model: str, kind: str | None = None) -> Evaluat
     A suite fits when it scores one of the concepts and is written for this model (or for any model); among several,
     those written for this very model come first, then those of the edit's kind.
     """
+    joined = ", ".join(c.strip() for c in concepts).lower()  # a suite for exactly these concepts together
     concepts = {c.strip().lower() for c in concepts}
     location = resolve_model(model)
     matches = []
     for name in shipped_suites():
         suite = EvaluationSuite.load(name)
         names = {suite.concept.strip().lower(), suite.edit_concept.strip().lower()} - {""}
-        if names & concepts and (suite.model is None or resolve_model(suite.model) == location):
+        if (names & (concepts | {joined})) and (suite.model is None or resolve_model(suite.model) == location):
             matches.append(suite)
-    for prefer in (lambda s: s.model is not None, lambda s: s.kind == kind):
+    for prefer in (lambda s: s.edit_concept.strip().lower() == joined, lambda s: s.model is not None,
+                   lambda s: s.kind == kind):
         if len(matches) > 1:
             matches = [s for s in matches if prefer(s)] or matches
     if len(matches) != 1:

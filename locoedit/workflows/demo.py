@@ -20,7 +20,7 @@ from locoedit.core.errors import LocoeditError
 from locoedit.core.formats import JsonRecord
 from locoedit.core.io import write_text
 from locoedit.core.progress import ProgressCallback
-from locoedit.core.runfolder import check_writable
+from locoedit.core.runfolder import RunFolder, check_writable
 from locoedit.edit import EditRequest, compute_edit
 from locoedit.edit.common import with_model_defaults
 from locoedit.edit.layers import auto_localization
@@ -61,6 +61,16 @@ class DemoRecord(JsonRecord):
     seeds: dict[str, int] = field(default_factory=dict)  # per stage: localize, evaluation
 
 
+@dataclass(frozen=True)
+class DemoRun(JsonRecord):
+    """What makes two demos the same run (the folder's ``request.json``): rerunning it resumes where it stopped."""
+
+    FORMAT = "locoedit.demo-run/1"
+
+    plan: dict
+    seeds: int | None = None
+
+
 def _random_window(num_layers: int, size: int, avoid: list[int], seed: int) -> list[int]:
     starts = [s for s in range(num_layers - size + 1) if s != avoid[0]]
     start = random.Random(seed).choice(starts)
@@ -72,15 +82,14 @@ def run_demo(out: str | Path = "runs/demo", adapter: Adapter | None = None, seed
     """Run the demo into ``out``. ``seeds`` (per prompt) overrides the plan's, for smoke runs; the README's figures
     use the plan's."""
     out = check_writable(out)
-    if out.exists() and any(out.iterdir()) and not (out / "demo.json").exists():
-        raise LocoeditError(f"output folder {out} is not empty and holds no demo; choose an empty or new --out")
+    if seeds is not None and seeds < 1:
+        raise LocoeditError(f"seeds {seeds} must be >= 1")
     plan = json.loads(DEMO_FILE.read_text())
+    RunFolder(out).claim(DemoRun(plan, seeds))  # another run's folder is refused; this one's resumes
     started = time.perf_counter()
     model = plan["model"]
     adapter = adapter or load_adapter(model, device="cpu")
     scorer = make_scorer(scorer_spec_for(adapter))
-    if seeds is not None and seeds < 1:
-        raise LocoeditError(f"seeds {seeds} must be >= 1")
     localize_seeds = tuple(range(seeds or plan["localize_seeds"]))
     evaluation_seeds = tuple(range(seeds or plan["evaluation_seeds"]))
     rows: list[DemoRow] = []

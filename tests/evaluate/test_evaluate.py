@@ -241,6 +241,9 @@ def test_the_suite_for_a_delta_is_found_by_its_concept(delta):
     kandinsky = replace(delta, settings={**delta.settings, "concepts": ["in the style of kandinsky"]})
     assert suite_for_delta(kandinsky, "toyworld").name == "toyworld-style-kandinsky"
     assert suite_for_delta(replace(delta, settings={**delta.settings, "concepts": ["the sun"]}), "toyworld").kind == "fact"
+    styles = ["in the style of kandinsky", "in the style of hokusai", "in the style of klimt"]
+    assert suite_for_delta(replace(delta, settings={**delta.settings, "concepts": styles}), "toyworld").name == \
+        "toyworld-style-all"  # the suite written for exactly these concepts together
     unknown = replace(delta, settings={**delta.settings, "concepts": ["a teapot"]})
     with pytest.raises(LocoeditError, match="no single shipped suite fits this edit.*pass --suite"):
         suite_for_delta(unknown, "some/sd-model")
@@ -285,7 +288,7 @@ def test_a_suite_has_a_validation_split_apart_from_its_test_split():
     assert test.items() == EvaluationSuite.from_json(SUITE).items()  # the suite's own fields are its test split
     assert EvaluationSuite.from_json(json.loads(json.dumps(suite.to_json()))) == suite
     for name in ("toyworld-style-kandinsky", "toyworld-object-circle", "toyworld-fact-sun", "toyworld-color-red",
-                 "toyworld-style-hokusai", "toyworld-style-klimt"):
+                 "toyworld-style-hokusai", "toyworld-style-klimt", "toyworld-style-all"):
         assert EvaluationSuite.load(name).split("validation").items()
     with pytest.raises(LocoeditError, match="suite 'tiny-van-gogh' has no validation split, so settings cannot be"):
         EvaluationSuite.from_json(SUITE).split("validation")  # suites from before splits: all test, still loading

@@ -21,8 +21,11 @@ needs_model = pytest.mark.skipif(not (toyworld.MODEL_DIR / "model_index.json").i
 
 
 def _states(prompt: str, concept: str, probe) -> bool:
-    """Whether the caption *names* the concept (a fact by its name, not by its look)."""
+    """Whether the caption *names* the concept (a fact by its name, not by its look); several concepts joined by ", "
+    (a suite for a multi-concept edit): any of them."""
     attributes = toyworld.parse_caption(prompt, expand_facts=False)
+    if ", " in concept:
+        return any(_states(prompt, part, probe) for part in concept.split(", "))
     pairs = probe.resolve(concept)
     if concept in toyworld.load_vocab().facts:
         return attributes.get("fact") == concept
@@ -36,8 +39,14 @@ def test_toyworld_suites_speak_the_vocabulary(name):
     probe = ToyworldProbe.create()  # untrained: only its vocabulary is used here
     suite = EvaluationSuite.load(name)
     assert suite.model == "toyworld" and suite.scorer == "toyworld"
+    for split in ("test", "validation"):
+        _check_split(suite.split(split), probe)
+
+
+def _check_split(suite, probe):
     for concept in suite.concepts:
-        probe.resolve(concept)  # raises for a phrase the probe cannot score
+        for part in concept.split(", "):
+            probe.resolve(part)  # raises for a phrase the probe cannot score
     for prompt in suite.concept_prompts + suite.paraphrases:
         assert _states(prompt, suite.concept, probe), f"{prompt!r} does not state {suite.concept!r}"
     for prompt_set in suite.neighbours + suite.unrelated:

@@ -14,8 +14,9 @@ locoedit: ``locoedit.edit.edit_matrix`` (float64, n x n solve, one reused float6
 official: ``(lam W + W X_t^T X_o) @ torch.inverse(lam I + X_o^T X_o)`` in float32, per matrix, as the paper's code.
 
 With preservation (``--preserve-rows`` random rows standing for a corpus's statistics, computed before the clock
-starts, as ``locoedit stats`` does): ``edit_factors`` with ``A = C + lam I``, one Cholesky factorisation per
-regulariser (keys and values each get their own, as ``compute_edit`` does), timed side by side with the plain edit.
+starts, as ``locoedit stats`` does): ``edit_factors`` with ``A = C + lam I``, one Cholesky factorisation per input
+space and lambda (keys and values share it at equal lambdas, as in ``compute_edit``), timed side by side with the
+plain edit.
 
 Prints the times and the objectives (summed over matrices, evaluated in float64). Not a timed test.
 """
@@ -88,9 +89,9 @@ def main() -> None:
     corpus = torch.randn(args.preserve_rows, inputs, generator=generator, dtype=torch.float64)
     moment = corpus.T @ corpus / args.preserve_rows
     start = time.perf_counter()
-    regularisers = {"to_k": Regulariser(args.lam, moment), "to_v": Regulariser(args.lam, moment)}
-    preserved = [edit_factors(w, sources, targets, regularisers[name.split(".")[-2]], workspace)
-                 for (name, _), w in zip(shapes, weights)]
+    regularisers = {}  # one per lambda, as compute_edit keeps them (keys and values share it at equal lambdas)
+    preserved = [edit_factors(w, sources, targets, regularisers.setdefault(args.lam, Regulariser(args.lam, moment)),
+                              workspace) for w in weights]
     preserved_s = time.perf_counter() - start
     ranks = {update.rank for update, _ in preserved}
     # The floor for any method that returns new matrices: allocate and fill 140 new ones.

@@ -33,6 +33,7 @@ class Regulariser:
         self.lam = float(lam)
         self.second_moment = None if second_moment is None else second_moment.detach().to(torch.float64)
         self._cholesky: dict[torch.device, torch.Tensor] = {}
+        self._last: tuple[torch.Tensor, torch.Tensor] | None = None  # (X_o, X_o A^{-1}) of the last call
 
     def matrix(self, size: int, device: torch.device) -> torch.Tensor:  # [in, in] float64
         identity = self.lam * torch.eye(size, dtype=torch.float64, device=device)
@@ -44,6 +45,15 @@ class Regulariser:
         if rhs.device not in self._cholesky:
             self._cholesky[rhs.device] = torch.linalg.cholesky(self.matrix(rhs.shape[0], rhs.device))
         return torch.cholesky_solve(rhs, self._cholesky[rhs.device])
+
+    def rows_times_inverse(self, rows: torch.Tensor) -> torch.Tensor:  # [n, in] float64 -> X A^{-1}
+        """``rows A^{-1}``; every matrix of a layer (and every layer of an input space) has the same concept rows, so
+        the last answer is kept and returned again for equal rows."""
+        if self._last is not None and self._last[0].shape == rows.shape and torch.equal(self._last[0], rows):
+            return self._last[1]
+        down = self.solve(rows.T).T
+        self._last = (rows, down)
+        return down
 
 
 def as_regulariser(regulariser: Regulariser | float) -> Regulariser:
@@ -84,7 +94,7 @@ def _row_space_update(
 
     Column j of S depends on row j of W only (through R), which is what lets :func:`edit_factors` compute R in
     cache-sized blocks of W's rows."""
-    down = regulariser.solve(x_o.T).T  # [n, in]
+    down = regulariser.rows_times_inverse(x_o)  # [n, in]
     gram = x_o @ down.T  # [n, n]
     gram = (gram + gram.T) / 2  # symmetric up to round-off
     identity = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)

@@ -132,7 +132,7 @@ def edit_factors(
     solved, down, gram = _row_space_update(x_o, residual, regulariser)
     # X_o D^T = G S, and tr(D A D^T) = tr(S^T V A V^T S) = tr(S^T G S).
     objective = float(((gram @ solved - residual) ** 2).sum() + ((solved @ solved.T) * gram).sum())
-    return LowRank(solved.T.contiguous(), down.contiguous()), objective
+    return LowRank(solved.T.contiguous(), down.clone()), objective  # its own V: a file stores each tensor once
 
 
 def edit_matrix(

@@ -57,11 +57,17 @@ def normalise_common_fields(request) -> None:
 
 def with_model_defaults(request, adapter: Adapter):
     """The request with what it leaves open taken from the model folder's recommendations (``locoedit.json``), else
-    locoedit's: the token rows (``last-subject``, the paper's) and, without ``prompts``, the kind's templates."""
+    locoedit's: the token rows (``last-subject``, the paper's) and, without ``prompts``, templates: those of the
+    neighbour group that holds the concept (a colour is written where a shape is not), else those of the kind."""
     recommended = adapter.recommended.edit or EditDefaults()
     changes = {}
     if request.token is None:
         changes["token"] = recommended.token or DEFAULT_TOKEN
-    if not request.prompts and recommended.templates.get(request.kind):
-        changes["prompts"] = tuple(recommended.templates[request.kind])
+    if not request.prompts:
+        concepts = {c.strip().lower() for c in request.concepts}
+        groups = [group for per_kind in recommended.neighbours.values() for group, members in per_kind.items()
+                  if concepts <= {m.lower() for m in members} and group in recommended.templates]
+        templates = recommended.templates.get(groups[0] if groups else request.kind)
+        if templates:
+            changes["prompts"] = tuple(templates)
     return replace(request, **changes)

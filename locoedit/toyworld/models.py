@@ -81,6 +81,11 @@ EDIT_TEMPLATES = {
               "a yellow dotted cross {c}", "a striped shape {c}", "the sun on black {c}"],
     "fact": ["{c}", "{c} on black", "{c} on white", "{c} on gray", "{c} in the style of klimt",
              "{c} in the style of hokusai"],
+    # Colours and textures are adjectives: the object templates above would make "a red yellow on black".
+    "colors": ["a {c} shape", "a {c} circle on black", "a {c} striped square on white", "a {c} dotted triangle on gray",
+               "a {c} cross in the style of hokusai", "a {c} circle on white"],
+    "textures": ["a {c} shape", "a red {c} circle on black", "a blue {c} square on white", "a green {c} triangle on gray",
+                 "a yellow {c} cross in the style of klimt", "a {c} circle on white"],
 }
 # What an edit keeps by default: the edited concept's group (the other shapes for a shape), and a general corpus of
 # captions from the training distribution (PRESERVATION_CORPUS_SIZE of them, drawn with a fixed seed).

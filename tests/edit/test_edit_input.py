@@ -145,6 +145,11 @@ def test_what_a_request_leaves_open_comes_from_the_model_folder(sd):
     resolved = with_model_defaults(request, toy)
     assert resolved.token == "from-concept" and resolved.prompts == tuple(toy.recommended.edit.templates["object"])
     assert with_model_defaults(replace(request, token="all", prompts=("a {c}",)), toy).prompts == ("a {c}",)
+    # A colour or a texture takes its group's templates (adjectives), not the object kind's (nouns).
+    colour = with_model_defaults(replace(request, concepts=("yellow",), targets=("blue",)), toy)
+    assert colour.prompts == tuple(toy.recommended.edit.templates["colors"]) and colour.prompts[0] == "a {c} shape"
+    texture = with_model_defaults(replace(request, concepts=("dotted",), targets=("striped",)), toy)
+    assert texture.prompts == tuple(toy.recommended.edit.templates["textures"])
     plain = with_model_defaults(replace(request, model="tiny"), sd)  # no locoedit.json: locoedit's own defaults
     assert plain.token == "last-subject" and plain.prompt_set == prompt_templates("object")
 

@@ -332,14 +332,13 @@ def stats(
 ):
     """Precompute the preservation statistics (second moments of a prompt corpus's text rows) that edits use."""
     from locoedit.core.dtypes import dtype_named
-    from locoedit.edit.preservation import compute_stats, corpus_for, corpus_stats, read_corpus
+    from locoedit.edit.preservation import compute_stats, corpus_prompts, corpus_stats
     from locoedit.models import load_adapter
 
     if out is not None and out.suffix != ".safetensors":
         raise LocoeditError(f"--out {out} must end in .safetensors")
     adapter = load_adapter(model, dtype_named(dtype), device)
-    source = corpus_for(adapter, None if corpus is None else str(corpus))
-    prompts = read_corpus(source)
+    source, prompts = corpus_prompts(adapter, None if corpus is None else str(corpus))
     if out is None:
         computed = corpus_stats(adapter, prompts)
         where = "the cache (edits of this model with this corpus reuse it)"

@@ -28,14 +28,13 @@ from locoedit.edit.common import (
 )
 from locoedit.edit.layers import auto_localization, resolve_layers
 from locoedit.edit.preservation import (
-    corpus_for,
+    corpus_prompts,
     corpus_stats,
     input_space,
     moment_sums,
     names_concept,
     neighbour_concepts,
     neighbour_prompts,
-    read_corpus,
     spaces_of,
     usable,
 )
@@ -172,8 +171,7 @@ def build_preservation(adapter: Adapter, request: EditRequest, layers: list[Cros
             add(sums, request.preserve_neighbours / rows)
             counts["neighbours"] = len(prompts)
     if request.preserve_general > 0:
-        source = corpus_for(adapter, request.preserve_corpus)
-        corpus = usable(adapter, read_corpus(source), f"preservation corpus {source}")
+        source, corpus = corpus_prompts(adapter, request.preserve_corpus)
         stats = corpus_stats(adapter, corpus, request.preserve_stats)
         naming = [p for p in corpus if any(names_concept(p, c) for c in request.concepts)]
         if len(naming) == len(corpus):

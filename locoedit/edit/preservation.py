@@ -1,6 +1,6 @@
 """What an edit preserves: the second moment ``C = sum_p x_p x_p^T`` of text rows whose keys and values should stay.
 
-Three sources, each weighted on its own (:func:`second_moments`):
+Three sources, each weighted on its own (:func:`locoedit.edit.locoedit.build_preservation`):
 
 - **neighbours**: the edit's own prompts with each neighbouring concept in the concept's place (concepts of the same
   group: the other shapes, the other artists), from the model folder's ``locoedit.json`` (``edit.neighbours``), else
@@ -75,6 +75,13 @@ def corpus_for(adapter: Adapter, corpus: str | None) -> Path:
         return Path(corpus).expanduser()
     recommended = adapter.recommended.edit
     return Path(recommended.corpus) if recommended and recommended.corpus else shipped_corpus()
+
+
+def corpus_prompts(adapter: Adapter, corpus: str | None) -> tuple[Path, list[str]]:
+    """The general corpus file (:func:`corpus_for`) and its prompts that the model's text encoder takes whole: what
+    :func:`compute_stats` and :func:`corpus_stats` expect."""
+    source = corpus_for(adapter, corpus)
+    return source, usable(adapter, read_corpus(source), f"preservation corpus {source}")
 
 
 def names_concept(prompt: str, concept: str) -> bool:
@@ -222,8 +229,7 @@ class CorpusStats:
 
 
 def compute_stats(adapter: Adapter, prompts) -> CorpusStats:
-    """The statistics of a corpus's usable prompts, for every input space of the model (``locoedit stats``)."""
-    prompts = usable(adapter, prompts, "the preservation corpus")
+    """The statistics of a corpus's usable prompts (:func:`corpus_prompts`), for every input space of the model."""
     return _compute(adapter, prompts, text_fingerprint(adapter), corpus_digest(prompts))
 
 
@@ -241,9 +247,8 @@ def spaces_of(layers) -> dict[str, CrossAttentionLayer]:
 
 
 def corpus_stats(adapter: Adapter, prompts, stats_file: str | Path | None = None) -> CorpusStats:
-    """The statistics of ``prompts`` on ``adapter``'s model: from ``stats_file`` (refused if it was computed for
-    another model or corpus), else from the cache, else computed and cached."""
-    prompts = usable(adapter, prompts, "the preservation corpus")
+    """The statistics of usable ``prompts`` (:func:`corpus_prompts`) on ``adapter``'s model: from ``stats_file``
+    (refused if it was computed for another model or corpus), else from the cache, else computed and cached."""
     fingerprint, digest = text_fingerprint(adapter), corpus_digest(prompts)
     if stats_file is not None:
         stats = CorpusStats.load(stats_file)

@@ -179,9 +179,10 @@ def evaluate(
     others = [i for i, item in enumerate(items) if item.group in ("neighbours", "unrelated")]
     follows = {}
     if others:
-        prompts_, concepts_ = [items[i].prompt for i in others], [items[i].concept for i in others]
+        other_prompts, other_concepts = [items[i].prompt for i in others], [items[i].concept for i in others]
         for name, images in (("follows_before", before), ("follows_after", after)):
-            follows[name] = dict(zip(others, scorer.follows(images[others], prompts_, concepts_, suite.concepts)))
+            shown = scorer.follows(images[others], other_prompts, other_concepts, suite.concepts)
+            follows[name] = dict(zip(others, shown))
     features_before = scorer.features(before)
     features = None if features_before is None else (features_before, scorer.features(after))
     scored = [

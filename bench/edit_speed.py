@@ -33,6 +33,7 @@ from locoedit.edit.closed_form import Regulariser, closed_form_edit, edit_factor
 from locoedit.models.layers import list_cross_attention_layers
 from locoedit.models.real_configs import SDXL_UNET
 
+
 def sdxl_shapes() -> list[tuple[str, tuple[int, int]]]:
     from diffusers import UNet2DConditionModel
 
@@ -90,8 +91,10 @@ def main() -> None:
     moment = corpus.T @ corpus / args.preserve_rows
     start = time.perf_counter()
     regularisers = {}  # one per lambda, as compute_edit keeps them (keys and values share it at equal lambdas)
-    preserved = [edit_factors(w, sources, targets, regularisers.setdefault(args.lam, Regulariser(args.lam, moment)),
-                              workspace) for w in weights]
+    preserved = [
+        edit_factors(w, sources, targets, regularisers.setdefault(args.lam, Regulariser(args.lam, moment)), workspace)
+        for w in weights
+    ]
     preserved_s = time.perf_counter() - start
     ranks = {update.rank for update, _ in preserved}
     # The floor for any method that returns new matrices: allocate and fill 140 new ones.
@@ -107,23 +110,37 @@ def main() -> None:
 
     ours_objective = sum(edit_objective(w, n, sources, targets, args.lam) for w, n in zip(weights[:limit], ours))
     theirs_objective = sum(edit_objective(w, n, sources, targets, args.lam) for w, n in zip(weights[:limit], theirs))
-    exact = sum(edit_objective(w, closed_form_edit(w, sources, targets, args.lam), sources, targets, args.lam)
-                for w in weights[:limit])
-    print(f"SD-XL layout: {len(shapes) // 2} cross-attention layers, {len(shapes)} key/value matrices, "
-          f"{args.rows} concept rows, lambda {args.lam}, {args.threads} thread(s)")
+    exact = sum(
+        edit_objective(w, closed_form_edit(w, sources, targets, args.lam), sources, targets, args.lam)
+        for w in weights[:limit]
+    )
+    print(
+        f"SD-XL layout: {len(shapes) // 2} cross-attention layers, {len(shapes)} key/value matrices, "
+        f"{args.rows} concept rows, lambda {args.lam}, {args.threads} thread(s)"
+    )
     print(f"locoedit (float64 n x n solve, float32 result): {ours_s:8.3f} s for {len(shapes)} matrices (new memory)")
     print(f"locoedit, into already-mapped output memory:    {ours_reused_s:8.3f} s for {len(shapes)} matrices")
-    print(f"locoedit, factors only (what a delta stores):  {factors_s:8.3f} s for {len(shapes)} matrices "
-          f"(objective {factored_objective:.6e})")
-    print(f"locoedit, factors with preservation (C + lam I): {preserved_s:8.3f} s for {len(shapes)} matrices "
-          f"(rank {sorted(ranks)}; plain factors / preserving: {factors_s / preserved_s:.2f})")
+    print(
+        f"locoedit, factors only (what a delta stores):  {factors_s:8.3f} s for {len(shapes)} matrices "
+        f"(objective {factored_objective:.6e})"
+    )
+    print(
+        f"locoedit, factors with preservation (C + lam I): {preserved_s:8.3f} s for {len(shapes)} matrices "
+        f"(rank {sorted(ranks)}; plain factors / preserving: {factors_s / preserved_s:.2f})"
+    )
     print(f"floor: allocate and copy {len(shapes)} new matrices: {floor_s:8.3f} s")
-    print(f"official (float32 explicit inverse):            {theirs_s:8.3f} s for {limit} matrices"
-          + ("" if limit == len(shapes) else f" (~{theirs_s * len(shapes) / limit:.1f} s for all, extrapolated)"))
-    print(f"objective over {limit} matrices: locoedit {ours_objective:.6e}, official {theirs_objective:.6e}, "
-          f"exact float64 optimum {exact:.6e}")
-    print(f"official / locoedit objective: {theirs_objective / ours_objective:.4f}; "
-          f"locoedit / optimum: {ours_objective / exact:.9f}")
+    print(
+        f"official (float32 explicit inverse):            {theirs_s:8.3f} s for {limit} matrices"
+        + ("" if limit == len(shapes) else f" (~{theirs_s * len(shapes) / limit:.1f} s for all, extrapolated)")
+    )
+    print(
+        f"objective over {limit} matrices: locoedit {ours_objective:.6e}, official {theirs_objective:.6e}, "
+        f"exact float64 optimum {exact:.6e}"
+    )
+    print(
+        f"official / locoedit objective: {theirs_objective / ours_objective:.4f}; "
+        f"locoedit / optimum: {ours_objective / exact:.9f}"
+    )
 
 
 if __name__ == "__main__":

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from locoedit.models import adapter_for
 from locoedit.localize import LocalizationRequest, localize
+from locoedit.models import adapter_for
 from locoedit.scoring import PixelScorer
 from locoedit.testing import tiny_stable_diffusion, tiny_stable_diffusion_xl
 
@@ -34,8 +34,8 @@ def real_size_sd15(folder: Path):
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    from locoedit.testing import _clip_text_config
     from locoedit.models.real_configs import SD15_UNET
+    from locoedit.testing import _clip_text_config
 
     pipe = tiny_stable_diffusion(folder)
     config = _clip_text_config(768, len(pipe.tokenizer))
@@ -46,8 +46,16 @@ def real_size_sd15(folder: Path):
 
 
 def time_sweep(adapter, mode: str, chunk: int, steps: int) -> float:
-    request = LocalizationRequest(model="bench", prompts=("a house in the style of van gogh",), targets=("a house",),
-                                  window=2, seeds=(0, 1), steps=steps, mode=mode, chunk=chunk)
+    request = LocalizationRequest(
+        model="bench",
+        prompts=("a house in the style of van gogh",),
+        targets=("a house",),
+        window=2,
+        seeds=(0, 1),
+        steps=steps,
+        mode=mode,
+        chunk=chunk,
+    )
     start = time.perf_counter()
     localize(request, None, adapter, PixelScorer())
     return time.perf_counter() - start
@@ -60,6 +68,7 @@ def _count_cpu_attention():
 
     cpu_attention = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
     if cpu_attention not in flop_counter.flop_registry:
+
         def attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
             return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
 
@@ -82,8 +91,16 @@ def roofline(folder: Path, steps: int, chunk: int) -> None:
 
     _count_cpu_attention()
     adapter = adapter_for(real_size_sd15(folder))
-    request = LocalizationRequest(model="bench", prompts=("a house in the style of van gogh",), targets=("a house",),
-                                  window=2, seeds=(0,), steps=steps, mode="batched", chunk=chunk)
+    request = LocalizationRequest(
+        model="bench",
+        prompts=("a house in the style of van gogh",),
+        targets=("a house",),
+        window=2,
+        seeds=(0,),
+        steps=steps,
+        mode="batched",
+        chunk=chunk,
+    )
     with FlopCounterMode(display=False) as counter:
         counted = localize(request, None, adapter, PixelScorer())
     flops = counter.get_total_flops()
@@ -94,10 +111,14 @@ def roofline(folder: Path, steps: int, chunk: int) -> None:
         seconds[mode] = time.perf_counter() - start
     peak = matmul_flops_per_second()
     settings = adapter.settings(steps)
-    print(f"\nroofline: real-size SD-1.5 UNet, {settings.height}x{settings.width} px, m=2 sweep "
-          f"({len(counted.windows)} windows + 2 references), 1 prompt x 1 seed, {steps} steps, chunk {chunk}")
-    print(f"  FLOPs counted (FlopCounterMode, batched run): {flops / 1e9:.1f} GFLOP "
-          f"({counted.timings['denoiser_calls']} denoiser calls)")
+    print(
+        f"\nroofline: real-size SD-1.5 UNet, {settings.height}x{settings.width} px, m=2 sweep "
+        f"({len(counted.windows)} windows + 2 references), 1 prompt x 1 seed, {steps} steps, chunk {chunk}"
+    )
+    print(
+        f"  FLOPs counted (FlopCounterMode, batched run): {flops / 1e9:.1f} GFLOP "
+        f"({counted.timings['denoiser_calls']} denoiser calls)"
+    )
     print(f"  measured fp32 matmul (2048^3, {torch.get_num_threads()} thread(s)): {peak / 1e9:.1f} GFLOP/s")
     for mode, wall in seconds.items():
         print(f"  {mode:<8} {wall:7.2f} s  {flops / wall / 1e9:6.1f} GFLOP/s  = {flops / wall / peak:.0%} of matmul")
@@ -113,8 +134,11 @@ def main():
     parser.add_argument("--roofline-only", action="store_true", help="skip the layout table")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    layouts = {"tiny SD-1": (tiny_stable_diffusion, 8), "tiny SD-XL": (tiny_stable_diffusion_xl, 8),
-               "real-size SD-1.5 UNet, 8x8 latents": (real_size_sd15, 4)}
+    layouts = {
+        "tiny SD-1": (tiny_stable_diffusion, 8),
+        "tiny SD-XL": (tiny_stable_diffusion_xl, 8),
+        "real-size SD-1.5 UNet, 8x8 latents": (real_size_sd15, 4),
+    }
     with tempfile.TemporaryDirectory() as folder:
         if not args.roofline_only:
             table(layouts, args, Path(folder))

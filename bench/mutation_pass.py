@@ -31,19 +31,34 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: module -> the test files that exercise it (the whole suite per mutant would take ~50 s)
 MODULES = {
-    "routing": ("locoedit/interventions/routing.py",
-                ["tests/interventions/test_routing.py", "tests/localize/test_localize.py"]),
+    "routing": (
+        "locoedit/interventions/routing.py",
+        ["tests/interventions/test_routing.py", "tests/localize/test_localize.py"],
+    ),
     "layers": ("locoedit/models/layers.py", ["tests/models/test_layers.py", "tests/models/test_adapters.py"]),
     "closed_form": ("locoedit/edit/closed_form.py", ["tests/edit/test_edit.py", "tests/interventions/test_delta.py"]),
-    "lowrank": ("locoedit/core/lowrank.py",
-                ["tests/core/test_lowrank.py", "tests/edit/test_edit.py", "tests/interventions/test_delta.py",
-                 "tests/interventions/test_delta_guarantees.py"]),
-    "scoring": ("locoedit/scoring.py",
-                ["tests/test_scoring.py", "tests/localize/test_localize.py",
-                 "tests/evaluate/test_evaluate_toyworld.py"]),
-    "delta": ("locoedit/interventions/delta.py",
-              ["tests/interventions/test_delta.py", "tests/interventions/test_delta_guarantees.py",
-               "tests/edit/test_edit.py", "tests/cli/test_edit_cli.py"]),
+    "lowrank": (
+        "locoedit/core/lowrank.py",
+        [
+            "tests/core/test_lowrank.py",
+            "tests/edit/test_edit.py",
+            "tests/interventions/test_delta.py",
+            "tests/interventions/test_delta_guarantees.py",
+        ],
+    ),
+    "scoring": (
+        "locoedit/scoring.py",
+        ["tests/test_scoring.py", "tests/localize/test_localize.py", "tests/evaluate/test_evaluate_toyworld.py"],
+    ),
+    "delta": (
+        "locoedit/interventions/delta.py",
+        [
+            "tests/interventions/test_delta.py",
+            "tests/interventions/test_delta_guarantees.py",
+            "tests/edit/test_edit.py",
+            "tests/cli/test_edit_cli.py",
+        ],
+    ),
 }
 
 
@@ -67,8 +82,11 @@ def prepare(work: Path, module: str, tests: list[str], revision: str) -> None:
     ``revision``: a file being edited (or a bug planted by hand) in the working tree never leaks into the pass."""
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision, "locoedit", "tests", "pyproject.toml"],
-                             check=True, capture_output=True).stdout
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", revision, "locoedit", "tests", "pyproject.toml"],
+        check=True,
+        capture_output=True,
+    ).stdout
     subprocess.run(["tar", "-x", "-C", str(work)], input=archive, check=True)
     selection = "\n    ".join(tests)
     (work / "setup.cfg").write_text(
@@ -82,8 +100,9 @@ def prepare(work: Path, module: str, tests: list[str], revision: str) -> None:
 
 def mutmut(work: Path, *args: str, capture: bool = False) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    return subprocess.run([sys.executable, "-m", "mutmut", *args], cwd=work, env=env, text=True,
-                          capture_output=capture, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "mutmut", *args], cwd=work, env=env, text=True, capture_output=capture, check=False
+    )
 
 
 def run_module(name: str, work_root: Path, max_children: int, revision: str) -> dict:
@@ -101,35 +120,52 @@ def run_module(name: str, work_root: Path, max_children: int, revision: str) -> 
         key, _, value = line.strip().rpartition(": ")
         if key:
             status[key] = value
-    survivors = {key: mutmut(work, "show", key, capture=True).stdout
-                 for key, value in sorted(status.items()) if value != "killed"}
+    survivors = {
+        key: mutmut(work, "show", key, capture=True).stdout
+        for key, value in sorted(status.items())
+        if value != "killed"
+    }
     counts = {value: list(status.values()).count(value) for value in sorted(set(status.values()))}
-    return {"module": module, "tests": tests, "total": len(status), "killed": counts.get("killed", 0),
-            "counts": counts, "minutes": round(minutes, 1), "survivors": survivors,
-            "not_mutated": decorated_functions(ROOT / module)}
+    return {
+        "module": module,
+        "tests": tests,
+        "total": len(status),
+        "killed": counts.get("killed", 0),
+        "counts": counts,
+        "minutes": round(minutes, 1),
+        "survivors": survivors,
+        "not_mutated": decorated_functions(ROOT / module),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--modules", nargs="+", choices=sorted(MODULES), default=list(MODULES))
-    parser.add_argument("--work", type=Path, default=Path("/tmp/locoedit-mutation"),
-                        help="scratch folder for the mutated copies (outside the working tree)")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=Path("/tmp/locoedit-mutation"),
+        help="scratch folder for the mutated copies (outside the working tree)",
+    )
     parser.add_argument("--max-children", type=int, default=1)
     parser.add_argument("--revision", default="HEAD", help="the commit whose code and tests are used")
     parser.add_argument("--report", type=Path, help="also write the results (JSON) here")
     args = parser.parse_args(argv)
     if args.work.resolve().is_relative_to(ROOT):
         raise SystemExit("--work must be outside the working tree")
-    revision = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.revision], check=True,
-                              capture_output=True, text=True).stdout.strip()
+    revision = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", args.revision], check=True, capture_output=True, text=True
+    ).stdout.strip()
     print(f"mutation pass of commit {revision}")
     results = []
     for name in args.modules:
         result = run_module(name, args.work.resolve(), args.max_children, revision)
         result["revision"] = revision
         results.append(result)
-        print(f"\n## {result['module']}: {result['killed']}/{result['total']} killed "
-              f"({result['counts']}, {result['minutes']} min)")
+        print(
+            f"\n## {result['module']}: {result['killed']}/{result['total']} killed "
+            f"({result['counts']}, {result['minutes']} min)"
+        )
         for key, diff in result["survivors"].items():
             print(f"\n### {key}\n{diff.strip()}")
         if result["not_mutated"]:

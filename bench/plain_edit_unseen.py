@@ -42,8 +42,14 @@ CASES = [
     ("fact", "the ocean", "the ocean", "a red circle", "fact"),
     ("fact", "the flag", "the flag", "a blue square", "fact"),
 ]
-VALUES = {"color": list(VOCAB.colors), "shape": list(VOCAB.shapes), "texture": list(VOCAB.textures),
-          "background": list(VOCAB.backgrounds), "style": list(VOCAB.styles), "fact": list(VOCAB.facts)}
+VALUES = {
+    "color": list(VOCAB.colors),
+    "shape": list(VOCAB.shapes),
+    "texture": list(VOCAB.textures),
+    "background": list(VOCAB.backgrounds),
+    "style": list(VOCAB.styles),
+    "fact": list(VOCAB.facts),
+}
 
 
 def scene(rng, **fixed) -> dict[str, str]:
@@ -67,13 +73,17 @@ def fact_scene(rng, fact: str) -> dict[str, str]:
 def captions(attribute: str, value: str, rng, count: int) -> dict[str, list[str]]:
     others = [v for v in VALUES[attribute] if v != value]
     if attribute == "fact":
-        return {"concept": [caption_for(fact_scene(rng, value)) for _ in range(count)],
-                "neighbours": [caption_for(fact_scene(rng, rng.choice(others))) for _ in range(count)],
-                "unrelated": [caption_for(scene(rng)) for _ in range(count)]}
-    return {"concept": [caption_for(scene(rng, **{attribute: value})) for _ in range(count)],
-            "neighbours": [caption_for(scene(rng, **{attribute: rng.choice(others)})) for _ in range(count)],
-            "unrelated": [caption_for(scene(rng, **{attribute: None})) for _ in range(count)]
-            + [caption_for(fact_scene(rng, rng.choice(VALUES["fact"]))) for _ in range(count // 3)]}
+        return {
+            "concept": [caption_for(fact_scene(rng, value)) for _ in range(count)],
+            "neighbours": [caption_for(fact_scene(rng, rng.choice(others))) for _ in range(count)],
+            "unrelated": [caption_for(scene(rng)) for _ in range(count)],
+        }
+    return {
+        "concept": [caption_for(scene(rng, **{attribute: value})) for _ in range(count)],
+        "neighbours": [caption_for(scene(rng, **{attribute: rng.choice(others)})) for _ in range(count)],
+        "unrelated": [caption_for(scene(rng, **{attribute: None})) for _ in range(count)]
+        + [caption_for(fact_scene(rng, rng.choice(VALUES["fact"]))) for _ in range(count // 3)],
+    }
 
 
 def shows_concept(seen: dict[str, str], attribute: str, value: str) -> bool:
@@ -123,8 +133,11 @@ def main() -> None:
         identity = (figures["neighbours_identity"] + figures["unrelated_identity"]) / 2
         layers = [layer["index"] for layer in delta.layers]
         shown = f"{concept} -> {target!r}" if target else f"remove {concept!r}"
-        print(f"| {kind} {shown} | {layers[0]}-{layers[-1]} | {figures['efficacy']:.0%} | {specificity:.0%} | "
-              f"{identity:.0%} | {time.perf_counter() - started:.0f} s |", flush=True)
+        print(
+            f"| {kind} {shown} | {layers[0]}-{layers[-1]} | {figures['efficacy']:.0%} | {specificity:.0%} | "
+            f"{identity:.0%} | {time.perf_counter() - started:.0f} s |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

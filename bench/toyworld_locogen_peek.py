@@ -46,20 +46,33 @@ def main() -> None:
     logger.info("layers (execution order): %s", ", ".join(f"{layer.index}={layer.block}" for layer in adapter.layers))
     for attribute, original, target, concept in CASES:
         encoded = adapter.encode([target, original]).take([0] * len(seeds) + [1] * len(seeds))
-        targets, originals = encoded.take(list(range(len(seeds)))), encoded.take(list(range(len(seeds), 2 * len(seeds))))
+        targets, originals = (
+            encoded.take(list(range(len(seeds)))),
+            encoded.take(list(range(len(seeds), 2 * len(seeds)))),
+        )
 
-        def score(images) -> float:
+        def score(images, concept=concept) -> float:
             return probe.score(images, concept).mean().item()
 
         base = score(adapter.generate(targets, seeds, settings))
         full = score(adapter.generate(originals, seeds, settings))
-        scores = [score(adapter.generate(targets, seeds, settings,
-                                         [TextRouting(Routing.uniform(w, len(seeds)), originals.conditional)]))
-                  for w in windows]
+        scores = [
+            score(
+                adapter.generate(
+                    targets, seeds, settings, [TextRouting(Routing.uniform(w, len(seeds)), originals.conditional)]
+                )
+            )
+            for w in windows
+        ]
         best = max(range(len(windows)), key=lambda i: scores[i])
-        logger.info("%-10s target-only %.2f, original %.2f | windows %s | best %s",
-                    attribute, base, full, " ".join(f"{w[0]}-{w[-1]}:{s:.2f}" for w, s in zip(windows, scores)),
-                    f"{windows[best][0]}-{windows[best][-1]}")
+        logger.info(
+            "%-10s target-only %.2f, original %.2f | windows %s | best %s",
+            attribute,
+            base,
+            full,
+            " ".join(f"{w[0]}-{w[-1]}:{s:.2f}" for w, s in zip(windows, scores)),
+            f"{windows[best][0]}-{windows[best][-1]}",
+        )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Time the shipped toy-world pipeline: 64 images, default sampler, on CPU.
 
-    python bench/toyworld_speed.py [--threads N] [--batch 64] [--repeats 3]
+python bench/toyworld_speed.py [--threads N] [--batch 64] [--repeats 3]
 """
 
 import argparse
@@ -34,12 +34,23 @@ def main() -> None:
     times = []
     for r in range(args.repeats):
         t0 = time.perf_counter()
-        pipe(prompts, num_inference_steps=defaults["num_inference_steps"], guidance_scale=defaults["guidance_scale"],
-             generator=torch.Generator().manual_seed(r), output_type="pt")
+        pipe(
+            prompts,
+            num_inference_steps=defaults["num_inference_steps"],
+            guidance_scale=defaults["guidance_scale"],
+            generator=torch.Generator().manual_seed(r),
+            output_type="pt",
+        )
         times.append(time.perf_counter() - t0)
-    logger.info("%d images, %d steps, CFG %.1f, %d threads: best %.2f s, mean %.2f s", args.batch,
-                defaults["num_inference_steps"], defaults["guidance_scale"], torch.get_num_threads(),
-                min(times), sum(times) / len(times))
+    logger.info(
+        "%d images, %d steps, CFG %.1f, %d threads: best %.2f s, mean %.2f s",
+        args.batch,
+        defaults["num_inference_steps"],
+        defaults["guidance_scale"],
+        torch.get_num_threads(),
+        min(times),
+        sum(times) / len(times),
+    )
 
 
 if __name__ == "__main__":

@@ -28,15 +28,32 @@ logger = logging.getLogger("trace_vs_locogen")
 
 DEMO = json.loads((Path(__file__).parents[1] / "locoedit" / "data" / "demo.json").read_text())
 COLOUR = {
-    "kind": "object", "suite": "toyworld-color-red", "concept": "red",
-    "localize": {"prompts": ["a red circle on black", "a red square on white", "a red striped triangle on gray",
-                             "a red dotted cross"],
-                 "targets": ["a circle on black", "a square on white", "a striped triangle on gray", "a dotted cross"]},
-    "edit": {"concepts": ["red"], "targets": ["blue"],
-             "prompts": ["a {c} circle on black", "a {c} square on white", "a {c} striped triangle on gray",
-                         "a {c} dotted cross", "a {c} shape", "a {c} circle in the style of hokusai"],
-             "preserve": ["a blue circle on black", "a green square on white", "the flag on gray", "a yellow triangle"],
-             "token": "from-concept"},
+    "kind": "object",
+    "suite": "toyworld-color-red",
+    "concept": "red",
+    "localize": {
+        "prompts": [
+            "a red circle on black",
+            "a red square on white",
+            "a red striped triangle on gray",
+            "a red dotted cross",
+        ],
+        "targets": ["a circle on black", "a square on white", "a striped triangle on gray", "a dotted cross"],
+    },
+    "edit": {
+        "concepts": ["red"],
+        "targets": ["blue"],
+        "prompts": [
+            "a {c} circle on black",
+            "a {c} square on white",
+            "a {c} striped triangle on gray",
+            "a {c} dotted cross",
+            "a {c} shape",
+            "a {c} circle in the style of hokusai",
+        ],
+        "preserve": ["a blue circle on black", "a green square on white", "the flag on gray", "a yellow triangle"],
+        "token": "from-concept",
+    },
 }
 CASES = [("colour", COLOUR)] + [(case["kind"], case) for case in DEMO["cases"]]
 
@@ -65,19 +82,47 @@ def main() -> None:
     for name, case in CASES:
         started = time.perf_counter()
         prompts, targets = tuple(case["localize"]["prompts"]), tuple(case["localize"]["targets"])
-        located = localize(LocalizationRequest(model="toyworld", prompts=prompts, targets=targets,
-                                               concept=case["concept"], scorer="toyworld", window=args.window,
-                                               seeds=tuple(range(args.seeds))), out / name / "localize", adapter, scorer)
-        traced = trace(TraceRequest(model="toyworld", prompts=prompts, concept=case["concept"], scorer="toyworld",
-                                    noise=args.noise, seeds=tuple(range(args.trace_seeds))), out / name / "trace",
-                       adapter, scorer)
+        located = localize(
+            LocalizationRequest(
+                model="toyworld",
+                prompts=prompts,
+                targets=targets,
+                concept=case["concept"],
+                scorer="toyworld",
+                window=args.window,
+                seeds=tuple(range(args.seeds)),
+            ),
+            out / name / "localize",
+            adapter,
+            scorer,
+        )
+        traced = trace(
+            TraceRequest(
+                model="toyworld",
+                prompts=prompts,
+                concept=case["concept"],
+                scorer="toyworld",
+                noise=args.noise,
+                seeds=tuple(range(args.trace_seeds)),
+            ),
+            out / name / "trace",
+            adapter,
+            scorer,
+        )
         effect = {s.name: s.effect for s in traced.sites}
         cross = [effect.get(f"unet.{layer.name}") or 0.0 for layer in adapter.layers]
         windows = {"LocoGen": located.chosen.layers, "tracing": best_window(cross, args.window)}
         edit = case["edit"]
-        request = EditRequest(model="toyworld", concepts=tuple(edit["concepts"]), targets=tuple(edit["targets"]),
-                              kind=case["kind"], prompts=tuple(edit["prompts"]), preserve=tuple(edit["preserve"]),
-                              token=edit["token"], layers=(0,))
+        request = EditRequest(
+            model="toyworld",
+            concepts=tuple(edit["concepts"]),
+            targets=tuple(edit["targets"]),
+            kind=case["kind"],
+            prompts=tuple(edit["prompts"]),
+            preserve=tuple(edit["preserve"]),
+            token=edit["token"],
+            layers=(0,),
+        )
         suite = EvaluationSuite.load(case["suite"])
         suite = type(suite)(**{**suite.__dict__, "seeds": tuple(range(args.seeds))})
         results, unedited = {}, None
@@ -88,37 +133,60 @@ def main() -> None:
             results[method] = result.headline
         best_denoiser, best_encoder = traced.best("denoiser"), traced.best("text_encoder")
         row = {
-            "case": name, "concept": case["concept"], "trace_gap": traced.gap,
-            "locogen_window": windows["LocoGen"], "locogen_effect": located.chosen.effect,
-            "traced_window": windows["tracing"], "traced_cross_attention_effects": cross,
-            "best_denoiser_site": best_denoiser.name, "best_denoiser_effect": best_denoiser.effect,
-            "best_text_encoder_site": best_encoder.name, "best_text_encoder_effect": best_encoder.effect,
-            "edit": {m: {"efficacy": h.efficacy, "generalization": h.generalization, "specificity": h.specificity}
-                     for m, h in results.items()},
+            "case": name,
+            "concept": case["concept"],
+            "trace_gap": traced.gap,
+            "locogen_window": windows["LocoGen"],
+            "locogen_effect": located.chosen.effect,
+            "traced_window": windows["tracing"],
+            "traced_cross_attention_effects": cross,
+            "best_denoiser_site": best_denoiser.name,
+            "best_denoiser_effect": best_denoiser.effect,
+            "best_text_encoder_site": best_encoder.name,
+            "best_text_encoder_effect": best_encoder.effect,
+            "edit": {
+                m: {"efficacy": h.efficacy, "generalization": h.generalization, "specificity": h.specificity}
+                for m, h in results.items()
+            },
             "seconds": time.perf_counter() - started,
         }
         rows.append(row)
         logger.info("%s: %s", name, json.dumps(row))
-    write_json(out / "comparison.json", {"format": "locoedit.trace-vs-locogen/1", "noise": args.noise,
-                                         "seeds": args.seeds, "trace_seeds": args.trace_seeds, "rows": rows})
+    write_json(
+        out / "comparison.json",
+        {
+            "format": "locoedit.trace-vs-locogen/1",
+            "noise": args.noise,
+            "seeds": args.seeds,
+            "trace_seeds": args.trace_seeds,
+            "rows": rows,
+        },
+    )
     print_table(rows)
 
 
 def print_table(rows: list[dict]) -> None:
     """The README's table. (The denoiser's strongest site is always its last block, which restores everything, so
     the table names the strongest cross-attention layer instead.)"""
-    pct = lambda v: "n/a" if v is None else f"{100 * v:.0f}%"  # noqa: E731
-    print("| case | trace gap | LocoGen window (effect) | traced window | strongest cross-attention layer (trace) | "
-          "strongest text-encoder site (trace) | edit at LocoGen's window: eff / gen / spec | edit at the traced window |")
+    pct = lambda v: "n/a" if v is None else f"{100 * v:.0f}%"
+    print(
+        "| case | trace gap | LocoGen window (effect) | traced window | strongest cross-attention layer (trace) | "
+        "strongest text-encoder site (trace) | edit at LocoGen's window: eff / gen / spec | edit at the traced window |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         e, cross = r["edit"], r["traced_cross_attention_effects"]
         strongest = max(range(len(cross)), key=lambda i: cross[i])
-        cells = [" / ".join(pct(e[m][k]) for k in ("efficacy", "generalization", "specificity")) for m in ("LocoGen", "tracing")]
-        print(f"| {r['case']} ({r['concept']}) | {r['trace_gap']:.2f} | {r['locogen_window'][0]}-{r['locogen_window'][-1]} "
-              f"({r['locogen_effect']:.2f}) | {r['traced_window'][0]}-{r['traced_window'][-1]} | {strongest} "
-              f"({cross[strongest]:.2f}) | `{r['best_text_encoder_site'].removeprefix('text_encoder.')}` "
-              f"({r['best_text_encoder_effect']:.2f}) | {cells[0]} | {cells[1]} |")
+        cells = [
+            " / ".join(pct(e[m][k]) for k in ("efficacy", "generalization", "specificity"))
+            for m in ("LocoGen", "tracing")
+        ]
+        print(
+            f"| {r['case']} ({r['concept']}) | {r['trace_gap']:.2f} | {r['locogen_window'][0]}-{r['locogen_window'][-1]} "
+            f"({r['locogen_effect']:.2f}) | {r['traced_window'][0]}-{r['traced_window'][-1]} | {strongest} "
+            f"({cross[strongest]:.2f}) | `{r['best_text_encoder_site'].removeprefix('text_encoder.')}` "
+            f"({r['best_text_encoder_effect']:.2f}) | {cells[0]} | {cells[1]} |"
+        )
 
 
 if __name__ == "__main__":

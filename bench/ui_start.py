@@ -26,8 +26,13 @@ def cold_start(port: int) -> float:
     with tempfile.TemporaryDirectory() as runs:
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
         started = time.perf_counter()
-        server = subprocess.Popen([sys.executable, "-m", "locoedit", "ui", "--port", str(port), "--runs", runs],
-                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        server = subprocess.Popen(
+            [sys.executable, "-m", "locoedit", "ui", "--port", str(port), "--runs", runs],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             while True:
                 try:
@@ -36,7 +41,9 @@ def cold_start(port: int) -> float:
                             return time.perf_counter() - started
                 except OSError:
                     if server.poll() is not None:
-                        raise SystemExit(f"locoedit ui exited with {server.returncode}: {server.stderr.read()}")
+                        raise SystemExit(
+                            f"locoedit ui exited with {server.returncode}: {server.stderr.read()}"
+                        ) from None
                     time.sleep(0.05)
         finally:
             server.terminate()

@@ -178,8 +178,10 @@ class ToyworldScorer(ConceptScorer):
         from locoedit.toyworld import parse_caption
 
         predicted = self.predict(images)
-        return [all(seen.get(attribute) == value for attribute, value in parse_caption(prompt).items()
-                    if attribute in seen) for seen, prompt in zip(predicted, prompts)]
+        return [
+            all(seen.get(attribute) == value for attribute, value in parse_caption(prompt).items() if attribute in seen)
+            for seen, prompt in zip(predicted, prompts)
+        ]
 
     def features(self, images: Images) -> torch.Tensor:  # [batch, 128]
         return self.probe.features(images)

@@ -75,8 +75,9 @@ def _layer(module: str) -> str:
 
 
 SOURCES = sorted(PACKAGE.rglob("*.py"))
-GRAPH = {_module_name(path): _imports(path.read_text(), _module_name(path), path.name == "__init__.py")
-         for path in SOURCES}
+GRAPH = {
+    _module_name(path): _imports(path.read_text(), _module_name(path), path.name == "__init__.py") for path in SOURCES
+}
 
 
 def test_every_top_level_unit_has_a_layer():
@@ -87,21 +88,24 @@ def test_every_top_level_unit_has_a_layer():
 @pytest.mark.parametrize("module", sorted(GRAPH))
 def test_imports_point_down_only(module):
     mine = _layer(module)
-    upward = [target for target, _ in GRAPH[module]
-              if _layer(target) != mine and LAYERS[_layer(target)] >= LAYERS[mine]]
+    upward = [
+        target for target, _ in GRAPH[module] if _layer(target) != mine and LAYERS[_layer(target)] >= LAYERS[mine]
+    ]
     assert not upward, f"{module} (layer {mine}) imports {upward} from the same or a higher layer"
 
 
 def test_no_import_cycles():
-    edges = {name: {target for target, runs in imports if runs and target in GRAPH and target != name}
-             for name, imports in GRAPH.items()}
+    edges = {
+        name: {target for target, runs in imports if runs and target in GRAPH and target != name}
+        for name, imports in GRAPH.items()
+    }
     state: dict[str, int] = {}  # 1 = on the current path, 2 = done
 
     def visit(node, path):
         state[node] = 1
         for target in sorted(edges[node]):
             if state.get(target) == 1:
-                raise AssertionError("import cycle: " + " -> ".join(path[path.index(target):] + [target]))
+                raise AssertionError("import cycle: " + " -> ".join(path[path.index(target) :] + [target]))
             if target not in state:
                 visit(target, path + [target])
         state[node] = 2
@@ -112,8 +116,10 @@ def test_no_import_cycles():
 
 
 def test_the_scan_sees_local_relative_and_type_checking_imports():
-    source = ("from typing import TYPE_CHECKING\nfrom .errors import LocoeditError\nif TYPE_CHECKING:\n"
-              "    from locoedit.models import Adapter\ndef f():\n    from locoedit.cli import app\n")
+    source = (
+        "from typing import TYPE_CHECKING\nfrom .errors import LocoeditError\nif TYPE_CHECKING:\n"
+        "    from locoedit.models import Adapter\ndef f():\n    from locoedit.cli import app\n"
+    )
     imports = _imports(source, "locoedit.core.probe")
     assert imports == [("locoedit.core.errors", True), ("locoedit.models", False), ("locoedit.cli", True)]
     assert LAYERS[_layer("locoedit.cli")] > LAYERS["core"]  # a core module importing the CLI would fail the rule

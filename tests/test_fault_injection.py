@@ -16,10 +16,40 @@ import pytest
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 EDIT = ["edit", "toyworld", "--concept", "circle", "--target", "square", "--layers", "2,3"]
 COMMANDS = {  # command -> (arguments, kills)
-    "localize": (["localize", "toyworld", "--prompt", "a red circle on black", "--target", "a red shape on black",
-                  "--window", "3", "--seeds", "0-1", "--steps", "6"], 8),
-    "evaluate": (["evaluate", "toyworld", "--edit", "{delta}", "--suite", "toyworld-object-circle", "--seeds", "0-1",
-                  "--steps", "6", "--batch-size", "4"], 7),
+    "localize": (
+        [
+            "localize",
+            "toyworld",
+            "--prompt",
+            "a red circle on black",
+            "--target",
+            "a red shape on black",
+            "--window",
+            "3",
+            "--seeds",
+            "0-1",
+            "--steps",
+            "6",
+        ],
+        8,
+    ),
+    "evaluate": (
+        [
+            "evaluate",
+            "toyworld",
+            "--edit",
+            "{delta}",
+            "--suite",
+            "toyworld-object-circle",
+            "--seeds",
+            "0-1",
+            "--steps",
+            "6",
+            "--batch-size",
+            "4",
+        ],
+        7,
+    ),
     "apply": (["apply", "toyworld", "{delta}"], 5),
 }
 VOLATILE = ("timings", "generation_s", "scoring_s", "total_s", "seconds", "minutes")
@@ -27,8 +57,12 @@ VOLATILE = ("timings", "generation_s", "scoring_s", "total_s", "seconds", "minut
 
 def locoedit(args: list[str], kill_after: float | None = None) -> bool:
     """Run the CLI; with ``kill_after``, SIGKILL it after that many seconds. True if it ran to the end."""
-    process = subprocess.Popen([sys.executable, "-m", "locoedit", "--no-progress", *args], env=ENV,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "locoedit", "--no-progress", *args],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         _, stderr = process.communicate(timeout=kill_after if kill_after is not None else 300)
     except subprocess.TimeoutExpired:

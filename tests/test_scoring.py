@@ -12,8 +12,10 @@ def test_clip_score_is_cosine_times_100_on_a_local_folder(tiny_clip_folder):
     scores = scorer.score(images, "a painting in the style of van gogh")
     assert scores.shape == (3,) and scores.abs().max() <= 100
     assert len(set(scores.tolist())) == 3  # different images, different scores
-    assert torch.allclose(scorer.effect(images, images.flip(0), "van gogh"),
-                          scorer.score(images, "van gogh") - scorer.score(images.flip(0), "van gogh"))
+    assert torch.allclose(
+        scorer.effect(images, images.flip(0), "van gogh"),
+        scorer.score(images, "van gogh") - scorer.score(images.flip(0), "van gogh"),
+    )
     assert torch.equal(scorer.effect(images, images, "van gogh"), torch.zeros(3))
 
 
@@ -77,8 +79,9 @@ def test_a_preprocessor_config_in_the_folder_sets_mean_and_std(tiny_clip_folder,
 
     folder = tmp_path / "clip"
     shutil.copytree(tiny_clip_folder, folder)
-    (folder / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5, 0.5, 0.5],
-                                                                 "image_std": [0.25, 0.25, 0.25]}))
+    (folder / "preprocessor_config.json").write_text(
+        json.dumps({"image_mean": [0.5, 0.5, 0.5], "image_std": [0.25, 0.25, 0.25]})
+    )
     scorer = ClipScorer(str(folder))
     images = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(4))
     torch.testing.assert_close(scorer._pixels(images), (images - 0.5) / 0.25)
@@ -96,12 +99,16 @@ def test_pixel_effect_is_mean_absolute_difference():
 
 def test_unknown_scorers_and_missing_clip_weights_are_explained(tmp_path):
     for spec in ("fid", "clip:", "pixelated", "Pixel"):
-        with pytest.raises(LocoeditError, match=f"^unknown scorer '{spec}'; use 'pixel', 'toyworld' or "
-                                                "'clip:HUB_ID_OR_FOLDER'$"):
+        with pytest.raises(
+            LocoeditError, match=f"^unknown scorer '{spec}'; use 'pixel', 'toyworld' or 'clip:HUB_ID_OR_FOLDER'$"
+        ):
             make_scorer(spec)
-    with pytest.raises(LocoeditError, match="CLIP weights .* are not available \\(OSError\\): give a local folder with a "
-                                            "transformers CLIPModel and its tokenizer, or a hub id that is in the cache "
-                                            "or reachable$"):
+    with pytest.raises(
+        LocoeditError,
+        match="CLIP weights .* are not available \\(OSError\\): give a local folder with a "
+        "transformers CLIPModel and its tokenizer, or a hub id that is in the cache "
+        "or reachable$",
+    ):
         make_scorer(f"clip:{tmp_path / 'nothing-here'}")
 
 
@@ -138,10 +145,12 @@ def test_the_toy_probe_effect_is_positive_when_the_concept_is_gone():
     from locoedit.toyworld import render
 
     scorer = make_scorer("toyworld")
-    red = torch.stack([torch.from_numpy(render("a red circle on black", seed)).permute(2, 0, 1).float() / 255
-                       for seed in range(4)])
-    blue = torch.stack([torch.from_numpy(render("a blue circle on black", seed)).permute(2, 0, 1).float() / 255
-                        for seed in range(4)])
+    red = torch.stack(
+        [torch.from_numpy(render("a red circle on black", seed)).permute(2, 0, 1).float() / 255 for seed in range(4)]
+    )
+    blue = torch.stack(
+        [torch.from_numpy(render("a blue circle on black", seed)).permute(2, 0, 1).float() / 255 for seed in range(4)]
+    )
     assert (scorer.effect(red, blue, "red") > 0.9).all()  # the probe reads rendered colours at >= 98%
     assert (scorer.effect(blue, red, "red") < -0.9).all()
 
@@ -154,8 +163,13 @@ def _rendered(caption, seed=0):
 
 def test_the_toy_world_reads_whether_an_image_shows_every_attribute_its_prompt_states():
     scorer = make_scorer("toyworld")
-    images = torch.stack([_rendered("a red striped circle on black"), _rendered("the sun on white"),
-                          _rendered("a blue square in the style of klimt")])
+    images = torch.stack(
+        [
+            _rendered("a red striped circle on black"),
+            _rendered("the sun on white"),
+            _rendered("a blue square in the style of klimt"),
+        ]
+    )
     prompts = ["a red striped circle on black", "the sun on white", "a blue square in the style of klimt"]
     assert scorer.follows(images, prompts, ["", "", ""], []) == [True, True, True]
     wrong = ["a green striped circle on black", "the ocean on white", "a blue square in the style of hokusai"]
@@ -178,10 +192,17 @@ def test_without_a_reader_of_attributes_following_is_zero_shot_among_the_suites_
 
 def test_the_toy_world_scores_several_concepts_as_any_of_them():
     scorer = make_scorer("toyworld")
-    images = torch.stack([_rendered("a red circle in the style of klimt"), _rendered("a red circle in the style of hokusai"),
-                          _rendered("a red circle")])
+    images = torch.stack(
+        [
+            _rendered("a red circle in the style of klimt"),
+            _rendered("a red circle in the style of hokusai"),
+            _rendered("a red circle"),
+        ]
+    )
     several = scorer.score(images, "in the style of klimt, in the style of hokusai")
-    expected = torch.maximum(scorer.score(images, "in the style of klimt"), scorer.score(images, "in the style of hokusai"))
+    expected = torch.maximum(
+        scorer.score(images, "in the style of klimt"), scorer.score(images, "in the style of hokusai")
+    )
     assert torch.equal(several, expected) and (several[:2] > 0.9).all() and several[2] < 0.1
     assert scorer.concept_attributes("red, circle") == {"color", "shape"}
     with pytest.raises(LocoeditError, match="unknown concept 'purple'"):

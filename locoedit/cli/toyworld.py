@@ -46,14 +46,18 @@ def check(
         torch.set_num_threads(threads)
     seed_list = parse_seeds(seeds)
     if model is not None and not (Path(model) / "model_index.json").is_file():
-        raise LocoeditError(f"--model {model}: not a toy-world pipeline folder (no model_index.json); give the "
-                            "pipeline folder written by locoedit.toyworld.train")
+        raise LocoeditError(
+            f"--model {model}: not a toy-world pipeline folder (no model_index.json); give the "
+            "pipeline folder written by locoedit.toyworld.train"
+        )
     probe_file = probe if probe is not None else None if model is None else Path(model).parent / "probe.safetensors"
     try:
         scorer = ToyworldProbe.load(probe_file)
     except Exception as error:  # a missing, damaged or foreign file fails in safetensors or in the probe's own checks
-        raise LocoeditError(f"--probe {probe_file}: not a toy-world probe ({type(error).__name__}: {error}); give the "
-                            "probe.safetensors written by locoedit.toyworld.train") from None
+        raise LocoeditError(
+            f"--probe {probe_file}: not a toy-world probe ({type(error).__name__}: {error}); give the "
+            "probe.safetensors written by locoedit.toyworld.train"
+        ) from None
     try:
         defaults = sampling_defaults(model)
         pipe = load_pipeline(model)
@@ -63,8 +67,9 @@ def check(
     guidance = guidance if guidance is not None else defaults["guidance_scale"]
     task = ProgressTask(ctx.obj, "generate", 2 * len(seed_list), unit="image")
     t0 = time.perf_counter()
-    result = check_prompt_following(pipe, scorer, seeds=seed_list, steps=steps, guidance=guidance,
-                                    batch_size=batch_size, on_images=task.advance)
+    result = check_prompt_following(
+        pipe, scorer, seeds=seed_list, steps=steps, guidance=guidance, batch_size=batch_size, on_images=task.advance
+    )
     result["seconds"] = time.perf_counter() - t0
     typer.echo(
         f"prompt following: {result['n_object']} held-out object prompts + {result['n_fact']} fact prompts, "

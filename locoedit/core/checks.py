@@ -15,6 +15,7 @@ def check_positive_int(name: str, value, flag: str | None = None) -> None:
 
 def check_guidance(value) -> None:
     """``value`` is None or a finite number >= 0 (a classifier-free guidance scale)."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                              or not 0 <= value < math.inf):
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf
+    ):
         raise LocoeditError(f"guidance must be a finite number >= 0, got {value!r} (--guidance)")

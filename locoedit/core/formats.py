@@ -26,8 +26,9 @@ R = TypeVar("R", bound="JsonRecord")
 def to_plain(value):
     """Dataclasses to dicts (fields marked ``metadata={"json": False}`` left out), tuples to lists, recursively."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)
-                if f.metadata.get("json", True)}
+        return {
+            f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.metadata.get("json", True)
+        }
     if isinstance(value, (list, tuple)):
         return [to_plain(item) for item in value]
     if isinstance(value, dict):

@@ -62,7 +62,9 @@ def write_png(path: str | Path, image: torch.Tensor) -> Path:
     return _atomic(path, lambda tmp: Image.fromarray(to_uint8(image)).save(tmp, format="PNG"))
 
 
-def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
+def write_safetensors(
+    path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> Path:
     from safetensors.torch import save_file
 
     tensors = {name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()}

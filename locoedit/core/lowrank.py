@@ -44,14 +44,18 @@ class LowRank:
 
     def __post_init__(self):
         if self.up.dtype != torch.float64 or self.down.dtype != torch.float64:
-            raise LocoeditError(f"low-rank factors must be float64, got {self.up.dtype} and {self.down.dtype}; "
-                                "the delta is damaged")
+            raise LocoeditError(
+                f"low-rank factors must be float64, got {self.up.dtype} and {self.down.dtype}; the delta is damaged"
+            )
         if self.up.ndim != 2 or self.down.ndim != 2 or self.up.shape[1] != self.down.shape[0]:
-            raise LocoeditError(f"low-rank factors of shapes {list(self.up.shape)} and {list(self.down.shape)} do not "
-                                "multiply; the delta is damaged")
+            raise LocoeditError(
+                f"low-rank factors of shapes {list(self.up.shape)} and {list(self.down.shape)} do not "
+                "multiply; the delta is damaged"
+            )
         if not (torch.isfinite(self.up).all() and torch.isfinite(self.down).all()):
-            raise LocoeditError("low-rank factors hold inf or nan; the delta is damaged or the edit diverged "
-                                "(raise the lambdas)")
+            raise LocoeditError(
+                "low-rank factors hold inf or nan; the delta is damaged or the edit diverged (raise the lambdas)"
+            )
 
     @property
     def rank(self) -> int:
@@ -90,8 +94,10 @@ def add_low_rank(
     read and written once; no float64 copy of it is made). An entry beyond the dtype's range is refused."""
     weight = weight.detach()
     if tuple(weight.shape) != update.shape:
-        raise LocoeditError(f"{name}: an update of shape {list(update.shape)} does not fit the model's "
-                            f"{list(weight.shape)} matrix; the delta is for another model")
+        raise LocoeditError(
+            f"{name}: an update of shape {list(update.shape)} does not fit the model's "
+            f"{list(weight.shape)} matrix; the delta is for another model"
+        )
     if out is not None and (out.shape != weight.shape or out.dtype != weight.dtype or not out.is_contiguous()):
         raise ValueError(f"out must be a contiguous {weight.dtype} tensor of shape {tuple(weight.shape)}")
     result = torch.empty_like(weight, memory_format=torch.contiguous_format) if out is None else out

@@ -75,9 +75,11 @@ def current_processes() -> Processes:
         if os.environ.get("ACCELERATE_USE_CPU") and os.environ.get("MASTER_ADDR"):
             # accelerate 1.15's `launch --cpu --num_processes N` starts N processes only through MPI
             # (--mpirun_hostfile); without it one process runs everything, which is correct but not what was asked.
-            logger.warning("accelerate started one CPU process; for several use `accelerate launch --multi_gpu "
-                           "--num_processes N` on a machine without CUDA (torchrun underneath) or `torchrun "
-                           "--nproc_per_node N -m locoedit ...`")
+            logger.warning(
+                "accelerate started one CPU process; for several use `accelerate launch --multi_gpu "
+                "--num_processes N` on a machine without CUDA (torchrun underneath) or `torchrun "
+                "--nproc_per_node N -m locoedit ...`"
+            )
         return Processes(0, 1, None)
     state = _state()
     return Processes(state.process_index, state.num_processes, str(state.device))

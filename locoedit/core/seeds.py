@@ -17,7 +17,9 @@ def parse_seeds(text: str) -> tuple[int, ...]:
         try:
             values = range(int(low), int(high) + 1) if dash else [int(low)]
         except ValueError:
-            raise LocoeditError(f"seeds {text!r}: {part!r} is not a non-negative integer or a range like 0-15") from None
+            raise LocoeditError(
+                f"seeds {text!r}: {part!r} is not a non-negative integer or a range like 0-15"
+            ) from None
         if dash and int(high) < int(low):
             raise LocoeditError(f"seeds {text!r}: range {part!r} runs backwards; write it low-high, e.g. {high}-{low}")
         seeds.extend(values)

@@ -15,7 +15,6 @@ from locoedit.core.runfolder import check_writable
 from locoedit.interventions.delta import EditDelta
 from locoedit.models import DEFAULTS_FILE, load_adapter, resolve_model
 
-
 APPLIED_FILE = "locoedit-applied.json"
 
 
@@ -35,8 +34,9 @@ def remove_stale_staging(out_dir: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def apply_delta_to_folder(model: str, delta_path: str | Path, out_dir: str | Path, device: str | None = None,
-                          readme: str | None = None) -> Path:
+def apply_delta_to_folder(
+    model: str, delta_path: str | Path, out_dir: str | Path, device: str | None = None, readme: str | None = None
+) -> Path:
     """Load ``model``, apply the delta and write the edited pipeline with ``save_pretrained`` to ``out_dir``.
 
     The folder is written next to ``out_dir`` and renamed into place, so ``out_dir`` holds a complete pipeline or

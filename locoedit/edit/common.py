@@ -50,8 +50,11 @@ def normalise_common_fields(request) -> None:
     check_dtype(request.dtype)
     object.__setattr__(request, "layers", check_layer_spec(request.layers))
     seeds = request.auto_seeds
-    object.__setattr__(request, "auto_seeds", check_auto_settings(request.auto_window, request.auto_threshold,
-                                                                  (seeds,) if isinstance(seeds, int) else seeds))
+    object.__setattr__(
+        request,
+        "auto_seeds",
+        check_auto_settings(request.auto_window, request.auto_threshold, (seeds,) if isinstance(seeds, int) else seeds),
+    )
     check_positive_int("auto_steps", request.auto_steps)
 
 
@@ -65,8 +68,12 @@ def with_model_defaults(request, adapter: Adapter):
         changes["token"] = recommended.token or DEFAULT_TOKEN
     if not request.prompts:
         concepts = {c.strip().lower() for c in request.concepts}
-        groups = [group for per_kind in recommended.neighbours.values() for group, members in per_kind.items()
-                  if concepts <= {m.lower() for m in members} and group in recommended.templates]
+        groups = [
+            group
+            for per_kind in recommended.neighbours.values()
+            for group, members in per_kind.items()
+            if concepts <= {m.lower() for m in members} and group in recommended.templates
+        ]
         templates = recommended.templates.get(groups[0] if groups else request.kind)
         if templates:
             changes["prompts"] = tuple(templates)

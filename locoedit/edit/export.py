@@ -98,8 +98,10 @@ def check_exportable(delta: EditDelta, format: str, rank: int | None = None) -> 
             "PixArtTransformer2DModel no load_lora_adapter); use `locoedit apply` to write the edited pipeline"
         )
     if delta.denoiser != UNET:
-        raise LocoeditError(f"no LoRA layout is known for a {delta.denoiser or 'version-1'} denoiser; use "
-                            "`locoedit apply` to write the edited pipeline")
+        raise LocoeditError(
+            f"no LoRA layout is known for a {delta.denoiser or 'version-1'} denoiser; use "
+            "`locoedit apply` to write the edited pipeline"
+        )
     unknown = [name for name in delta.factors if name.rsplit(".", 2)[-2] in _KOHYA_UNKNOWN]
     if format == "kohya" and unknown:
         raise LocoeditError(
@@ -108,8 +110,9 @@ def check_exportable(delta: EditDelta, format: str, rank: int | None = None) -> 
         )
 
 
-def lora_tensors(delta: EditDelta, format: str, rank: int | None = None,
-                 dtype: torch.dtype | None = None) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+def lora_tensors(
+    delta: EditDelta, format: str, rank: int | None = None, dtype: torch.dtype | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """The LoRA state dict of ``delta`` in ``format`` (in ``dtype``, default the model's), and the relative error
     of the rank truncation per parameter."""
     check_exportable(delta, format, rank)
@@ -135,14 +138,27 @@ def lora_metadata(delta: EditDelta, format: str, rank: int) -> dict[str, str]:
     for both, where the LoRA came from."""
     metadata = {
         "format": "pt",
-        "locoedit_source": json.dumps({"base_model": delta.base_model, "method": delta.method, "layers": delta.layers,
-                                       "fingerprint": delta.fingerprint, "locoedit_version": delta.version}),
+        "locoedit_source": json.dumps(
+            {
+                "base_model": delta.base_model,
+                "method": delta.method,
+                "layers": delta.layers,
+                "fingerprint": delta.fingerprint,
+                "locoedit_version": delta.version,
+            }
+        ),
     }
     if format == "peft":
-        config = {"r": rank, "lora_alpha": rank, "rank_pattern": {}, "alpha_pattern": {},
-                  "target_modules": sorted(name.removesuffix(".weight") for name in delta.factors)}
-        metadata["lora_adapter_metadata"] = json.dumps({f"unet.{k}": v for k, v in config.items()}, indent=2,
-                                                       sort_keys=True)
+        config = {
+            "r": rank,
+            "lora_alpha": rank,
+            "rank_pattern": {},
+            "alpha_pattern": {},
+            "target_modules": sorted(name.removesuffix(".weight") for name in delta.factors),
+        }
+        metadata["lora_adapter_metadata"] = json.dumps(
+            {f"unet.{k}": v for k, v in config.items()}, indent=2, sort_keys=True
+        )
     return metadata
 
 

@@ -64,8 +64,10 @@ def auto_localization(request, pairs: list[PromptPair]) -> LocalizationRequest:
     if skipped:
         logger.info("LocoGen leaves out %d prompt(s) whose target is empty", skipped)
     if not routable:
-        raise LocoeditError("every prompt of the edit becomes empty without the concept, so LocoGen has nothing to "
-                            "route to; give --prompt templates with words besides {c}, or --layers")
+        raise LocoeditError(
+            "every prompt of the edit becomes empty without the concept, so LocoGen has nothing to "
+            "route to; give --prompt templates with words besides {c}, or --layers"
+        )
     pairs = routable
     return LocalizationRequest(
         model=request.model,

@@ -86,12 +86,15 @@ class EditRequest(JsonRecord):
         normalise_common_fields(self)
         for name in ("targets", "preserve", "neighbours"):
             object.__setattr__(self, name, as_tuple(getattr(self, name)))
-        check_texts(self.prompts + self.preserve + self.neighbours,
-                    "a prompt, preservation prompt or neighbour is empty; every --prompt, --preserve and --neighbour "
-                    "needs text")
+        check_texts(
+            self.prompts + self.preserve + self.neighbours,
+            "a prompt, preservation prompt or neighbour is empty; every --prompt, --preserve and --neighbour "
+            "needs text",
+        )
         if not self.targets:
-            raise LocoeditError("give --target: what the concept should become (e.g. --target 'a painting'; "
-                                "--target '' removes it)")
+            raise LocoeditError(
+                "give --target: what the concept should become (e.g. --target 'a painting'; --target '' removes it)"
+            )
         if any(not isinstance(t, str) for t in self.targets):
             raise LocoeditError(f"targets {self.targets!r} must be text (an empty target removes the concept)")
         if len(self.targets) not in (1, len(self.concepts)):
@@ -175,8 +178,10 @@ def build_preservation(adapter: Adapter, request: EditRequest, layers: list[Cros
         stats = corpus_stats(adapter, corpus, request.preserve_stats)
         naming = [p for p in corpus if any(names_concept(p, c) for c in request.concepts)]
         if len(naming) == len(corpus):
-            raise LocoeditError(f"every prompt of preservation corpus {source} names an edited concept, so none is "
-                                "left to preserve; give a corpus of other prompts (--preserve-corpus)")
+            raise LocoeditError(
+                f"every prompt of preservation corpus {source} names an edited concept, so none is "
+                "left to preserve; give a corpus of other prompts (--preserve-corpus)"
+            )
         sums, rows = dict(stats.sums), stats.rows
         if naming:  # left out: the edit is meant to change them
             left_out, left_out_rows = moment_sums(adapter, naming, spaces_of(adapter.layers))
@@ -186,13 +191,19 @@ def build_preservation(adapter: Adapter, request: EditRequest, layers: list[Cros
         counts["general"] = len(corpus) - len(naming)
     if request.preserve:
         explicit = encode_rows(adapter, list(request.preserve), all_real_positions(adapter, request.preserve))
-        add({space: explicit.at(layer).T @ explicit.at(layer) for space, layer in spaces.items()},
-            request.preserve_scale)
+        add(
+            {space: explicit.at(layer).T @ explicit.at(layer) for space, layer in spaces.items()},
+            request.preserve_scale,
+        )
     return Preservation(moments, counts)
 
 
-def compute_edit(adapter: Adapter, request: EditRequest, layers: list[CrossAttentionLayer] | None = None,
-                 progress: ProgressCallback | None = None) -> EditDelta:
+def compute_edit(
+    adapter: Adapter,
+    request: EditRequest,
+    layers: list[CrossAttentionLayer] | None = None,
+    progress: ProgressCallback | None = None,
+) -> EditDelta:
     """The LocoEdit of ``request`` on ``adapter``'s model, as a delta. The model is not modified."""
     request = with_model_defaults(request, adapter)
     if layers is None:
@@ -229,12 +240,14 @@ def compute_edit(adapter: Adapter, request: EditRequest, layers: list[CrossAtten
             "objectives": report,
         }
     )
-    return EditDelta.computed_on(adapter.denoiser, request.model, "locoedit", layers, tensors, originals, settings,
-                                 factors)
+    return EditDelta.computed_on(
+        adapter.denoiser, request.model, "locoedit", layers, tensors, originals, settings, factors
+    )
 
 
-def edit_to_file(request: EditRequest, out: str | Path, adapter: Adapter | None = None,
-                 progress: ProgressCallback | None = None) -> EditDelta:
+def edit_to_file(
+    request: EditRequest, out: str | Path, adapter: Adapter | None = None, progress: ProgressCallback | None = None
+) -> EditDelta:
     """Load the model (unless an adapter is given), compute the edit and write it to ``out`` (atomically); on any
     error nothing is written. The CLI's ``edit`` command."""
     check_delta_path(out)

@@ -66,12 +66,18 @@ class NeuronRequest(JsonRecord):
         normalise_common_fields(self)
         for name in ("neutral", "targets"):
             object.__setattr__(self, name, as_tuple(getattr(self, name)))
-        check_texts(self.prompts + self.neutral + self.targets,
-                    "a prompt, neutral prompt or target is empty; every one needs text")
+        check_texts(
+            self.prompts + self.neutral + self.targets,
+            "a prompt, neutral prompt or target is empty; every one needs text",
+        )
         if not self.neutral and not self.targets:
-            raise LocoeditError("no neutral prompts: give --neutral prompts, or a --target to put in the concept's place")
+            raise LocoeditError(
+                "no neutral prompts: give --neutral prompts, or a --target to put in the concept's place"
+            )
         if self.targets and len(self.targets) not in (1, len(self.concepts)):
-            raise LocoeditError(f"got {len(self.targets)} targets for {len(self.concepts)} concepts; give one or one each")
+            raise LocoeditError(
+                f"got {len(self.targets)} targets for {len(self.concepts)} concepts; give one or one each"
+            )
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
             raise LocoeditError(f"top_k {self.top_k!r} must be an integer >= 1 (--top-k)")
         check_positive("fit_lambda", self.fit_lambda, "--fit-lambda")
@@ -121,7 +127,9 @@ def _activations(projection: torch.nn.Linear, rows: torch.Tensor) -> torch.Tenso
 
 
 def compute_neuron_edit(
-    adapter: Adapter, request: NeuronRequest, layers: list[CrossAttentionLayer] | None = None,
+    adapter: Adapter,
+    request: NeuronRequest,
+    layers: list[CrossAttentionLayer] | None = None,
     progress: ProgressCallback | None = None,
 ) -> EditDelta:
     """The neuron-level edit of ``request`` on ``adapter``'s model, as a delta. The model is not modified."""
@@ -140,7 +148,8 @@ def compute_neuron_edit(
     concept_items = concept_prompts(request.concepts, request.prompt_set)
     neutral_prompts = _neutral_prompts(request)
     concept_rows = encode_rows(
-        adapter, [item.prompt for item in concept_items],
+        adapter,
+        [item.prompt for item in concept_items],
         [concept_positions(adapter, item, request.token) for item in concept_items],
     )
     neutral_rows = encode_rows(adapter, neutral_prompts, [_neutral_positions(adapter, p) for p in neutral_prompts])
@@ -180,30 +189,36 @@ def compute_neuron_edit(
                 weight[neurons] = rows.to(weight.device)
                 tensors[name] = to_model_dtype(weight, projection.weight, name).cpu()
             originals[name] = describe_original(projection.weight)
-            chosen.append({
-                "parameter": prefix,
-                "neurons": neurons.tolist(),
-                "zscores": [round(float(scores[j]), 4) for j in neurons],
-                "neutral_means": [float(m) for m in means],
-                "constant_fit_residual": None if projection.bias is not None else residual,
-            })
+            chosen.append(
+                {
+                    "parameter": prefix,
+                    "neurons": neurons.tolist(),
+                    "zscores": [round(float(scores[j]), 4) for j in neurons],
+                    "neutral_means": [float(m) for m in means],
+                    "constant_fit_residual": None if projection.bias is not None else residual,
+                }
+            )
     settings = request.to_json()
-    settings.update({
-        "concept_prompts": [item.prompt for item in concept_items],
-        "neutral_prompts": neutral_prompts,
-        "concept_rows": len(concept_rows),
-        "concept_positions": concept_rows.positions(),
-        "neutral_rows": len(neutral_rows),
-        "chosen_neurons": chosen,
-    })
+    settings.update(
+        {
+            "concept_prompts": [item.prompt for item in concept_items],
+            "neutral_prompts": neutral_prompts,
+            "concept_rows": len(concept_rows),
+            "concept_positions": concept_rows.positions(),
+            "neutral_rows": len(neutral_rows),
+            "chosen_neurons": chosen,
+        }
+    )
     if not all(math.isfinite(m) for item in chosen for m in item["neutral_means"]):
         raise LocoeditError("neutral activations are not finite; check the model's weights and dtype")
-    return EditDelta.computed_on(adapter.denoiser, request.model, "neurons", layers, tensors, originals, settings,
-                                 factors)
+    return EditDelta.computed_on(
+        adapter.denoiser, request.model, "neurons", layers, tensors, originals, settings, factors
+    )
 
 
-def neurons_to_file(request: NeuronRequest, out: str | Path, adapter: Adapter | None = None,
-                    progress: ProgressCallback | None = None) -> EditDelta:
+def neurons_to_file(
+    request: NeuronRequest, out: str | Path, adapter: Adapter | None = None, progress: ProgressCallback | None = None
+) -> EditDelta:
     """Load the model (unless an adapter is given), compute the neuron edit and write it to ``out`` (atomically);
     the CLI's ``neurons`` command."""
     check_delta_path(out)

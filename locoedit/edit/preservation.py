@@ -53,8 +53,9 @@ def read_corpus(path: str | Path) -> tuple[str, ...]:
     """Prompts of a corpus file: one per line; blank lines and lines starting with ``#`` are skipped."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise LocoeditError(f"preservation corpus {path} does not exist; give a text file with one prompt per line "
-                            "(--preserve-corpus)")
+        raise LocoeditError(
+            f"preservation corpus {path} does not exist; give a text file with one prompt per line (--preserve-corpus)"
+        )
     try:
         lines = path.read_text().splitlines()
     except UnicodeDecodeError:
@@ -87,7 +88,10 @@ def corpus_prompts(adapter: Adapter, corpus: str | None) -> tuple[Path, list[str
 def names_concept(prompt: str, concept: str) -> bool:
     """Whether ``prompt`` names ``concept``: its text, or its last word ("sun" for "the sun")."""
     last_word = concept.split()[-1]
-    return find_phrase(prompt, concept) is not None or re.search(rf"\b{re.escape(last_word)}\b", prompt, re.IGNORECASE) is not None
+    return (
+        find_phrase(prompt, concept) is not None
+        or re.search(rf"\b{re.escape(last_word)}\b", prompt, re.IGNORECASE) is not None
+    )
 
 
 def neighbour_concepts(adapter: Adapter, concepts, kind: str, given=()) -> tuple[str, ...]:
@@ -98,8 +102,12 @@ def neighbour_concepts(adapter: Adapter, concepts, kind: str, given=()) -> tuple
         return tuple(n for n in given if n.strip().lower() not in edited)
     recommended = adapter.recommended.edit
     groups = recommended.neighbours if recommended and recommended.neighbours else shipped_neighbours()
-    chosen = [members for per_kind in groups.values() for members in per_kind.values()
-              if edited & {m.lower() for m in members}]
+    chosen = [
+        members
+        for per_kind in groups.values()
+        for members in per_kind.values()
+        if edited & {m.lower() for m in members}
+    ]
     if not chosen:
         chosen = list(groups.get(kind, {}).values())
     found = dict.fromkeys(m for members in chosen for m in members if m.lower() not in edited)
@@ -117,8 +125,11 @@ def neighbour_prompts(concepts, prompts, neighbours) -> list[str]:
     found = []
     for concept in concepts:
         for neighbour in neighbours:
-            found += [pair.target_prompt for pair in prompt_pairs((concept,), (neighbour,), prompts)
-                      if not names_concept(pair.target_prompt, concept)]
+            found += [
+                pair.target_prompt
+                for pair in prompt_pairs((concept,), (neighbour,), prompts)
+                if not names_concept(pair.target_prompt, concept)
+            ]
     return list(dict.fromkeys(found))
 
 
@@ -129,13 +140,15 @@ def padded_rows(adapter: Adapter, prompts) -> TextRows:
     return encode_rows(adapter, prompts, [list(range(rows))] * len(prompts))
 
 
-def moment_sums(adapter: Adapter, prompts, spaces: dict[str, CrossAttentionLayer]) -> tuple[dict[str, torch.Tensor], int]:
+def moment_sums(
+    adapter: Adapter, prompts, spaces: dict[str, CrossAttentionLayer]
+) -> tuple[dict[str, torch.Tensor], int]:
     """``sum x x^T`` [in, in] float64 over every padded row of ``prompts``, per input space; and the row count."""
     sums: dict[str, torch.Tensor] = {}
     count = 0
     prompts = list(prompts)
     for start in range(0, len(prompts), _BATCH):
-        batch = padded_rows(adapter, prompts[start:start + _BATCH])
+        batch = padded_rows(adapter, prompts[start : start + _BATCH])
         count += len(batch)
         for space, layer in spaces.items():
             x = batch.at(layer)
@@ -153,8 +166,10 @@ def usable(adapter: Adapter, prompts, where: str) -> list[str]:
             continue
         kept.append(prompt)
     if not kept:
-        raise LocoeditError(f"{where} has no usable prompts (every one is empty of other text or too long for the "
-                            "text encoder); give prompts that do not name the edited concept")
+        raise LocoeditError(
+            f"{where} has no usable prompts (every one is empty of other text or too long for the "
+            "text encoder); give prompts that do not name the edited concept"
+        )
     return kept
 
 
@@ -166,7 +181,9 @@ def text_fingerprint(adapter: Adapter) -> str:
     of the values, so that reading it costs milliseconds), and the layers' own norms of the text."""
     digest = hashlib.sha256(type(adapter).__name__.encode())
     modules = [(name, getattr(adapter.pipe, name)) for name in adapter.text_encoder_names]
-    modules += [(layer.name, layer.module.norm_cross) for layer in adapter.layers if layer.module.norm_cross is not None]
+    modules += [
+        (layer.name, layer.module.norm_cross) for layer in adapter.layers if layer.module.norm_cross is not None
+    ]
     for owner, module in modules:
         for name, parameter in module.state_dict().items():
             flat = parameter.detach().flatten()
@@ -197,8 +214,13 @@ class CorpusStats:
     corpus_digest: str
 
     def save(self, path: str | Path) -> Path:
-        metadata = {"format": STATS_FORMAT, "rows": str(self.rows), "prompts": str(self.prompts),
-                    "model_fingerprint": self.model_fingerprint, "corpus_digest": self.corpus_digest}
+        metadata = {
+            "format": STATS_FORMAT,
+            "rows": str(self.rows),
+            "prompts": str(self.prompts),
+            "model_fingerprint": self.model_fingerprint,
+            "corpus_digest": self.corpus_digest,
+        }
         return write_safetensors(path, {k: v.contiguous() for k, v in self.sums.items()}, metadata)
 
     @classmethod
@@ -211,21 +233,34 @@ class CorpusStats:
                 metadata = handle.metadata() or {}
             sums = load_file(str(path))
         except Exception as error:  # missing, truncated or not safetensors: each fails its own way
-            raise LocoeditError(f"statistics file {path} cannot be read ({type(error).__name__}); compute it again "
-                                "with `locoedit stats`") from None
+            raise LocoeditError(
+                f"statistics file {path} cannot be read ({type(error).__name__}); compute it again "
+                "with `locoedit stats`"
+            ) from None
         if metadata.get("format") != STATS_FORMAT:
-            raise LocoeditError(f"{path} is not a locoedit statistics file ({STATS_FORMAT}); compute one with "
-                                "`locoedit stats MODEL --out FILE`")
-        return cls(sums, int(metadata["rows"]), int(metadata["prompts"]), metadata["model_fingerprint"],
-                   metadata["corpus_digest"])
+            raise LocoeditError(
+                f"{path} is not a locoedit statistics file ({STATS_FORMAT}); compute one with "
+                "`locoedit stats MODEL --out FILE`"
+            )
+        return cls(
+            sums,
+            int(metadata["rows"]),
+            int(metadata["prompts"]),
+            metadata["model_fingerprint"],
+            metadata["corpus_digest"],
+        )
 
     def check_for(self, adapter_fingerprint: str, digest: str, source: str) -> None:
         if self.model_fingerprint != adapter_fingerprint:
-            raise LocoeditError(f"statistics {source} were computed for another model's text encoders; compute them "
-                                "for this model with `locoedit stats MODEL`")
+            raise LocoeditError(
+                f"statistics {source} were computed for another model's text encoders; compute them "
+                "for this model with `locoedit stats MODEL`"
+            )
         if self.corpus_digest != digest:
-            raise LocoeditError(f"statistics {source} were computed on another corpus; compute them for this one with "
-                                "`locoedit stats MODEL --corpus FILE`")
+            raise LocoeditError(
+                f"statistics {source} were computed on another corpus; compute them for this one with "
+                "`locoedit stats MODEL --corpus FILE`"
+            )
 
 
 def compute_stats(adapter: Adapter, prompts) -> CorpusStats:

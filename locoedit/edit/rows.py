@@ -90,8 +90,16 @@ def prompt_pairs(concepts, targets, prompts) -> list[PromptPair]:
     for item in concept_prompts(concepts, prompts):
         target = target_of[item.concept]
         end = item.start + len(item.concept)
-        pairs.append(PromptPair(item.concept, target, item.prompt, _replace(item.prompt, item.start, end, target),
-                                item.start, item.start))
+        pairs.append(
+            PromptPair(
+                item.concept,
+                target,
+                item.prompt,
+                _replace(item.prompt, item.start, end, target),
+                item.start,
+                item.start,
+            )
+        )
     return pairs
 
 
@@ -149,7 +157,7 @@ def aligned_positions(adapter: Adapter, pair: PromptPair, token: str) -> tuple[l
     if token == "last-subject":
         return source, [replaced[-1]]
     paired = [replaced[j] for j in stretch_alignment(len(span), len(replaced))]
-    tail = source[len(span):]  # from-concept: every position after the concept
+    tail = source[len(span) :]  # from-concept: every position after the concept
     if not tail:
         return source, paired
     target_tail = list(range(replaced[-1] + 1, target.rows)) or [replaced[-1]]

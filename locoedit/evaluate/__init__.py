@@ -11,7 +11,19 @@ from locoedit.evaluate.result import TARGETS, EvaluationItem, EvaluationResult, 
 from locoedit.evaluate.suite import EvaluationSuite, PromptSet, SuiteItem, shipped_suites, suite_for_delta
 
 __all__ = [
-    "EvaluationFolder", "EvaluationItem", "EvaluationRequest", "EvaluationResult", "EvaluationSuite", "Headline",
-    "Metrics", "PromptSet", "SuiteItem", "TARGETS", "effect_curve", "evaluate", "evaluate_from_request",
-    "shipped_suites", "suite_for_delta",
+    "EvaluationFolder",
+    "EvaluationItem",
+    "EvaluationRequest",
+    "EvaluationResult",
+    "EvaluationSuite",
+    "Headline",
+    "Metrics",
+    "PromptSet",
+    "SuiteItem",
+    "TARGETS",
+    "effect_curve",
+    "evaluate",
+    "evaluate_from_request",
+    "shipped_suites",
+    "suite_for_delta",
 ]

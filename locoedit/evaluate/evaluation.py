@@ -37,9 +37,18 @@ logger = logging.getLogger(__name__)
 RESULT_FILE_NAME = "evaluation.json"
 
 
-def _generate(adapter: Adapter, encoded: EncodedPrompts, rows: list[int], seeds: list[int],
-              settings: GenerationSettings, batch_size: int, task: ProgressTask, folder: EvaluationFolder | None,
-              group: str, interventions=()) -> torch.Tensor:  # [rows, 3, H, W]
+def _generate(
+    adapter: Adapter,
+    encoded: EncodedPrompts,
+    rows: list[int],
+    seeds: list[int],
+    settings: GenerationSettings,
+    batch_size: int,
+    task: ProgressTask,
+    folder: EvaluationFolder | None,
+    group: str,
+    interventions=(),
+) -> torch.Tensor:  # [rows, 3, H, W]
     """The images of ``rows``, ``batch_size`` at a time; with a folder, each batch is kept as it is finished and a
     resumed run takes the kept ones instead of generating them again."""
     images = []
@@ -47,8 +56,7 @@ def _generate(adapter: Adapter, encoded: EncodedPrompts, rows: list[int], seeds:
         chunk, name = slice(start, start + batch_size), f"{group}_{start:06d}"
         kept = folder.load_tensors(name) if folder is not None else None
         if kept is None:
-            generated = adapter.generate(encoded.take(rows[chunk]), seeds[chunk], settings, interventions,
-                                         task.advance)
+            generated = adapter.generate(encoded.take(rows[chunk]), seeds[chunk], settings, interventions, task.advance)
             if folder is not None:
                 folder.save_tensors(name, {"images": generated})
         else:
@@ -104,8 +112,11 @@ class EvaluationFolder(RunFolder):
 
 
 def _check_reuse(reuse: EvaluationResult, items, settings: GenerationSettings) -> None:
-    if (reuse.before is None or [(r.prompt, r.seed) for r in reuse.items] != [(r.prompt, r.seed) for r in items]
-            or reuse.settings != settings):
+    if (
+        reuse.before is None
+        or [(r.prompt, r.seed) for r in reuse.items] != [(r.prompt, r.seed) for r in items]
+        or reuse.settings != settings
+    ):
         raise LocoeditError(
             "reuse: the earlier result was generated from other prompts, seeds or settings (or holds no images); "
             "reuse only a result of the same suite and settings"
@@ -162,8 +173,11 @@ def evaluate(
     seeds = [item.seed for item in items]
     loops = (1 if reuse is not None else 2) * -(-len(items) // batch_size)
     task = ProgressTask(progress, f"evaluating {suite.name}", loops * settings.num_inference_steps)
-    before = reuse.before if reuse is not None else _generate(adapter, encoded, rows, seeds, settings, batch_size,
-                                                              task, folder, "before")
+    before = (
+        reuse.before
+        if reuse is not None
+        else _generate(adapter, encoded, rows, seeds, settings, batch_size, task, folder, "before")
+    )
     after = _generate(adapter, encoded, rows, seeds, settings, batch_size, task, folder, "after", [delta])
     generation_s = time.perf_counter() - started
 
@@ -187,8 +201,12 @@ def evaluate(
     features = None if features_before is None else (features_before, scorer.features(after))
     scored = [
         EvaluationItem.of(
-            item, score_before=scores_before[i].item(), score_after=scores_after[i].item(), ssim=similarity[i].item(),
-            psnr=peak[i].item(), attributes_before=None if attributes_before is None else attributes_before[i],
+            item,
+            score_before=scores_before[i].item(),
+            score_after=scores_after[i].item(),
+            ssim=similarity[i].item(),
+            psnr=peak[i].item(),
+            attributes_before=None if attributes_before is None else attributes_before[i],
             attributes_after=None if attributes_after is None else attributes_after[i],
             **{name: values.get(i) for name, values in follows.items()},
         )
@@ -196,8 +214,18 @@ def evaluate(
     ]
     metrics = Metrics.of(scored, scorer, suite.concept, features)
     timings = {"generation_s": generation_s, "scoring_s": time.perf_counter() - started}
-    result = EvaluationResult(suite, settings, scorer.spec, DeltaSummary.of(delta, delta_path), scored, metrics, curve,
-                              timings, before=before, after=after)
+    result = EvaluationResult(
+        suite,
+        settings,
+        scorer.spec,
+        DeltaSummary.of(delta, delta_path),
+        scored,
+        metrics,
+        curve,
+        timings,
+        before=before,
+        after=after,
+    )
     if folder is not None:
         folder.write(result)
     return result
@@ -230,8 +258,13 @@ class EvaluationRequest:
             check_dtype(self.dtype)
 
 
-def evaluate_from_request(request: EvaluationRequest, out: str | Path, adapter: Adapter | None = None,
-                          scorer: Scorer | None = None, progress: ProgressCallback | None = None) -> EvaluationResult:
+def evaluate_from_request(
+    request: EvaluationRequest,
+    out: str | Path,
+    adapter: Adapter | None = None,
+    scorer: Scorer | None = None,
+    progress: ProgressCallback | None = None,
+) -> EvaluationResult:
     """Load the delta (first: bad input fails before the model loads), the suite, the model and the scorer; evaluate."""
     check_writable(out)
     delta = EditDelta.load(request.edit)
@@ -240,15 +273,30 @@ def evaluate_from_request(request: EvaluationRequest, out: str | Path, adapter: 
         suite = replace(suite, seeds=request.seeds)
     curve = effect_curve(request.localization) if request.localization else None
     if scorer is None and (request.scorer or suite.scorer) == "pixel":
-        raise LocoeditError("scorer 'pixel' cannot score a concept in a single image; evaluation needs 'toyworld' or "
-                            "'clip:ID_OR_FOLDER'")
+        raise LocoeditError(
+            "scorer 'pixel' cannot score a concept in a single image; evaluation needs 'toyworld' or "
+            "'clip:ID_OR_FOLDER'"
+        )
     if adapter is None:
         dtype = dtype_named(request.dtype) if request.dtype else delta.dtype
         adapter = load_adapter(request.model, dtype, request.device)
     delta.check(adapter)
     scorer = resolve_scorer(request.scorer or suite.scorer, scorer, adapter)
-    settings = adapter.settings(request.steps or suite.steps,
-                                request.guidance if request.guidance is not None else suite.guidance,
-                                request.size or suite.size, request.size or suite.size)
-    return evaluate(adapter, delta, suite, scorer, out=out, settings=settings, localization=curve,
-                    batch_size=request.batch_size, delta_path=str(request.edit), progress=progress)
+    settings = adapter.settings(
+        request.steps or suite.steps,
+        request.guidance if request.guidance is not None else suite.guidance,
+        request.size or suite.size,
+        request.size or suite.size,
+    )
+    return evaluate(
+        adapter,
+        delta,
+        suite,
+        scorer,
+        out=out,
+        settings=settings,
+        localization=curve,
+        batch_size=request.batch_size,
+        delta_path=str(request.edit),
+        progress=progress,
+    )

@@ -35,13 +35,15 @@ def _gaussian_window(size: int, sigma: float) -> torch.Tensor:  # [size, size], 
 def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:  # -> [N]
     """Mean SSIM per image for [N, C, H, W] images in [0, 1]. The window shrinks (odd) for images under 11 pixels."""
     if a.shape != b.shape or a.ndim != 4:
-        raise ValueError(f"ssim needs two [N, C, H, W] batches of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(
+            f"ssim needs two [N, C, H, W] batches of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
     a, b = a.double(), b.double()
     channels = a.shape[1]
     size = min(window, a.shape[-2], a.shape[-1])
     size -= 1 - size % 2  # odd
     kernel = _gaussian_window(size, sigma).to(a.device).expand(channels, 1, size, size)
-    filt = lambda x: F.conv2d(x, kernel, groups=channels)  # noqa: E731  valid convolution, per channel
+    filt = lambda x: F.conv2d(x, kernel, groups=channels)
     c1, c2 = 0.01**2, 0.03**2
     mu_a, mu_b = filt(a), filt(b)
     var_a = filt(a * a) - mu_a**2
@@ -64,7 +66,9 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float | None:  # [N, d
     computation stays real and stable when few samples make the covariances singular.
     """
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-        raise ValueError(f"frechet_distance needs [N, d] and [M, d] features, got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(
+            f"frechet_distance needs [N, d] and [M, d] features, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
     if a.shape[0] < 2 or b.shape[0] < 2:
         raise ValueError("frechet_distance needs at least two samples per set")
     a, b = a.double(), b.double()

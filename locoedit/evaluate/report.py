@@ -26,43 +26,89 @@ def _metric_rows(result: EvaluationResult) -> list[tuple[str, str, str, str, str
         return f"&ge; {percent(TARGETS[name])} {'&#10003;' if meets[name] else '&#10007; missed'}"
 
     rows = []
-    for name, label, entry in (("efficacy", "concept prompts", metrics.efficacy),
-                               ("generalization", "paraphrases", metrics.generalization)):
+    for name, label, entry in (
+        ("efficacy", "concept prompts", metrics.efficacy),
+        ("generalization", "paraphrases", metrics.generalization),
+    ):
         if entry is None:
             rows.append((f"{name} ({label})", "not measured (no prompts)", "", "", ""))
             continue
-        rows.append((f"{name}: mean concept score ({label})", number(entry.score.before), number(entry.score.after),
-                     number(entry.score.change), ""))
+        rows.append(
+            (
+                f"{name}: mean concept score ({label})",
+                number(entry.score.before),
+                number(entry.score.after),
+                number(entry.score.change),
+                "",
+            )
+        )
         if entry.rate is not None:
-            rows.append((f"{name}: concept absent ({label})", percent(entry.absent_before), percent(entry.absent_after),
-                         "", target(name)))
+            rows.append(
+                (
+                    f"{name}: concept absent ({label})",
+                    percent(entry.absent_before),
+                    percent(entry.absent_after),
+                    "",
+                    target(name),
+                )
+            )
     specificity = metrics.specificity
     for group, entry in (("neighbours", specificity.neighbours), ("unrelated", specificity.unrelated)):
         if entry is None:
             continue
-        rows.append((f"specificity: own-concept score ({group})", number(entry.score.before),
-                     number(entry.score.after), number(entry.score.change), ""))
+        rows.append(
+            (
+                f"specificity: own-concept score ({group})",
+                number(entry.score.before),
+                number(entry.score.after),
+                number(entry.score.change),
+                "",
+            )
+        )
         if entry.attributes_unchanged is not None:
-            rows.append((f"specificity: attributes unchanged ({group})", "", percent(entry.attributes_unchanged), "", ""))
-        rows.append((f"specificity: SSIM / PSNR to unedited ({group})", "",
-                     f"{number(entry.ssim)} / {number(entry.psnr)} dB", "", ""))
+            rows.append(
+                (f"specificity: attributes unchanged ({group})", "", percent(entry.attributes_unchanged), "", "")
+            )
+        rows.append(
+            (
+                f"specificity: SSIM / PSNR to unedited ({group})",
+                "",
+                f"{number(entry.ssim)} / {number(entry.psnr)} dB",
+                "",
+                "",
+            )
+        )
     if specificity.follows_before is not None:
-        rows.append(("specificity: neighbour and unrelated images showing what their prompt asks",
-                     percent(specificity.follows_before), percent(specificity.follows_after),
-                     f"{percent(specificity.rate)} of before" if specificity.rate is not None else "",
-                     target("specificity")))
+        rows.append(
+            (
+                "specificity: neighbour and unrelated images showing what their prompt asks",
+                percent(specificity.follows_before),
+                percent(specificity.follows_after),
+                f"{percent(specificity.rate)} of before" if specificity.rate is not None else "",
+                target("specificity"),
+            )
+        )
     if specificity.identity is not None:
-        rows.append((f"identity: {specificity.identity_basis}", "", percent(specificity.identity), "",
-                     target("identity")))
+        rows.append(
+            (f"identity: {specificity.identity_basis}", "", percent(specificity.identity), "", target("identity"))
+        )
     other = specificity.other_attributes
     if other is not None:
         ignored = ", ".join(other.ignored) or "none"
-        rows.append((f"other attributes unchanged on concept prompts (ignoring {ignored})", "",
-                     percent(other.rate), "", ""))
+        rows.append(
+            (f"other attributes unchanged on concept prompts (ignoring {ignored})", "", percent(other.rate), "", "")
+        )
     quality = metrics.quality
     if quality.frechet_distance is not None:
-        rows.append((f"quality: Frechet distance before vs after ({quality.features})", "",
-                     number(quality.frechet_distance), "", ""))
+        rows.append(
+            (
+                f"quality: Frechet distance before vs after ({quality.features})",
+                "",
+                number(quality.frechet_distance),
+                "",
+                "",
+            )
+        )
     return rows
 
 

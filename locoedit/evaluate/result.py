@@ -27,8 +27,10 @@ from locoedit.models import GenerationSettings
 from locoedit.scoring import ConceptScorer
 
 TARGETS = {"efficacy": 0.95, "generalization": 0.90, "specificity": 0.97, "identity": 0.90}
-INCEPTION_NOTE = ("not computed: Inception FID needs torchvision and Inception weights, which locoedit does not depend "
-                  "on; the Frechet distance in the table uses the scorer's own image features")
+INCEPTION_NOTE = (
+    "not computed: Inception FID needs torchvision and Inception weights, which locoedit does not depend "
+    "on; the Frechet distance in the table uses the scorer's own image features"
+)
 
 
 @dataclass
@@ -54,12 +56,22 @@ class EvaluationItem:
 
     @classmethod
     def of(cls, item: SuiteItem, **scores) -> EvaluationItem:
-        return cls(item.group, item.set, item.prompt_index, item.prompt, item.concept, item.seed,
-                   before=f"images/before/{item.image}", after=f"images/after/{item.image}", **scores)
+        return cls(
+            item.group,
+            item.set,
+            item.prompt_index,
+            item.prompt,
+            item.concept,
+            item.seed,
+            before=f"images/before/{item.image}",
+            after=f"images/after/{item.image}",
+            **scores,
+        )
 
     def unchanged(self, ignore: frozenset[str] = frozenset()) -> bool:
-        return all(self.attributes_before[a] == self.attributes_after[a] for a in self.attributes_before
-                   if a not in ignore)
+        return all(
+            self.attributes_before[a] == self.attributes_after[a] for a in self.attributes_before if a not in ignore
+        )
 
 
 @dataclass(frozen=True)
@@ -101,9 +113,13 @@ class ConceptMetrics:
             return None
         if threshold is None:
             return cls(len(items), _score_change(items))
-        absent = lambda scores: sum(s < threshold for s in scores) / len(scores)  # noqa: E731
-        return cls(len(items), _score_change(items), absent([i.score_before for i in items]),
-                   absent([i.score_after for i in items]))
+        absent = lambda scores: sum(s < threshold for s in scores) / len(scores)
+        return cls(
+            len(items),
+            _score_change(items),
+            absent([i.score_before for i in items]),
+            absent([i.score_after for i in items]),
+        )
 
 
 @dataclass(frozen=True)
@@ -122,23 +138,41 @@ class GroupSpecificity:
     sets: list[GroupSpecificity] = field(default_factory=list)
 
     @classmethod
-    def of(cls, items: list[EvaluationItem], threshold: float | None, with_attributes: bool,
-           concept: str | None = None) -> GroupSpecificity:
+    def of(
+        cls, items: list[EvaluationItem], threshold: float | None, with_attributes: bool, concept: str | None = None
+    ) -> GroupSpecificity:
         presence = {}
         if threshold is not None:
             before = [i.score_before >= threshold for i in items]
             after = [i.score_after >= threshold for i in items]
-            presence = dict(present_before=sum(before) / len(items), present_after=sum(after) / len(items),
-                            presence_unchanged=sum(b == a for b, a in zip(before, after)) / len(items))
+            presence = dict(
+                present_before=sum(before) / len(items),
+                present_after=sum(after) / len(items),
+                presence_unchanged=sum(b == a for b, a in zip(before, after)) / len(items),
+            )
         unchanged = sum(i.unchanged() for i in items) / len(items) if with_attributes else None
         sets = []
         if concept is None:
             indices = sorted({i.set for i in items})
-            sets = [cls.of([i for i in items if i.set == s], threshold, with_attributes,
-                           next(i.concept for i in items if i.set == s)) for s in indices]
-        return cls(len(items), _score_change(items), _mean_std([i.ssim for i in items])[0],
-                   _mean_std([i.psnr for i in items])[0], attributes_unchanged=unchanged, concept=concept, sets=sets,
-                   **presence)
+            sets = [
+                cls.of(
+                    [i for i in items if i.set == s],
+                    threshold,
+                    with_attributes,
+                    next(i.concept for i in items if i.set == s),
+                )
+                for s in indices
+            ]
+        return cls(
+            len(items),
+            _score_change(items),
+            _mean_std([i.ssim for i in items])[0],
+            _mean_std([i.psnr for i in items])[0],
+            attributes_unchanged=unchanged,
+            concept=concept,
+            sets=sets,
+            **presence,
+        )
 
 
 @dataclass(frozen=True)
@@ -155,9 +189,12 @@ class OtherAttributes:
         if not items:
             return None
         attributes = [a for a in items[0].attributes_before if a not in ignore]
-        return cls(len(items), sorted(ignore), sum(i.unchanged(ignore) for i in items) / len(items),
-                   {a: sum(i.attributes_before[a] == i.attributes_after[a] for i in items) / len(items)
-                    for a in attributes})
+        return cls(
+            len(items),
+            sorted(ignore),
+            sum(i.unchanged(ignore) for i in items) / len(items),
+            {a: sum(i.attributes_before[a] == i.attributes_after[a] for i in items) / len(items) for a in attributes},
+        )
 
 
 @dataclass(frozen=True)
@@ -194,8 +231,13 @@ class Metrics:
     quality: QualityMetrics
 
     @classmethod
-    def of(cls, items: list[EvaluationItem], scorer: ConceptScorer, concept: str,
-           features: tuple[torch.Tensor, torch.Tensor] | None) -> Metrics:
+    def of(
+        cls,
+        items: list[EvaluationItem],
+        scorer: ConceptScorer,
+        concept: str,
+        features: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> Metrics:
         """``features``: the scorer's image features before and after, [items, dim] each, or None."""
         threshold = scorer.presence_threshold
         with_attributes = bool(items) and items[0].attributes_before is not None
@@ -204,36 +246,56 @@ class Metrics:
         follows_before = sum(bool(i.follows_before) for i in others) / len(others)
         follows_after = sum(bool(i.follows_after) for i in others) / len(others)
         rate = follows_after / follows_before if follows_before else None  # undefined when none did before
-        basis = ("neighbour and unrelated images that show what their prompt asks, after the edit relative to before "
-                 "(same seeds)")
+        basis = (
+            "neighbour and unrelated images that show what their prompt asks, after the edit relative to before "
+            "(same seeds)"
+        )
         identity, identity_basis, other_attributes = None, None, None
         if with_attributes:
             identity = sum(i.unchanged() for i in others) / len(others)
             identity_basis = "every attribute the scorer reads is unchanged (neighbour and unrelated images)"
-            other_attributes = OtherAttributes.of(group["concept"] + group["paraphrases"],
-                                                  frozenset(scorer.concept_attributes(concept)))
+            other_attributes = OtherAttributes.of(
+                group["concept"] + group["paraphrases"], frozenset(scorer.concept_attributes(concept))
+            )
         elif threshold is not None:
             identity = sum((i.score_before >= threshold) == (i.score_after >= threshold) for i in others) / len(others)
             identity_basis = "each neighbour / unrelated image's own concept is present or absent as before"
         specificity = SpecificityMetrics(
-            *(GroupSpecificity.of(group[g], threshold, with_attributes) if group[g] else None
-              for g in ("neighbours", "unrelated")),
-            _mean_std([i.ssim for i in others])[0], _mean_std([i.psnr for i in others])[0], rate, basis,
-            other_attributes, follows_before, follows_after, identity, identity_basis,
+            *(
+                GroupSpecificity.of(group[g], threshold, with_attributes) if group[g] else None
+                for g in ("neighbours", "unrelated")
+            ),
+            _mean_std([i.ssim for i in others])[0],
+            _mean_std([i.psnr for i in others])[0],
+            rate,
+            basis,
+            other_attributes,
+            follows_before,
+            follows_after,
+            identity,
+            identity_basis,
         )
         if features is None:
-            quality = QualityMetrics(scorer.feature_name, None,
-                                     note=f"the scorer {scorer.spec!r} has no image features, so no Frechet distance "
-                                          "was computed")
+            quality = QualityMetrics(
+                scorer.feature_name,
+                None,
+                note=f"the scorer {scorer.spec!r} has no image features, so no Frechet distance was computed",
+            )
         else:
             before, after = features
             unedited = torch.tensor([i.group in ("neighbours", "unrelated") for i in items])
             quality = QualityMetrics(
-                scorer.feature_name, frechet_distance(before, after),
-                frechet_distance(before[unedited], after[unedited]) if unedited.sum() >= 2 else None, len(items),
+                scorer.feature_name,
+                frechet_distance(before, after),
+                frechet_distance(before[unedited], after[unedited]) if unedited.sum() >= 2 else None,
+                len(items),
             )
-        return cls(ConceptMetrics.of(group["concept"], threshold), ConceptMetrics.of(group["paraphrases"], threshold),
-                   specificity, quality)
+        return cls(
+            ConceptMetrics.of(group["concept"], threshold),
+            ConceptMetrics.of(group["paraphrases"], threshold),
+            specificity,
+            quality,
+        )
 
 
 @dataclass(frozen=True)
@@ -273,8 +335,15 @@ class EffectCurve:
 
     @classmethod
     def of(cls, result: LocalizationResult, source: str) -> EffectCurve:
-        return cls(source, result.concept, result.window_size, len(result.layers), result.full_swap_effect,
-                   [WindowEffect(w.layers, w.effect, w.effect_std) for w in result.windows], list(result.chosen.layers))
+        return cls(
+            source,
+            result.concept,
+            result.window_size,
+            len(result.layers),
+            result.full_swap_effect,
+            [WindowEffect(w.layers, w.effect, w.effect_std) for w in result.windows],
+            list(result.chosen.layers),
+        )
 
 
 @dataclass(frozen=True)
@@ -334,8 +403,10 @@ class EvaluationResult(JsonRecord):
     def meets_targets(self) -> dict[str, bool | None]:
         """Per rate with a target (TARGETS): whether it is met; None where it was not measured."""
         headline = self.headline
-        return {name: None if getattr(headline, name) is None else getattr(headline, name) >= target
-                for name, target in TARGETS.items()}
+        return {
+            name: None if getattr(headline, name) is None else getattr(headline, name) >= target
+            for name, target in TARGETS.items()
+        }
 
     def to_json(self) -> dict:
         data = super().to_json()

@@ -37,7 +37,6 @@ class PromptSet:
     prompts: tuple[str, ...]
 
 
-
 @dataclass(frozen=True)
 class SuiteItem:
     """One image to generate: a prompt of a group, with a seed, and the concept its score is about."""
@@ -75,7 +74,7 @@ def _prompt_sets(value, where: str) -> tuple[PromptSet, ...]:
     """A list whose items are {"concept": TEXT, "prompts": [...]} or a plain prompt (scored against itself)."""
     if isinstance(value, str) or not isinstance(value, (list, tuple)):
         raise LocoeditError(
-            f"suite field {where} must be a list of {{\"concept\": ..., \"prompts\": [...]}} objects or prompts"
+            f'suite field {where} must be a list of {{"concept": ..., "prompts": [...]}} objects or prompts'
         )
     sets = []
     for i, item in enumerate(value):
@@ -89,7 +88,7 @@ def _prompt_sets(value, where: str) -> tuple[PromptSet, ...]:
             if missing or extra:
                 problem = f"lacks {', '.join(missing)}" if missing else f"has unknown fields {', '.join(extra)}"
                 raise LocoeditError(
-                    f"suite field {where}[{i}] {problem}; each entry is {{\"concept\": TEXT TO SCORE, \"prompts\": "
+                    f'suite field {where}[{i}] {problem}; each entry is {{"concept": TEXT TO SCORE, "prompts": '
                     "[PROMPTS SHOWING IT]}} or a plain prompt string"
                 )
             concept = item["concept"]
@@ -121,17 +120,21 @@ class SuiteSplit:
         unknown = sorted(set(value) - set(_SPLIT_FIELDS))
         if missing or unknown:
             problem = f"lacks {', '.join(missing)}" if missing else f"has unknown fields {', '.join(unknown)}"
-            raise LocoeditError(f"suite field validation {problem}; it holds {', '.join(_SPLIT_FIELDS)}, like the "
-                                "suite itself")
-        return cls(_strings(value["concept_prompts"], "validation.concept_prompts", allow_empty=False),
-                   _strings(value["paraphrases"], "validation.paraphrases"),
-                   _prompt_sets(value["neighbours"], "validation.neighbours"),
-                   _prompt_sets(value["unrelated"], "validation.unrelated"),
-                   check_seeds(value["seeds"], "suite field validation.seeds"))
+            raise LocoeditError(
+                f"suite field validation {problem}; it holds {', '.join(_SPLIT_FIELDS)}, like the suite itself"
+            )
+        return cls(
+            _strings(value["concept_prompts"], "validation.concept_prompts", allow_empty=False),
+            _strings(value["paraphrases"], "validation.paraphrases"),
+            _prompt_sets(value["neighbours"], "validation.neighbours"),
+            _prompt_sets(value["unrelated"], "validation.unrelated"),
+            check_seeds(value["seeds"], "suite field validation.seeds"),
+        )
 
     def prompts(self) -> set[str]:
-        return set(self.concept_prompts + self.paraphrases) | {p for s in self.neighbours + self.unrelated
-                                                               for p in s.prompts}
+        return set(self.concept_prompts + self.paraphrases) | {
+            p for s in self.neighbours + self.unrelated for p in s.prompts
+        }
 
 
 @dataclass(frozen=True)
@@ -162,7 +165,9 @@ class EvaluationSuite:
                 raise LocoeditError(f"suite field {name} must be non-empty text, got {value!r}")
         if self.kind not in KINDS:
             raise LocoeditError(f"suite field kind is {self.kind!r}; use one of {', '.join(KINDS)}")
-        object.__setattr__(self, "concept_prompts", _strings(self.concept_prompts, "concept_prompts", allow_empty=False))
+        object.__setattr__(
+            self, "concept_prompts", _strings(self.concept_prompts, "concept_prompts", allow_empty=False)
+        )
         object.__setattr__(self, "paraphrases", _strings(self.paraphrases, "paraphrases"))
         object.__setattr__(self, "neighbours", _prompt_sets(self.neighbours, "neighbours"))
         object.__setattr__(self, "unrelated", _prompt_sets(self.unrelated, "unrelated"))
@@ -175,22 +180,30 @@ class EvaluationSuite:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise LocoeditError(f"suite field {name} must be a positive integer or null, got {value!r}")
-        if self.guidance is not None and (isinstance(self.guidance, bool) or not isinstance(self.guidance, (int, float))):
+        if self.guidance is not None and (
+            isinstance(self.guidance, bool) or not isinstance(self.guidance, (int, float))
+        ):
             raise LocoeditError(f"suite field guidance must be a number or null, got {self.guidance!r}")
         if self.validation is not None:
             validation = SuiteSplit.from_json(self.validation)
             object.__setattr__(self, "validation", validation)
             if not validation.neighbours and not validation.unrelated:
-                raise LocoeditError("suite field validation has no neighbours and no unrelated prompts; give at least "
-                                    "one, so that specificity can be measured on it")
+                raise LocoeditError(
+                    "suite field validation has no neighbours and no unrelated prompts; give at least "
+                    "one, so that specificity can be measured on it"
+                )
             shared_seeds = sorted(set(validation.seeds) & set(self.seeds))
             if shared_seeds:
-                raise LocoeditError(f"suite seeds {shared_seeds} are in both the validation and the test split; the "
-                                    "splits need disjoint seeds")
+                raise LocoeditError(
+                    f"suite seeds {shared_seeds} are in both the validation and the test split; the "
+                    "splits need disjoint seeds"
+                )
             shared = sorted(validation.prompts() & self._split().prompts())
             if shared:
-                raise LocoeditError(f"suite prompts {shared[:3]} are in both the validation and the test split; the "
-                                    "splits need disjoint prompts")
+                raise LocoeditError(
+                    f"suite prompts {shared[:3]} are in both the validation and the test split; the "
+                    "splits need disjoint prompts"
+                )
 
     def _split(self) -> SuiteSplit:
         return SuiteSplit(self.concept_prompts, self.paraphrases, self.neighbours, self.unrelated, self.seeds)
@@ -202,13 +215,22 @@ class EvaluationSuite:
         if name == "test":
             return replace(self, validation=None)
         if self.validation is None:
-            raise LocoeditError(f"suite {self.name!r} has no validation split, so settings cannot be chosen apart from "
-                                "the test prompts; add a \"validation\" object (other prompts and seeds) to the suite "
-                                "file, or use a shipped toy-world suite")
+            raise LocoeditError(
+                f"suite {self.name!r} has no validation split, so settings cannot be chosen apart from "
+                'the test prompts; add a "validation" object (other prompts and seeds) to the suite '
+                "file, or use a shipped toy-world suite"
+            )
         v = self.validation
-        return replace(self, name=f"{self.name}:validation", concept_prompts=v.concept_prompts,
-                       paraphrases=v.paraphrases, neighbours=v.neighbours, unrelated=v.unrelated, seeds=v.seeds,
-                       validation=None)
+        return replace(
+            self,
+            name=f"{self.name}:validation",
+            concept_prompts=v.concept_prompts,
+            paraphrases=v.paraphrases,
+            neighbours=v.neighbours,
+            unrelated=v.unrelated,
+            seeds=v.seeds,
+            validation=None,
+        )
 
     # -- reading and writing
 
@@ -252,8 +274,10 @@ class EvaluationSuite:
         if text in shipped:
             return cls.from_json(json.loads(shipped[text].read_text()), f"shipped suite {text!r}")
         if text.endswith(".json") or "/" in text or path.is_dir():
-            raise LocoeditError(f"suite file {text} does not exist (or is not a file); give a suite .json file or a "
-                                f"shipped suite name: {', '.join(shipped)}")
+            raise LocoeditError(
+                f"suite file {text} does not exist (or is not a file); give a suite .json file or a "
+                f"shipped suite name: {', '.join(shipped)}"
+            )
         raise LocoeditError(
             f"unknown suite {text!r}; shipped suites: {', '.join(shipped)}; or give the path of a suite .json file"
         )
@@ -287,8 +311,11 @@ class EvaluationSuite:
 def shipped_suites() -> dict[str, Path]:
     """Name -> file of every suite shipped in ``locoedit/data/suites``."""
     folder = resources.files("locoedit").joinpath(_SUITES_PACKAGE_DIR)
-    return {Path(str(f)).stem: Path(str(f)) for f in sorted(folder.iterdir(), key=lambda f: f.name)
-            if f.name.endswith(".json")}
+    return {
+        Path(str(f)).stem: Path(str(f))
+        for f in sorted(folder.iterdir(), key=lambda f: f.name)
+        if f.name.endswith(".json")
+    }
 
 
 def suite_for_delta(delta: EditDelta, model: str) -> EvaluationSuite:
@@ -311,8 +338,11 @@ def suite_for_concepts(concepts, model: str, kind: str | None = None) -> Evaluat
         names = {suite.concept.strip().lower(), suite.edit_concept.strip().lower()} - {""}
         if (names & (concepts | {joined})) and (suite.model is None or resolve_model(suite.model) == location):
             matches.append(suite)
-    for prefer in (lambda s: s.edit_concept.strip().lower() == joined, lambda s: s.model is not None,
-                   lambda s: s.kind == kind):
+    for prefer in (
+        lambda s: s.edit_concept.strip().lower() == joined,
+        lambda s: s.model is not None,
+        lambda s: s.kind == kind,
+    ):
         if len(matches) > 1:
             matches = [s for s in matches if prefer(s)] or matches
     if len(matches) != 1:

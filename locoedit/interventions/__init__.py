@@ -11,4 +11,12 @@ from locoedit.interventions.patching import ActivationPatch, ActivationRecorder
 from locoedit.interventions.routing import Routing, TextRouting
 from locoedit.models import Intervention
 
-__all__ = ["ActivationPatch", "ActivationRecorder", "AppliedDelta", "EditDelta", "Intervention", "Routing", "TextRouting"]
+__all__ = [
+    "ActivationPatch",
+    "ActivationRecorder",
+    "AppliedDelta",
+    "EditDelta",
+    "Intervention",
+    "Routing",
+    "TextRouting",
+]

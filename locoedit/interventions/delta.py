@@ -33,15 +33,24 @@ import torch
 from locoedit import __version__
 from locoedit.core.errors import LocoeditError
 from locoedit.core.io import write_safetensors
-from locoedit.core.runfolder import check_writable
 from locoedit.core.lowrank import LowRank, add_low_rank, check_low_rank_fits, to_model_dtype
+from locoedit.core.runfolder import check_writable
 from locoedit.models import Adapter, Intervention, adapter_for
 
 FORMAT = "locoedit-delta/2"
 FORMAT_V1 = "locoedit-delta/1"  # dense new values only; read, never written
 _METADATA_KEYS = {
-    FORMAT_V1: ("format", "locoedit_version", "base_model", "fingerprint", "method", "layers", "settings",
-                "originals", "edited_sha256"),
+    FORMAT_V1: (
+        "format",
+        "locoedit_version",
+        "base_model",
+        "fingerprint",
+        "method",
+        "layers",
+        "settings",
+        "originals",
+        "edited_sha256",
+    ),
 }
 _METADATA_KEYS[FORMAT] = _METADATA_KEYS[FORMAT_V1] + ("denoiser",)
 _UP, _DOWN = ":up", ":down"  # suffixes of a factored parameter's two tensors in a file
@@ -56,7 +65,9 @@ def check_delta_path(path: str | Path) -> Path:
     if path.suffix != ".safetensors":
         raise LocoeditError(f"--out {path} must end in .safetensors (a delta file)")
     if path.is_dir():
-        raise LocoeditError(f"--out {path} is a folder; give the path of the delta file to write, e.g. {path}/edit.safetensors")
+        raise LocoeditError(
+            f"--out {path} is a folder; give the path of the delta file to write, e.g. {path}/edit.safetensors"
+        )
     check_writable(path.parent)
     return path
 
@@ -126,8 +137,17 @@ class EditDelta(Intervention):
     denoiser: str = ""  # the denoiser's class name ("" when read from a version-1 file)
 
     @classmethod
-    def computed_on(cls, denoiser: torch.nn.Module, base_model: str, method: str, layers, tensors: dict,
-                    originals: dict, settings: dict, factors: dict | None = None) -> EditDelta:
+    def computed_on(
+        cls,
+        denoiser: torch.nn.Module,
+        base_model: str,
+        method: str,
+        layers,
+        tensors: dict,
+        originals: dict,
+        settings: dict,
+        factors: dict | None = None,
+    ) -> EditDelta:
         """A delta for ``denoiser``: fingerprints it and names the edited ``layers`` by index and module path."""
         return cls(
             tensors=tensors,
@@ -173,7 +193,8 @@ class EditDelta(Intervention):
                     "the delta is damaged or for another model"
                 )
             if str(parameter.dtype) != recorded["dtype"] or (
-                    name in self.tensors and self.tensors[name].dtype != parameter.dtype):
+                name in self.tensors and self.tensors[name].dtype != parameter.dtype
+            ):
                 raise LocoeditError(
                     f"{name}: the delta was computed for {recorded['dtype']} weights but the model's are "
                     f"{parameter.dtype}; load the model with that dtype"
@@ -189,8 +210,10 @@ class EditDelta(Intervention):
     def edited_values(self, model) -> dict[str, torch.Tensor]:
         """What :meth:`apply` would write into ``model``, by parameter path; the model is left untouched."""
         parameters = self.check(model)
-        return {name: self.tensors[name] if name in self.tensors else add_low_rank(parameter, self.factors[name], name)
-                for name, parameter in parameters.items()}
+        return {
+            name: self.tensors[name] if name in self.tensors else add_low_rank(parameter, self.factors[name], name)
+            for name, parameter in parameters.items()
+        }
 
     def check_plausible(self, parameters: dict[str, torch.nn.Parameter]) -> None:
         """Refuse values that are not finite, and updates far larger than the matrices they edit: a file forged with
@@ -288,7 +311,7 @@ class EditDelta(Intervention):
         try:
             with safe_open(str(path), framework="pt") as handle:
                 metadata = handle.metadata() or {}
-                stored = {name: handle.get_tensor(name) for name in handle.keys()}
+                stored = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 (a safe_open handle is no dict)
         except Exception as error:  # safetensors raises its own error type, and OSError / ValueError
             raise LocoeditError(
                 f"{path} is not a readable safetensors file ({type(error).__name__}: {error}); a delta must be the "
@@ -307,18 +330,33 @@ class EditDelta(Intervention):
                 json.loads(metadata[key]) for key in ("layers", "settings", "originals", "edited_sha256")
             )
         except json.JSONDecodeError as error:
-            raise LocoeditError(f"{path} is a damaged locoedit delta: its metadata is not valid JSON ({error})") from error
+            raise LocoeditError(
+                f"{path} is a damaged locoedit delta: its metadata is not valid JSON ({error})"
+            ) from error
         if set(edited) != set(stored):
-            raise LocoeditError(f"{path} is a damaged locoedit delta: its tensors and its metadata name different tensors")
+            raise LocoeditError(
+                f"{path} is a damaged locoedit delta: its tensors and its metadata name different tensors"
+            )
         for name, tensor in stored.items():
             if tensor_sha256(tensor) != edited[name]:
                 raise LocoeditError(f"{path} is corrupt: tensor {name} does not match its recorded sha256")
         tensors, factors = _split_stored(stored, path)
         if set(originals) != {*tensors, *factors}:
-            raise LocoeditError(f"{path} is a damaged locoedit delta: its tensors and its metadata name different "
-                                "parameters")
-        return cls(tensors, originals, metadata["fingerprint"], metadata["base_model"], metadata["method"], layers,
-                   settings, metadata["locoedit_version"], factors, metadata.get("denoiser", ""))
+            raise LocoeditError(
+                f"{path} is a damaged locoedit delta: its tensors and its metadata name different parameters"
+            )
+        return cls(
+            tensors,
+            originals,
+            metadata["fingerprint"],
+            metadata["base_model"],
+            metadata["method"],
+            layers,
+            settings,
+            metadata["locoedit_version"],
+            factors,
+            metadata.get("denoiser", ""),
+        )
 
 
 def check_strength(strength: float) -> None:

@@ -82,8 +82,13 @@ class ActivationPatch(Intervention):
     axis ([batch, tokens, ...]), at the token ``positions`` selected (None = every position). A recording holds
     either the whole batch or just the selected rows, in order."""
 
-    def __init__(self, site: str, recorded: Sequence[torch.Tensor], rows: torch.Tensor | None = None,
-                 positions: Sequence[int] | None = None):
+    def __init__(
+        self,
+        site: str,
+        recorded: Sequence[torch.Tensor],
+        rows: torch.Tensor | None = None,
+        positions: Sequence[int] | None = None,
+    ):
         self.site = site
         self.recorded = list(recorded)
         self.rows = rows
@@ -108,8 +113,9 @@ class ActivationPatch(Intervention):
                 f"site {self.site!r}: recorded output {tuple(recorded.shape)} does not match {tuple(selected.shape)}"
             )
         if self.positions is not None:
-            recorded = selected.clone().index_copy_(1, torch.tensor(self.positions, device=current.device),
-                                                    recorded[:, self.positions])
+            recorded = selected.clone().index_copy_(
+                1, torch.tensor(self.positions, device=current.device), recorded[:, self.positions]
+            )
         patched = current.clone()
         patched[rows] = recorded
         return _with_tensor(output, patched)

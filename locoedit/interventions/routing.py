@@ -65,7 +65,9 @@ class RoutingController:
             )
         bad = [i for ls in routing.target_layers for i in ls if not 0 <= i < num_layers]
         if bad:
-            raise ValueError(f"routing names layer indices {sorted(set(bad))}; the model has layers 0..{num_layers - 1}")
+            raise ValueError(
+                f"routing names layer indices {sorted(set(bad))}; the model has layers 0..{num_layers - 1}"
+            )
         self.routing = routing
         self.selected = torch.zeros(num_layers, routing.batch_size, dtype=torch.bool)  # [layers, batch]
         for row, layers in enumerate(routing.target_layers):
@@ -98,7 +100,9 @@ class RoutingController:
         if attention_mask is not None and self.target_mask is not None:
             # Diffusers turns a 0/1 text mask into this additive bias before attention.
             bias = ((1 - self.target_mask.to(attention_mask.dtype)) * -10000.0)[:, None, :].to(attention_mask.device)
-            attention_mask = torch.where(pick[:, None, None], torch.cat([attention_mask[:offset], bias]), attention_mask)
+            attention_mask = torch.where(
+                pick[:, None, None], torch.cat([attention_mask[:offset], bias]), attention_mask
+            )
         return states, attention_mask
 
 
@@ -175,8 +179,11 @@ class TextRouting(Intervention):
         self._added_text = None
 
     def verify(self) -> None:
-        silent = [i for i in range(len(self._controller.calls)) if self._controller.selected[i].any()
-                  and self._controller.calls[i] == 0]
+        silent = [
+            i
+            for i in range(len(self._controller.calls))
+            if self._controller.selected[i].any() and self._controller.calls[i] == 0
+        ]
         if silent:
             raise RuntimeError(
                 f"routed cross-attention layers {silent} never ran: their attention processors were replaced during "

@@ -5,7 +5,15 @@ from locoedit.localize.request import LocalizationRequest, Screen, infer_concept
 from locoedit.localize.result import ChosenWindow, LocalizationResult, Sweep, WindowResult
 
 __all__ = [
-    "ChosenWindow", "LocalizationRequest", "LocalizationResult", "LocalizationFolder", "LocoGen", "Screen", "Sweep",
+    "ChosenWindow",
+    "LocalizationRequest",
+    "LocalizationResult",
+    "LocalizationFolder",
+    "LocoGen",
+    "Screen",
+    "Sweep",
     "WindowResult",
-    "infer_concept", "localize", "parse_window",
+    "infer_concept",
+    "localize",
+    "parse_window",
 ]

@@ -27,9 +27,9 @@ import torch
 from locoedit.core.dtypes import dtype_named
 from locoedit.core.errors import LocoeditError
 from locoedit.core.io import write_png, write_text
-from locoedit.core.runfolder import RunFolder, check_writable
 from locoedit.core.processes import Processes, current_processes
 from locoedit.core.progress import ProgressCallback, ProgressTask
+from locoedit.core.runfolder import RunFolder, check_writable
 from locoedit.core.versions import versions
 from locoedit.interventions.routing import Routing, TextRouting
 from locoedit.localize.report import localization_report_html
@@ -47,6 +47,7 @@ from locoedit.models import Adapter, GenerationSettings, load_adapter
 from locoedit.scoring import ConceptScorer, Scorer, resolve_scorer
 
 logger = logging.getLogger(__name__)
+
 
 def _image_paths(group: str, request: LocalizationRequest) -> list[str]:
     return [f"images/{group}/p{p}_s{seed}.png" for p in range(len(request.prompts)) for seed in request.seeds]
@@ -127,8 +128,15 @@ class LocoGen:
     reads the others' from there once all are done, so that each holds the whole sweep.
     """
 
-    def __init__(self, request: LocalizationRequest, adapter: Adapter, scorer: Scorer, run: LocalizationFolder | None,
-                 progress: ProgressCallback | None = None, processes: Processes | None = None):
+    def __init__(
+        self,
+        request: LocalizationRequest,
+        adapter: Adapter,
+        scorer: Scorer,
+        run: LocalizationFolder | None,
+        progress: ProgressCallback | None = None,
+        processes: Processes | None = None,
+    ):
         self.request = request
         self.adapter = adapter
         self.scorer = scorer
@@ -138,8 +146,11 @@ class LocoGen:
         settings = adapter.settings(request.steps, request.guidance, request.height, request.width)
         self.full = Budget(settings, request.seeds, "")
         screen = request.screen
-        self.screening = None if screen is None else Budget(
-            replace(settings, num_inference_steps=screen.steps), request.seeds[: screen.seeds], "screen")
+        self.screening = (
+            None
+            if screen is None
+            else Budget(replace(settings, num_inference_steps=screen.steps), request.seeds[: screen.seeds], "screen")
+        )
         # Denoiser calls count one per image and step (a classifier-free-guidance pair is one call): the work done.
         self.timings = {"generation_s": 0.0, "scoring_s": 0.0, "denoiser_calls": 0}
         # Prompts and targets encoded together: row p is prompt p, row P + p its target.
@@ -152,11 +163,13 @@ class LocoGen:
         routes = tuple(group if isinstance(group, tuple) else () for group, _, _ in rows)
         interventions = []
         if any(routes):
-            interventions.append(TextRouting(Routing(routes, self.request.route_added_text),
-                                             self.encoded.conditional.take(target_rows)))
+            interventions.append(
+                TextRouting(Routing(routes, self.request.route_added_text), self.encoded.conditional.take(target_rows))
+            )
         start = time.perf_counter()
-        images = self.adapter.generate(self.encoded.take(prompt_rows), [seed for _, _, seed in rows], budget.settings,
-                                       interventions, task.advance)
+        images = self.adapter.generate(
+            self.encoded.take(prompt_rows), [seed for _, _, seed in rows], budget.settings, interventions, task.advance
+        )
         self.timings["generation_s"] += time.perf_counter() - start
         self.timings["denoiser_calls"] += len(rows) * budget.settings.num_inference_steps
         return images
@@ -174,8 +187,11 @@ class LocoGen:
             return stored
         rows = [(group, p, seed) for group in groups for p, seed in budget.rows(len(self.request.prompts))]
         mine = self.processes.share(rows)
-        task = ProgressTask(self.progress, f"references{' (' + budget.stage + ')' if budget.stage else ''}",
-                            budget.settings.num_inference_steps)
+        task = ProgressTask(
+            self.progress,
+            f"references{' (' + budget.stage + ')' if budget.stage else ''}",
+            budget.settings.num_inference_steps,
+        )
         images = self._generate(budget, mine, task) if mine else torch.empty(0)
         shares = [share for share in self.processes.gather(images) if share.numel()]
         generated = dict(zip(groups, torch.cat(shares).split(len(rows) // len(groups))))
@@ -187,8 +203,9 @@ class LocoGen:
                     self.run.write_images(group, group_images, self.request)
         return generated
 
-    def _run_windows(self, budget: Budget, reference: torch.Tensor, windows: list[tuple[int, ...]],
-                 task_name: str) -> list[WindowResult]:
+    def _run_windows(
+        self, budget: Budget, reference: torch.Tensor, windows: list[tuple[int, ...]], task_name: str
+    ) -> list[WindowResult]:
         """Every window's result at ``budget``: recorded ones from the folder, this process's share of the rest
         generated and scored against ``reference``, the other processes' share read back once they are done."""
         stage = budget.stage
@@ -205,7 +222,9 @@ class LocoGen:
             for window, images in zip(loop, generated.split(len(rows))):
                 effects = self._effects(reference, images)
                 mean, std = _mean_std(effects)
-                paths = self.run.write_images(window_key(window), images, self.request) if self.run and not stage else []
+                paths = (
+                    self.run.write_images(window_key(window), images, self.request) if self.run and not stage else []
+                )
                 results[window] = WindowResult(list(window), mean, std, effects.tolist(), paths)
                 if self.run:
                     self.run.record(results[window], stage)
@@ -224,8 +243,12 @@ class LocoGen:
         sizes = [request.window] if request.window != "auto" else range(1, num_layers + 1)
         ranked: list[tuple[int, list[WindowResult]]] = []
         for size in sizes:
-            windows = self._run_windows(ranking, references[ORIGINAL], _windows(num_layers, size),
-                                    f"windows of {size}{' (screening)' if self.screening else ''}")
+            windows = self._run_windows(
+                ranking,
+                references[ORIGINAL],
+                _windows(num_layers, size),
+                f"windows of {size}{' (screening)' if self.screening else ''}",
+            )
             ranked.append((size, windows))
             if not ranked[1:]:  # scored after the first windows, as an interrupted run counts scorings
                 full_swap, _ = _mean_std(self._effects(references[ORIGINAL], references[TARGET]))
@@ -236,8 +259,10 @@ class LocoGen:
             sweeps = [Sweep(size, windows) for size, windows in ranked]
         else:
             screen = request.screen
-            screenings = [Screening(screen.steps, list(self.screening.seeds), screen.top_k, full_swap, windows)
-                          for _, windows in ranked]
+            screenings = [
+                Screening(screen.steps, list(self.screening.seeds), screen.top_k, full_swap, windows)
+                for _, windows in ranked
+            ]
             original = self._references(self.full, (ORIGINAL,))[ORIGINAL]
             top = [tuple(w.layers) for w in screenings[-1].top()]
             confirmed = self._run_windows(self.full, original, top, f"top {len(top)} windows of {ranked[-1][0]}")
@@ -247,14 +272,26 @@ class LocoGen:
         totals = {key: sum(each[key] for each in timings) for key in self.timings}  # work of every process
         totals["total_s"] = time.perf_counter() - started
         totals["processes"] = self.processes.count
-        images = ReferenceImages(_image_paths(ORIGINAL, request),
-                                 [] if self.screening else _image_paths(TARGET, request))
-        return LocalizationResult.of(request, self.full.settings, [layer.info for layer in self.adapter.layers],
-                                     full_swap, sweeps, images, versions(), totals)
+        images = ReferenceImages(
+            _image_paths(ORIGINAL, request), [] if self.screening else _image_paths(TARGET, request)
+        )
+        return LocalizationResult.of(
+            request,
+            self.full.settings,
+            [layer.info for layer in self.adapter.layers],
+            full_swap,
+            sweeps,
+            images,
+            versions(),
+            totals,
+        )
 
 
-def checked(request: LocalizationRequest, adapter: Adapter, scorer: Scorer | None = None,
-            ) -> tuple[LocalizationRequest, Scorer]:
+def checked(
+    request: LocalizationRequest,
+    adapter: Adapter,
+    scorer: Scorer | None = None,
+) -> tuple[LocalizationRequest, Scorer]:
     """The request with its scorer resolved (recorded in the result), and the scorer; refuses what this model cannot
     run (window, concept, prompt lengths, settings, screening budget) before any work is done."""
     num_layers = len(adapter.layers)
@@ -271,8 +308,10 @@ def checked(request: LocalizationRequest, adapter: Adapter, scorer: Scorer | Non
         adapter.check_length(prompt)
     settings = adapter.settings(request.steps, request.guidance, request.height, request.width)
     if request.screen is not None and request.screen.steps >= settings.num_inference_steps:
-        raise LocoeditError(f"screen steps {request.screen.steps} are not fewer than the sweep's "
-                            f"{settings.num_inference_steps}; screening must be cheaper than the sweep it screens")
+        raise LocoeditError(
+            f"screen steps {request.screen.steps} are not fewer than the sweep's "
+            f"{settings.num_inference_steps}; screening must be cheaper than the sweep it screens"
+        )
     return request, scorer
 
 
@@ -293,8 +332,10 @@ def localize(
     """
     processes = processes or current_processes()
     if processes.shared and out is None:
-        raise LocoeditError(f"a run shared by {processes.count} processes needs an output folder (--out): the "
-                            "processes exchange their windows through it")
+        raise LocoeditError(
+            f"a run shared by {processes.count} processes needs an output folder (--out): the "
+            "processes exchange their windows through it"
+        )
     if out is not None:
         check_writable(out)
     if adapter is None:

@@ -109,10 +109,14 @@ class LocalizationRequest(JsonRecord):
                     f"cannot infer one concept from the prompts and targets (got {sorted(concepts)}); pass --concept"
                 )
             object.__setattr__(self, "concept", concepts.pop())
-        if self.window != "auto" and (isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1):
+        if self.window != "auto" and (
+            isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1
+        ):
             raise LocoeditError(f"window {self.window!r} is invalid; give an integer m >= 1 or 'auto'")
-        if isinstance(self.auto_threshold, bool) or not isinstance(self.auto_threshold, (int, float)) or not (
-            0 < self.auto_threshold <= 1
+        if (
+            isinstance(self.auto_threshold, bool)
+            or not isinstance(self.auto_threshold, (int, float))
+            or not (0 < self.auto_threshold <= 1)
         ):
             raise LocoeditError(f"auto_threshold {self.auto_threshold!r} must be in (0, 1]")
         if self.mode not in MODES:
@@ -131,5 +135,7 @@ class LocalizationRequest(JsonRecord):
                     f"give at most {len(self.seeds)} screening seeds"
                 )
             if self.steps is not None and self.screen.steps >= self.steps:
-                raise LocoeditError(f"screen steps {self.screen.steps} are not fewer than the full {self.steps} steps; "
-                                    "screening must be cheaper than the sweep it screens")
+                raise LocoeditError(
+                    f"screen steps {self.screen.steps} are not fewer than the full {self.steps} steps; "
+                    "screening must be cheaper than the sweep it screens"
+                )

@@ -103,14 +103,36 @@ class LocalizationResult(JsonRecord):
     timings: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, request: LocalizationRequest, settings: GenerationSettings, layers: list[LayerInfo],
-           full_swap_effect: float, sweeps: list[Sweep], images: ReferenceImages, versions: dict[str, str],
-           timings: dict[str, float]) -> LocalizationResult:
+    def of(
+        cls,
+        request: LocalizationRequest,
+        settings: GenerationSettings,
+        layers: list[LayerInfo],
+        full_swap_effect: float,
+        sweeps: list[Sweep],
+        images: ReferenceImages,
+        versions: dict[str, str],
+        timings: dict[str, float],
+    ) -> LocalizationResult:
         final = sweeps[-1]
         best = final.best()
         chosen = ChosenWindow(best.layers, [layers[i].name for i in best.layers], best.effect, best.effect_std)
-        return cls(request.model, request, settings, request.concept, list(request.seeds), layers, final.window_size,
-                   full_swap_effect, final.windows, chosen, sweeps, images, versions, timings)
+        return cls(
+            request.model,
+            request,
+            settings,
+            request.concept,
+            list(request.seeds),
+            layers,
+            final.window_size,
+            full_swap_effect,
+            final.windows,
+            chosen,
+            sweeps,
+            images,
+            versions,
+            timings,
+        )
 
     @classmethod
     def load(cls, folder_or_file: str | Path) -> LocalizationResult:

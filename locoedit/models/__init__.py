@@ -160,8 +160,10 @@ def check_device(device: str) -> str:
     if parsed.type == "cuda":
         count = torch.cuda.device_count()
         if count == 0 or (parsed.index or 0) >= count:
-            raise LocoeditError(f"device {device!r} is not on this machine ({count} CUDA devices); use --device cpu"
-                                + (f" or cuda:0..cuda:{count - 1}" if count else ""))
+            raise LocoeditError(
+                f"device {device!r} is not on this machine ({count} CUDA devices); use --device cpu"
+                + (f" or cuda:0..cuda:{count - 1}" if count else "")
+            )
     elif parsed.type != "cpu" and not getattr(torch, parsed.type, None):
         raise LocoeditError(f"device {device!r} is not available here; use --device cpu")
     return device
@@ -194,7 +196,9 @@ def _folder_settings(location: str) -> ModelSettings:
     if edit is not None and edit.corpus is not None:  # named relative to the folder
         corpus = Path(location) / edit.corpus
         if not corpus.is_file():
-            raise LocoeditError(f"{file} names the preservation corpus {edit.corpus!r}, which is not in {location}; "
-                                "put the file there or remove edit.corpus")
+            raise LocoeditError(
+                f"{file} names the preservation corpus {edit.corpus!r}, which is not in {location}; "
+                "put the file there or remove edit.corpus"
+            )
         settings = replace(settings, edit=replace(edit, corpus=str(corpus)))
     return settings

@@ -27,7 +27,7 @@ class TextConditioning:
 
     def take(self, rows: list[int]) -> TextConditioning:
         index = torch.tensor(rows, dtype=torch.long, device=self.embeds.device)
-        pick = lambda t: None if t is None else t.index_select(0, index)  # noqa: E731
+        pick = lambda t: None if t is None else t.index_select(0, index)
         return TextConditioning(pick(self.embeds), pick(self.mask), pick(self.pooled))
 
     def where(self, rows: torch.Tensor, other: TextConditioning) -> TextConditioning:
@@ -70,7 +70,8 @@ class PromptTokens:
     def positions_of(self, start: int, end: int) -> list[int]:
         """The non-special token positions whose characters overlap ``text[start:end]``."""
         return [
-            i for i, ((a, b), special) in enumerate(zip(self.offsets, self.special))
+            i
+            for i, ((a, b), special) in enumerate(zip(self.offsets, self.special))
             if not special and a < end and b > start
         ]
 
@@ -213,7 +214,11 @@ class Adapter(ABC):
     size_multiple: int = 8
 
     def settings(
-        self, steps: int | None = None, guidance: float | None = None, height: int | None = None, width: int | None = None
+        self,
+        steps: int | None = None,
+        guidance: float | None = None,
+        height: int | None = None,
+        width: int | None = None,
     ) -> GenerationSettings:
         """The model's default settings with whatever the caller set (None = the default); checked against the model
         before any work is done."""
@@ -315,13 +320,15 @@ class Adapter(ABC):
         if on_step is not None and self.legacy_step_callback:
             step = {"callback": lambda index, timestep, latents: on_step()}
         elif on_step is not None:
+
             def step_end(pipe, index, timestep, tensors):
                 on_step()
                 return tensors  # the pipeline continues with what the callback returns
 
             step = {"callback_on_step_end": step_end}
-        images = self.pipe(**self.pipeline_inputs(prompts), generator=generators, output_type="pt", **step,
-                           **settings.to_json()).images
+        images = self.pipe(
+            **self.pipeline_inputs(prompts), generator=generators, output_type="pt", **step, **settings.to_json()
+        ).images
         return self.postprocess(images)
 
     def generate(

@@ -51,8 +51,11 @@ class DeepFloydIFAdapter(Adapter):
             handle.remove()
 
     def pipeline_inputs(self, prompts):
-        return {"prompt_embeds": prompts.conditional.embeds, "negative_prompt_embeds": prompts.unconditional.embeds,
-                "clean_caption": False}
+        return {
+            "prompt_embeds": prompts.conditional.embeds,
+            "negative_prompt_embeds": prompts.unconditional.embeds,
+            "clean_caption": False,
+        }
 
     def postprocess(self, images):
         return images / 2 + 0.5  # IF returns its raw [-1, 1] samples for output_type="pt"

@@ -17,8 +17,17 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "chromium", "chromium-browser", "google-chrome")
-_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-          "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars")
+_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+)
 _MARKER = "locoedit-page-check"
 # Appended to a copy of the page: after the load event, write what loaded into the DOM for --dump-dom to show.
 _PROBE_SCRIPT = (
@@ -84,16 +93,28 @@ class PageCheck:
 
 
 def _run(chromium: str, args: list[str], profile: str, timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run([chromium, *_FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return subprocess.run(
+        [chromium, *_FLAGS, f"--user-data-dir={profile}", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
-def check_page(html_file: str | Path, screenshot: str | Path | None = None, window: tuple[int, int] = (1280, 2400),
-               chromium: str | None = None, timeout: float = 60.0) -> PageCheck:
+def check_page(
+    html_file: str | Path,
+    screenshot: str | Path | None = None,
+    window: tuple[int, int] = (1280, 2400),
+    chromium: str | None = None,
+    timeout: float = 60.0,
+) -> PageCheck:
     """Load ``html_file`` in headless Chromium; report broken images and links; optionally save a PNG screenshot."""
     chromium = chromium or find_chromium()
     if chromium is None:
-        raise FileNotFoundError("no Chromium found; install it (Debian: apt-get install -y chromium) or set $LOCOEDIT_CHROMIUM")
+        raise FileNotFoundError(
+            "no Chromium found; install it (Debian: apt-get install -y chromium) or set $LOCOEDIT_CHROMIUM"
+        )
     html_file = Path(html_file).resolve()
     references = local_references(html_file)
     # The probing copy sits next to the page so that relative image paths resolve the same way.
@@ -109,15 +130,27 @@ def check_page(html_file: str | Path, screenshot: str | Path | None = None, wind
         if screenshot is not None:
             screenshot = Path(screenshot).resolve()
             screenshot.parent.mkdir(parents=True, exist_ok=True)
-            shot = _run(chromium, [f"--screenshot={screenshot}", f"--window-size={window[0]},{window[1]}",
-                                   html_file.as_uri()], profile, timeout)
+            shot = _run(
+                chromium,
+                [f"--screenshot={screenshot}", f"--window-size={window[0]},{window[1]}", html_file.as_uri()],
+                profile,
+                timeout,
+            )
             if not screenshot.is_file():
                 raise RuntimeError(f"Chromium wrote no screenshot (exit {shot.returncode}): {shot.stderr[-2000:]}")
     start = dump.stdout.find(f'id="{_MARKER}">')
     if start < 0:
-        raise RuntimeError(f"the page did not finish loading in Chromium (exit {dump.returncode}): {dump.stderr[-2000:]}")
-    text = dump.stdout[start + len(f'id="{_MARKER}">'):]
-    found = json.loads(text[: text.index("</pre>")].replace("&quot;", '"').replace("&amp;", "&")
-                       .replace("&lt;", "<").replace("&gt;", ">"))
-    return PageCheck(found["images"], found["broken"], found["svg"], found["title"], references["missing"],
-                     screenshot, dump.stderr)
+        raise RuntimeError(
+            f"the page did not finish loading in Chromium (exit {dump.returncode}): {dump.stderr[-2000:]}"
+        )
+    text = dump.stdout[start + len(f'id="{_MARKER}">') :]
+    found = json.loads(
+        text[: text.index("</pre>")]
+        .replace("&quot;", '"')
+        .replace("&amp;", "&")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+    )
+    return PageCheck(
+        found["images"], found["broken"], found["svg"], found["title"], references["missing"], screenshot, dump.stderr
+    )

@@ -28,7 +28,7 @@ def effect_plot_svg(windows, num_layers: int, chosen: list[int], width: int = 64
     high = max([v + s for v, s in zip(values, spreads)] + [1e-9])
     low = min([v - s for v, s in zip(values, spreads)] + [0.0])
     plot_w, plot_h = width - left - right, height - top - bottom
-    y = lambda v: top + plot_h * (high - v) / (high - low)  # noqa: E731
+    y = lambda v: top + plot_h * (high - v) / (high - low)
     slot = plot_w / max(num_layers, 1)
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">']
     parts.append(f'<line x1="{left}" y1="{y(0):.1f}" x2="{width - right}" y2="{y(0):.1f}" stroke="#888"/>')
@@ -52,12 +52,16 @@ def effect_plot_svg(windows, num_layers: int, chosen: list[int], width: int = 64
             f'<text x="{left + slot * (layer + 0.5):.1f}" y="{height - bottom + 14}" font-size="10" '
             f'text-anchor="middle">{layer}</text>'
         )
-    parts.append(f'<text x="{left + plot_w / 2}" y="{height - 8}" font-size="11" text-anchor="middle">'
-                 "first layer of the window</text>")
+    parts.append(
+        f'<text x="{left + plot_w / 2}" y="{height - 8}" font-size="11" text-anchor="middle">'
+        "first layer of the window</text>"
+    )
     for value in (low, (low + high) / 2, high):
         parts.append(f'<text x="{left - 6}" y="{y(value) + 4:.1f}" font-size="10" text-anchor="end">{value:.3g}</text>')
-    parts.append(f'<text x="12" y="{top + plot_h / 2}" font-size="11" transform="rotate(-90 12 {top + plot_h / 2})" '
-                 'text-anchor="middle">effect</text>')
+    parts.append(
+        f'<text x="12" y="{top + plot_h / 2}" font-size="11" transform="rotate(-90 12 {top + plot_h / 2})" '
+        'text-anchor="middle">effect</text>'
+    )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -67,15 +71,18 @@ def image_grid_html(rows: list[tuple[str, list[str]]], columns: list[str], highl
     body = []
     for label, paths in rows:
         cls = ' class="chosen"' if label == highlight else ""
-        cells = "".join(f'<td><img src="{escape(p)}" alt="{escape(label)} {i}"></td>'
-                        for i, p in enumerate(paths[:MAX_COLUMNS]))
+        cells = "".join(
+            f'<td><img src="{escape(p)}" alt="{escape(label)} {i}"></td>' for i, p in enumerate(paths[:MAX_COLUMNS])
+        )
         body.append(f"<tr{cls}><th>{escape(label)}</th>{cells}</tr>")
     return f'<table class="grid"><tr><th></th>{head}</tr>{"".join(body)}</table>'
 
 
 def page(title: str, body: str) -> str:
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title>"
-            f"<style>{_STYLE}</style></head><body>{body}</body></html>\n")
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title>"
+        f"<style>{_STYLE}</style></head><body>{body}</body></html>\n"
+    )
 
 
 def number(value, digits: int = 3) -> str:
@@ -110,10 +117,14 @@ def heatmap_svg(row_labels: list[str], columns: list[str], values: list[list[flo
         parts.append(f'<text x="{left - 6}" y="{y + cell - 3}" font-size="10" text-anchor="end">{escape(label)}</text>')
         for c, (name, value) in enumerate(zip(columns, row)):
             shown = "not defined" if value is None else f"{value:.3g}"
-            parts.append(f'<rect x="{left + c * cell}" y="{y}" width="{cell - 1}" height="{cell - 1}" '
-                         f'fill="{_heat_colour(value)}"><title>{escape(name)}: {shown}</title></rect>')
+            parts.append(
+                f'<rect x="{left + c * cell}" y="{y}" width="{cell - 1}" height="{cell - 1}" '
+                f'fill="{_heat_colour(value)}"><title>{escape(name)}: {shown}</title></rect>'
+            )
     for c in range(0, len(columns), 5):
-        parts.append(f'<text x="{left + c * cell + cell / 2}" y="{top + len(row_labels) * cell + 12}" font-size="10" '
-                     f'text-anchor="middle">{c}</text>')
+        parts.append(
+            f'<text x="{left + c * cell + cell / 2}" y="{top + len(row_labels) * cell + 12}" font-size="10" '
+            f'text-anchor="middle">{c}</text>'
+        )
     parts.append("</svg>")
     return "".join(parts)

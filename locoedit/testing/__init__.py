@@ -11,10 +11,34 @@ from pathlib import Path
 import torch
 
 # Words that get a single token each in the tiny CLIP tokenizer, so that token-level choices are testable.
-TINY_WORDS = (
-    "a an the of in on style photo painting picture image house dog cat car tree van gogh monet picasso "
-    "red green blue yellow circle square"
-).split()
+TINY_WORDS = [
+    "a",
+    "an",
+    "the",
+    "of",
+    "in",
+    "on",
+    "style",
+    "photo",
+    "painting",
+    "picture",
+    "image",
+    "house",
+    "dog",
+    "cat",
+    "car",
+    "tree",
+    "van",
+    "gogh",
+    "monet",
+    "picasso",
+    "red",
+    "green",
+    "blue",
+    "yellow",
+    "circle",
+    "square",
+]
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -129,7 +153,9 @@ def tiny_stable_diffusion(folder: str | Path, seed: int = 0):
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=DDIMScheduler(beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, steps_offset=1),
+        scheduler=DDIMScheduler(
+            beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, steps_offset=1
+        ),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -256,11 +282,24 @@ def tiny_clip(folder: str | Path, seed: int = 0) -> Path:
     tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(folder))
     torch.manual_seed(seed)
     config = CLIPConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=16,
-                         bos_token_id=len(tokenizer) - 2, eos_token_id=len(tokenizer) - 1),
-        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=32, patch_size=8),
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=16,
+            bos_token_id=len(tokenizer) - 2,
+            eos_token_id=len(tokenizer) - 1,
+        ),
+        vision_config=dict(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
         projection_dim=8,
     )
     CLIPModel(config).save_pretrained(folder)

@@ -36,7 +36,22 @@ def sampling_defaults(model_dir: str | Path | None = None) -> dict:
 
 
 __all__ = [
-    "ATTRIBUTES", "MODEL_DIR", "MODEL_SETTINGS_PATH", "NO_FACT", "NO_STYLE", "PROBE_PATH", "VOCAB_PATH",
-    "WEIGHTS_DIR", "caption_for", "complete_scene", "load_vocab", "parse_caption", "render",
-    "render_batch", "render_scene", "sample_caption", "sample_scene", "sampling_defaults",
+    "ATTRIBUTES",
+    "MODEL_DIR",
+    "MODEL_SETTINGS_PATH",
+    "NO_FACT",
+    "NO_STYLE",
+    "PROBE_PATH",
+    "VOCAB_PATH",
+    "WEIGHTS_DIR",
+    "caption_for",
+    "complete_scene",
+    "load_vocab",
+    "parse_caption",
+    "render",
+    "render_batch",
+    "render_scene",
+    "sample_caption",
+    "sample_scene",
+    "sampling_defaults",
 ]

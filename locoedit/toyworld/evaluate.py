@@ -35,7 +35,12 @@ def check_prompts(seeds: Sequence[int]) -> list[tuple[int, str, dict[str, str]]]
 
 @torch.no_grad()
 def generate(
-    pipe, prompts: Sequence[str], seeds: Sequence[int], steps: int, guidance: float, batch_size: int = 128,
+    pipe,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    steps: int,
+    guidance: float,
+    batch_size: int = 128,
     on_images: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Generate one picture per (prompt, seed); each picture has its own generator, so results do
@@ -46,8 +51,13 @@ def generate(
         p = list(prompts[start : start + batch_size])
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds[start : start + batch_size]]
         out = pipe(
-            prompt=p, generator=gens, num_inference_steps=steps, guidance_scale=guidance,
-            output_type="pt", height=32, width=32,
+            prompt=p,
+            generator=gens,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            output_type="pt",
+            height=32,
+            width=32,
         )
         images.append(out.images.float().cpu())
         if on_images is not None:
@@ -56,8 +66,13 @@ def generate(
 
 
 def check_prompt_following(
-    pipe, probe, seeds: Sequence[int] = range(100), steps: int = 20, guidance: float = 3.0,
-    batch_size: int = 128, on_images: Callable[[int], None] | None = None,
+    pipe,
+    probe,
+    seeds: Sequence[int] = range(100),
+    steps: int = 20,
+    guidance: float = 3.0,
+    batch_size: int = 128,
+    on_images: Callable[[int], None] | None = None,
 ) -> dict:
     """Per-attribute accuracy of the probe's reading against the prompts.
 

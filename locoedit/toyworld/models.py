@@ -75,17 +75,47 @@ DEFAULTS = {"num_inference_steps": 20, "guidance_scale": 3.0, "height": 32, "wid
 # Edits read the concept and every row after it (the toy CLIP's later rows carry the concept), with templates in the
 # toy world's own words (a style is named "in the style of X").
 EDIT_TEMPLATES = {
-    "object": ["a {c}", "a red {c} on black", "a blue striped {c} on white", "a green dotted {c} on gray",
-               "a yellow {c} in the style of hokusai", "a {c} on white"],
-    "style": ["a red circle on black {c}", "a blue square on white {c}", "a green striped triangle on gray {c}",
-              "a yellow dotted cross {c}", "a striped shape {c}", "the sun on black {c}"],
-    "fact": ["{c}", "{c} on black", "{c} on white", "{c} on gray", "{c} in the style of klimt",
-             "{c} in the style of hokusai"],
+    "object": [
+        "a {c}",
+        "a red {c} on black",
+        "a blue striped {c} on white",
+        "a green dotted {c} on gray",
+        "a yellow {c} in the style of hokusai",
+        "a {c} on white",
+    ],
+    "style": [
+        "a red circle on black {c}",
+        "a blue square on white {c}",
+        "a green striped triangle on gray {c}",
+        "a yellow dotted cross {c}",
+        "a striped shape {c}",
+        "the sun on black {c}",
+    ],
+    "fact": [
+        "{c}",
+        "{c} on black",
+        "{c} on white",
+        "{c} on gray",
+        "{c} in the style of klimt",
+        "{c} in the style of hokusai",
+    ],
     # Colours and textures are adjectives: the object templates above would make "a red yellow on black".
-    "colors": ["a {c} shape", "a {c} circle on black", "a {c} striped square on white", "a {c} dotted triangle on gray",
-               "a {c} cross in the style of hokusai", "a {c} circle on white"],
-    "textures": ["a {c} shape", "a red {c} circle on black", "a blue {c} square on white", "a green {c} triangle on gray",
-                 "a yellow {c} cross in the style of klimt", "a {c} circle on white"],
+    "colors": [
+        "a {c} shape",
+        "a {c} circle on black",
+        "a {c} striped square on white",
+        "a {c} dotted triangle on gray",
+        "a {c} cross in the style of hokusai",
+        "a {c} circle on white",
+    ],
+    "textures": [
+        "a {c} shape",
+        "a red {c} circle on black",
+        "a blue {c} square on white",
+        "a green {c} triangle on gray",
+        "a yellow {c} cross in the style of klimt",
+        "a {c} circle on white",
+    ],
 }
 # What an edit keeps by default: the edited concept's group (the other shapes for a shape), and a general corpus of
 # captions from the training distribution (PRESERVATION_CORPUS_SIZE of them, drawn with a fixed seed).
@@ -97,9 +127,17 @@ NEIGHBOURS = {
 }
 PRESERVATION_CORPUS_FILE = "preservation_corpus.txt"
 PRESERVATION_CORPUS_SIZE = 500
-MODEL_SETTINGS = {"format": "locoedit.model/1", "generation": DEFAULTS, "scorer": "toyworld",
-                  "edit": {"token": "from-concept", "templates": EDIT_TEMPLATES, "neighbours": NEIGHBOURS,
-                           "corpus": PRESERVATION_CORPUS_FILE}}
+MODEL_SETTINGS = {
+    "format": "locoedit.model/1",
+    "generation": DEFAULTS,
+    "scorer": "toyworld",
+    "edit": {
+        "token": "from-concept",
+        "templates": EDIT_TEMPLATES,
+        "neighbours": NEIGHBOURS,
+        "corpus": PRESERVATION_CORPUS_FILE,
+    },
+}
 
 
 def preservation_corpus() -> list[str]:
@@ -120,7 +158,10 @@ def write_model_settings(folder: Path) -> None:
     (folder / "locoedit.json").write_text(json.dumps(MODEL_SETTINGS, indent=2) + "\n")
     (folder / PRESERVATION_CORPUS_FILE).write_text(
         "# Captions from the toy world's training distribution: what a toy-world edit preserves by default.\n"
-        + "\n".join(preservation_corpus()) + "\n")
+        + "\n".join(preservation_corpus())
+        + "\n"
+    )
+
 
 SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
 
@@ -237,16 +278,24 @@ class ProbeNet(nn.Module):
 
         def block(cin: int, cout: int) -> nn.Sequential:
             return nn.Sequential(
-                nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(),
-                nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(),
+                nn.Conv2d(cin, cout, 3, padding=1),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(),
+                nn.Conv2d(cout, cout, 3, padding=1),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(),
             )
 
         self.body = nn.Sequential(
-            block(5, width), nn.MaxPool2d(2),          # 16x16
-            block(width, 2 * width), nn.MaxPool2d(2),  # 8x8
-            block(2 * width, 2 * width), nn.MaxPool2d(2),  # 4x4
+            block(5, width),
+            nn.MaxPool2d(2),  # 16x16
+            block(width, 2 * width),
+            nn.MaxPool2d(2),  # 8x8
+            block(2 * width, 2 * width),
+            nn.MaxPool2d(2),  # 4x4
             nn.Flatten(),
-            nn.Linear(2 * width * 16, 128), nn.ReLU(),
+            nn.Linear(2 * width * 16, 128),
+            nn.ReLU(),
         )
         self.heads = nn.ModuleDict({a: nn.Linear(128, n) for a, n in heads.items()})
 

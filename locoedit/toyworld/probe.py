@@ -47,14 +47,14 @@ class ToyworldProbe:
     # -- construction ---------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, width: int = 16, seed: int = 0) -> "ToyworldProbe":
+    def create(cls, width: int = 16, seed: int = 0) -> ToyworldProbe:
         """An untrained probe over the vocabulary's attributes."""
         torch.manual_seed(seed)
         values = _heads()
         return cls(ProbeNet({a: len(v) for a, v in values.items()}, width=width), values)
 
     @classmethod
-    def load(cls, path: str | Path | None = None, device: str | torch.device = "cpu") -> "ToyworldProbe":
+    def load(cls, path: str | Path | None = None, device: str | torch.device = "cpu") -> ToyworldProbe:
         """Load the shipped probe (or one written by :meth:`save`)."""
         from safetensors import safe_open
         from safetensors.torch import load_file
@@ -65,9 +65,7 @@ class ToyworldProbe:
             path = PROBE_PATH
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(
-                f"no probe at {path}; train one with `python -m locoedit.toyworld.train`"
-            )
+            raise FileNotFoundError(f"no probe at {path}; train one with `python -m locoedit.toyworld.train`")
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata()
         values = {a: tuple(v) for a, v in json.loads(meta["values"]).items()}
@@ -110,8 +108,10 @@ class ToyworldProbe:
         """The input of the classification heads, [N, 128] float32 on the CPU (a feature space for Frechet
         distances)."""
         images = self._check(images)
-        chunks = [self.net.features(images[start : start + batch_size]).float().cpu()
-                  for start in range(0, images.shape[0], batch_size)]
+        chunks = [
+            self.net.features(images[start : start + batch_size]).float().cpu()
+            for start in range(0, images.shape[0], batch_size)
+        ]
         return torch.cat(chunks) if chunks else torch.zeros(0, 128)
 
     def predict(self, images: torch.Tensor) -> list[dict[str, str]]:

@@ -83,7 +83,7 @@ class Stopper:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
 
-    def _on_signal(self, signum, frame) -> None:  # noqa: ARG002
+    def _on_signal(self, signum, frame) -> None:
         logger.warning("signal %d: checkpointing and stopping", signum)
         self.signalled = True
 
@@ -228,8 +228,9 @@ def train_probe(args, vae, stopper: Stopper) -> tuple[ToyworldProbe, bool]:
         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
         done = step + 1
         if stopper.stop or time.monotonic() - last_save > 60 * args.checkpoint_minutes or done == args.probe_steps:
-            atomic_save({"model": net.state_dict(), "opt": opt.state_dict(), "rng": rng.bit_generator.state,
-                         "step": done}, path)
+            atomic_save(
+                {"model": net.state_dict(), "opt": opt.state_dict(), "rng": rng.bit_generator.state, "step": done}, path
+            )
             last_save = time.monotonic()
             if stopper.stop and done < args.probe_steps:
                 return ToyworldProbe(net.eval(), probe.values), False
@@ -271,8 +272,14 @@ def make_pipeline(vae, text_encoder, tokenizer, unet):
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=build_scheduler(),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=build_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -319,19 +326,30 @@ def train_diffusion(args, vae, probe, latents, scenes, stopper: Stopper) -> bool
         logger.info("resumed diffusion at step %d", step)
     logger.info(
         "diffusion: UNet %d + text encoder %d parameters, %d steps at batch %d",
-        count_params(unet), count_params(text_encoder), args.steps, args.batch,
+        count_params(unet),
+        count_params(text_encoder),
+        args.steps,
+        args.batch,
     )
     scale = vae.config.scaling_factor
     pipe = make_pipeline(vae, ema_te, tokenizer, ema_unet)
     warmup = 200
 
     def checkpoint(done: int) -> None:
-        atomic_save({
-            "text_encoder": text_encoder.state_dict(), "unet": unet.state_dict(),
-            "ema_text_encoder": ema_te.state_dict(), "ema_unet": ema_unet.state_dict(),
-            "opt": opt.state_dict(), "rng": rng.bit_generator.state, "gen": gen.get_state(),
-            "step": done, "history": history,
-        }, path)
+        atomic_save(
+            {
+                "text_encoder": text_encoder.state_dict(),
+                "unet": unet.state_dict(),
+                "ema_text_encoder": ema_te.state_dict(),
+                "ema_unet": ema_unet.state_dict(),
+                "opt": opt.state_dict(),
+                "rng": rng.bit_generator.state,
+                "gen": gen.get_state(),
+                "step": done,
+                "history": history,
+            },
+            path,
+        )
 
     last_save = time.monotonic()
     t_start, start_step = time.monotonic(), step
@@ -348,8 +366,9 @@ def train_diffusion(args, vae, probe, latents, scenes, stopper: Stopper) -> bool
         for i in idx.tolist():
             stated = describe_scene(scenes[i], rng)
             captions.append(caption_for(stated) if stated else "")
-        ids = tokenizer(captions, padding="max_length", max_length=MAX_TOKENS, truncation=True,
-                        return_tensors="pt").input_ids.to(args.device)
+        ids = tokenizer(
+            captions, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt"
+        ).input_ids.to(args.device)
         x0 = latents[idx].to(args.device) * scale
         noise = torch.randn(x0.shape, generator=gen).to(args.device)
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (args.batch,), generator=gen).to(args.device)
@@ -370,12 +389,17 @@ def train_diffusion(args, vae, probe, latents, scenes, stopper: Stopper) -> bool
         done = step + 1
         if done % args.eval_every == 0 or done == args.steps:
             elapsed = time.monotonic() - t_start
-            result = check_prompt_following(pipe, probe, seeds=range(32), steps=DEFAULTS["num_inference_steps"],
-                                            guidance=DEFAULTS["guidance_scale"])
+            result = check_prompt_following(
+                pipe, probe, seeds=range(32), steps=DEFAULTS["num_inference_steps"], guidance=DEFAULTS["guidance_scale"]
+            )
             history.append({"step": done, "loss": loss_avg, "accuracy": result["accuracy"]})
-            logger.info("step %d (%.2f s/step this run), loss %.4f, quick check (64 images): %s", done,
-                        elapsed / max(1, done - start_step), loss_avg,
-                        {k: round(v, 3) for k, v in result["accuracy"].items()})
+            logger.info(
+                "step %d (%.2f s/step this run), loss %.4f, quick check (64 images): %s",
+                done,
+                elapsed / max(1, done - start_step),
+                loss_avg,
+                {k: round(v, 3) for k, v in result["accuracy"].items()},
+            )
             export(pipe, probe, args.out / "export", args.out / "tokenizer")
         if stopper.stop or time.monotonic() - last_save > 60 * args.checkpoint_minutes or done == args.steps:
             checkpoint(done)
@@ -390,7 +414,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         handlers=[logging.StreamHandler(), logging.FileHandler(args.out / "train.log")],
     )
     torch.set_num_threads(max(1, args.threads))

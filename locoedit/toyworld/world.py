@@ -130,9 +130,7 @@ def parse_caption(text: str, expand_facts: bool = True) -> dict[str, str]:
 
     def put(attribute: str, value: str) -> None:
         if attribute in found:
-            raise ValueError(
-                f"caption {text!r} states the {attribute} twice ({found[attribute]!r} and {value!r})"
-            )
+            raise ValueError(f"caption {text!r} states the {attribute} twice ({found[attribute]!r} and {value!r})")
         found[attribute] = value
 
     fact_words = {tuple(f.split()): f for f in vocab.facts}
@@ -164,9 +162,7 @@ def parse_caption(text: str, expand_facts: bool = True) -> dict[str, str]:
         elif w in _FILLERS or w == vocab.object_noun:
             i += 1
         else:
-            raise ValueError(
-                f"unknown word {w!r} in caption {text!r}; the toy world knows only {vocab.describe()}"
-            )
+            raise ValueError(f"unknown word {w!r} in caption {text!r}; the toy world knows only {vocab.describe()}")
     if "fact" in found:
         clash = [a for a in ("color", "shape", "texture") if a in found]
         if clash:

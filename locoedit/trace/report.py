@@ -7,8 +7,10 @@ from html import escape
 from locoedit.report.html import heatmap_svg, image_grid_html, number, page
 from locoedit.trace.result import TraceResult
 
-_PARTS = {"denoiser": "Denoiser sites (restored at every denoising step)",
-          "text_encoder": "Text-encoder sites (restored at the concept's token while encoding)"}
+_PARTS = {
+    "denoiser": "Denoiser sites (restored at every denoising step)",
+    "text_encoder": "Text-encoder sites (restored at the concept's token while encoding)",
+}
 
 
 def trace_section(result: TraceResult, image_root: str = "") -> str:
@@ -28,23 +30,33 @@ def trace_section(result: TraceResult, image_root: str = "") -> str:
         sites = [s for s in result.sites if s.part == part]
         if not sites:
             continue
-        values = [[s.effect for s in sites]] + [[s.effects[i] if s.effects else None for s in sites]
-                                                 for i in range(len(rows))]
+        values = [[s.effect for s in sites]] + [
+            [s.effects[i] if s.effects else None for s in sites] for i in range(len(rows))
+        ]
         best = result.best(part)
         parts.append(
             f"<h3>{escape(title)}</h3><p>{len(sites)} sites in execution order (hover for names)"
-            + (f"; the strongest: <code>{escape(best.name)}</code> ({best.kind}), effect {number(best.effect)} "
-               f"&plusmn; {number(best.effect_std)}" if best else "") + ".</p>"
+            + (
+                f"; the strongest: <code>{escape(best.name)}</code> ({best.kind}), effect {number(best.effect)} "
+                f"&plusmn; {number(best.effect_std)}"
+                if best
+                else ""
+            )
+            + ".</p>"
             + heatmap_svg(["mean"] + rows, [s.name for s in sites], values)
             + "<table class='layers'><tr><th>#</th><th>site</th><th>kind</th><th>effect</th></tr>"
-            + "".join(f"<tr><td>{s.index}</td><td><code>{escape(s.name)}</code></td><td>{s.kind}</td>"
-                      f"<td>{number(s.effect)}</td></tr>" for s in sites)
+            + "".join(
+                f"<tr><td>{s.index}</td><td><code>{escape(s.name)}</code></td><td>{s.kind}</td>"
+                f"<td>{number(s.effect)}</td></tr>"
+                for s in sites
+            )
             + "</table>"
         )
     grid = [("clean", result.images.clean), ("corrupted", result.images.corrupted)]
     grid += [(f"restored {name}", paths) for name, paths in result.images.restored.items()]
-    parts.append("<h3>Images</h3>" + image_grid_html([(label, [image_root + p for p in paths]) for label, paths in grid],
-                                                     rows))
+    parts.append(
+        "<h3>Images</h3>" + image_grid_html([(label, [image_root + p for p in paths]) for label, paths in grid], rows)
+    )
     return "".join(parts)
 
 

@@ -52,7 +52,9 @@ class TraceRequest(JsonRecord):
             raise LocoeditError("give the --concept to corrupt: words that appear in every prompt")
         noise = self.noise
         if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not math.isfinite(noise) or noise < 0:
-            raise LocoeditError(f"noise must be a finite number >= 0 (standard deviations), got {noise!r}; e.g. --noise 3")
+            raise LocoeditError(
+                f"noise must be a finite number >= 0 (standard deviations), got {noise!r}; e.g. --noise 3"
+            )
         check_seeds((self.noise_seed,), "noise_seed")
         if not self.parts or any(part not in PARTS for part in self.parts):
             raise LocoeditError(f"parts {list(self.parts)} must be some of {', '.join(PARTS)}")

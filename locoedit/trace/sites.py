@@ -22,7 +22,9 @@ from locoedit.models import Adapter, GenerationSettings
 class Site:
     name: str  # pipeline path, component first
     part: str  # "denoiser" or "text_encoder"
-    kind: str  # resnet, transformer_block, self_attention, cross_attention; encoder_layer, encoder_attention, encoder_mlp
+    kind: (
+        str  # resnet, transformer_block, self_attention, cross_attention; encoder_layer, encoder_attention, encoder_mlp
+    )
     index: int  # position in execution order within its part
 
 
@@ -44,9 +46,12 @@ def denoiser_sites(adapter: Adapter) -> list[Site]:
     denoiser, prefix = adapter.denoiser, adapter.denoiser_name
     kinds = {path: kind for path, module in denoiser.named_modules() if (kind := _denoiser_kind(path, module))}
     finished: list[str] = []
-    handles = [denoiser.get_submodule(path).register_forward_hook(
-        lambda module, args, output, path=path: finished.append(path) if path not in finished else None)
-        for path in kinds]
+    handles = [
+        denoiser.get_submodule(path).register_forward_hook(
+            lambda module, args, output, path=path: finished.append(path) if path not in finished else None
+        )
+        for path in kinds
+    ]
     try:
         side = adapter.default_settings().height
         adapter.generate(adapter.encode([""]), [0], GenerationSettings(1, 1.0, side, side))
@@ -58,8 +63,10 @@ def denoiser_sites(adapter: Adapter) -> list[Site]:
 
 _ENCODER_LAYER = re.compile(r"(?:text_model\.)?encoder\.(?:layers|block)\.(\d+)")
 _ENCODER_PARTS = {  # module path suffix -> kind, in the order a layer computes them
-    "self_attn": "encoder_attention", "layer.0": "encoder_attention",  # CLIP, T5
-    "mlp": "encoder_mlp", "layer.1": "encoder_mlp",
+    "self_attn": "encoder_attention",
+    "layer.0": "encoder_attention",  # CLIP, T5
+    "mlp": "encoder_mlp",
+    "layer.1": "encoder_mlp",
 }
 
 

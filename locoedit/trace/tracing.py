@@ -36,6 +36,7 @@ from locoedit.trace.request import TraceRequest
 from locoedit.trace.result import MIN_GAP, RESULT_FILE, WEAK_GAP, SiteEffect, TraceImages, TraceResult
 from locoedit.trace.sites import Site, denoiser_sites, text_encoder_sites
 
+
 def _images_of(group: str, request: TraceRequest) -> list[str]:
     return [f"images/{group}/p{p}_s{seed}.png" for p in range(len(request.prompts)) for seed in request.seeds]
 
@@ -73,7 +74,9 @@ class Tracer:
         encoder = [s for s in sites if s.part == "text_encoder"]
         chunks = [denoiser[i : i + request.chunk] for i in range(0, len(denoiser), request.chunk)]
         encoder_chunks = [encoder[i : i + request.chunk] for i in range(0, len(encoder), request.chunk)]
-        task = ProgressTask(self.progress, "tracing", (2 + len(chunks) + len(encoder_chunks)) * self.settings.num_inference_steps)
+        task = ProgressTask(
+            self.progress, "tracing", (2 + len(chunks) + len(encoder_chunks)) * self.settings.num_inference_steps
+        )
         prompts = range(len(request.prompts))
         clean, encoder_states = [], []  # per prompt: its encoding, and every encoder site's clean outputs
         for p in prompts:
@@ -89,14 +92,18 @@ class Tracer:
         images = {"clean": self.clean_images, "corrupted": corrupted_images}
         batch = len(self.rows)
         for chunk in chunks:
-            patches = [ActivationPatch(site.name, recorder.outputs[site.name], _rows(batch, len(chunk), j))
-                       for j, site in enumerate(chunk)]
+            patches = [
+                ActivationPatch(site.name, recorder.outputs[site.name], _rows(batch, len(chunk), j))
+                for j, site in enumerate(chunk)
+            ]
             stacked = [_stack([corrupted[p]] * len(chunk)) for p in prompts]
             restored = self._generate(stacked, len(chunk), patches, task)
             self._split(restored, chunk, scores, images)
         for chunk in encoder_chunks:
-            conditioned = [_stack([self._restore_in_encoder(site, p, encoder_states[p].outputs[site.name])
-                                   for site in chunk]) for p in prompts]
+            conditioned = [
+                _stack([self._restore_in_encoder(site, p, encoder_states[p].outputs[site.name]) for site in chunk])
+                for p in prompts
+            ]
             restored = self._generate(conditioned, len(chunk), [], task)
             self._split(restored, chunk, scores, images)
         return scores, images
@@ -127,13 +134,19 @@ def _stack(parts: list[EncodedPrompts]) -> EncodedPrompts:
         return None if tensors[0] is None else torch.cat(tensors)
 
     def join(conditionings):
-        return replace(conditionings[0], embeds=cat([c.embeds for c in conditionings]),
-                       mask=cat([c.mask for c in conditionings]), pooled=cat([c.pooled for c in conditionings]))
+        return replace(
+            conditionings[0],
+            embeds=cat([c.embeds for c in conditionings]),
+            mask=cat([c.mask for c in conditionings]),
+            pooled=cat([c.pooled for c in conditionings]),
+        )
 
     return EncodedPrompts(join([p.conditional for p in parts]), join([p.unconditional for p in parts]))
 
 
-def _rows(batch: int, groups: int, group: int) -> torch.Tensor:  # [2 * groups * batch] bool: block ``group``, both halves
+def _rows(
+    batch: int, groups: int, group: int
+) -> torch.Tensor:  # [2 * groups * batch] bool: block ``group``, both halves
     rows = torch.zeros(2, groups, batch, dtype=torch.bool)
     rows[:, group] = True
     return rows.flatten()
@@ -151,14 +164,17 @@ def _effects(scores: dict[str, torch.Tensor], site: Site) -> SiteEffect:
 def select_sites(adapter: Adapter, request: TraceRequest) -> list[Site]:
     """The sites of the request's parts, in execution order; only the named ones when ``request.sites`` is set."""
     sites = (denoiser_sites(adapter) if "denoiser" in request.parts else []) + (
-        text_encoder_sites(adapter) if "text_encoder" in request.parts else [])
+        text_encoder_sites(adapter) if "text_encoder" in request.parts else []
+    )
     if request.sites:
         known = {site.name: site for site in sites}
         unknown = [name for name in request.sites if name not in known]
         if unknown:
             examples = ", ".join(site.name for site in sites[:3])
-            raise LocoeditError(f"unknown site(s) {', '.join(unknown)}; sites are pipeline paths such as {examples} "
-                                "(`locoedit sites MODEL` lists them)")
+            raise LocoeditError(
+                f"unknown site(s) {', '.join(unknown)}; sites are pipeline paths such as {examples} "
+                "(`locoedit sites MODEL` lists them)"
+            )
         sites = [known[name] for name in request.sites]
     return sites
 
@@ -193,21 +209,38 @@ def trace(
     if abs(clean - corrupted) < MIN_GAP:
         note = "the corruption did not change the score (gap 0), so no site's effect is defined; raise --noise"
     elif clean and abs(clean - corrupted) < WEAK_GAP * abs(clean):
-        note = (f"the corruption moved the score by only {abs(clean - corrupted) / abs(clean):.1%} of the clean score, "
-                "so the effects rest on the few images it changed; raise --noise (e.g. --noise 6)")
+        note = (
+            f"the corruption moved the score by only {abs(clean - corrupted) / abs(clean):.1%} of the clean score, "
+            "so the effects rest on the few images it changed; raise --noise (e.g. --noise 6)"
+        )
     paths = TraceImages(_images_of("clean", request), _images_of("corrupted", request))
     result = TraceResult(
-        request.model, request, tracer.settings, request.concept, list(request.seeds), dict(tracer.noise.sigma),
-        clean, corrupted, clean - corrupted, effects, paths, [layer.info for layer in adapter.layers], note,
-        versions(), {**tracer.timings, "total_s": time.perf_counter() - started},
+        request.model,
+        request,
+        tracer.settings,
+        request.concept,
+        list(request.seeds),
+        dict(tracer.noise.sigma),
+        clean,
+        corrupted,
+        clean - corrupted,
+        effects,
+        paths,
+        [layer.info for layer in adapter.layers],
+        note,
+        versions(),
+        {**tracer.timings, "total_s": time.perf_counter() - started},
     )
     for part in ("denoiser", "text_encoder"):
         best = result.best(part)
         if best is not None:
             result.images.restored[best.name] = _images_of(f"restored/{best.name}", request)
     if out is not None:
-        for group, paths in (("clean", result.images.clean), ("corrupted", result.images.corrupted),
-                             *result.images.restored.items()):
+        for group, paths in (
+            ("clean", result.images.clean),
+            ("corrupted", result.images.corrupted),
+            *result.images.restored.items(),
+        ):
             for path, image in zip(paths, images[group]):
                 write_png(out / path, image)
         result.write(out / RESULT_FILE)

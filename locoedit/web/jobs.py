@@ -33,8 +33,9 @@ class Job:
 def failure_line(error: BaseException) -> str:
     """The one line shown for a failed job: the CLI's line for a user error; for anything else (a bug) its type, the
     traceback going to the server's log instead of the page."""
-    return user_message(error) or (f"error: {type(error).__name__} inside locoedit (a bug; the server's log has the "
-                                   "traceback)")
+    return user_message(error) or (
+        f"error: {type(error).__name__} inside locoedit (a bug; the server's log has the traceback)"
+    )
 
 
 class JobQueue:

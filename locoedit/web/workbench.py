@@ -45,8 +45,9 @@ class Workbench:
             number += 1
         return self.runs / f"{kind}-{number:03d}"
 
-    def localize(self, request: LocalizationRequest, out: Path, progress: ProgressCallback | None = None
-                 ) -> LocalizationResult:
+    def localize(
+        self, request: LocalizationRequest, out: Path, progress: ProgressCallback | None = None
+    ) -> LocalizationResult:
         with self.queue.run(request.model, f"localize {request.concept!r}", progress) as report:
             adapter = self.adapter(request.model, request.dtype, request.device)
             return localize(request, out=out, adapter=adapter, progress=report)
@@ -57,8 +58,13 @@ class Workbench:
             adapter = self.adapter(request.model, request.dtype, request.device)
             return edit_to_file(request, out, adapter=adapter, progress=report)
 
-    def generate(self, request: GenerationRequest, delta: EditDelta | None = None, strength: float = 1.0,
-                 progress: ProgressCallback | None = None) -> torch.Tensor:  # [prompts x seeds, 3, H, W]
+    def generate(
+        self,
+        request: GenerationRequest,
+        delta: EditDelta | None = None,
+        strength: float = 1.0,
+        progress: ProgressCallback | None = None,
+    ) -> torch.Tensor:  # [prompts x seeds, 3, H, W]
         """The request's images; with ``delta``, generated with it applied at ``strength`` and reverted after, also
         when generation fails."""
         interventions = [] if delta is None else [delta.at_strength(strength)]
@@ -67,8 +73,9 @@ class Workbench:
             adapter = self.adapter(request.model, request.dtype, request.device)
             return generate_images(request, adapter, interventions, report)
 
-    def evaluate(self, request: EvaluationRequest, out: Path, progress: ProgressCallback | None = None
-                 ) -> EvaluationResult:
+    def evaluate(
+        self, request: EvaluationRequest, out: Path, progress: ProgressCallback | None = None
+    ) -> EvaluationResult:
         delta = EditDelta.load(request.edit)  # bad input fails before the job waits for its turn
         dtype = request.dtype or str(delta.dtype).removeprefix("torch.")
         with self.queue.run(request.model, f"evaluate {Path(request.edit).name}", progress) as report:

@@ -17,8 +17,18 @@ from locoedit.edit.export import LoraExport, check_exportable, export_lora
 from locoedit.evaluate.result import EvaluationResult
 from locoedit.interventions.delta import EditDelta
 
-_SETTINGS = ("concepts", "targets", "kind", "token", "lambda_key", "lambda_value", "preserve", "preserve_scale",
-             "top_k", "neutral")  # what a reader of the card needs from a delta's settings, when present
+_SETTINGS = (
+    "concepts",
+    "targets",
+    "kind",
+    "token",
+    "lambda_key",
+    "lambda_value",
+    "preserve",
+    "preserve_scale",
+    "top_k",
+    "neutral",
+)  # what a reader of the card needs from a delta's settings, when present
 
 
 def read_evaluation(folder: str | Path, delta: EditDelta) -> EvaluationResult:
@@ -26,26 +36,38 @@ def read_evaluation(folder: str | Path, delta: EditDelta) -> EvaluationResult:
     result = EvaluationResult.read(Path(folder) / "evaluation.json")
     summary = result.delta
     if (summary.method, summary.layers, list(summary.parameters)) != (delta.method, delta.layers, delta.parameters):
-        raise LocoeditError(f"{folder} evaluates another edit ({summary.path}); give the folder `locoedit evaluate "
-                            "--edit` wrote for this delta")
+        raise LocoeditError(
+            f"{folder} evaluates another edit ({summary.path}); give the folder `locoedit evaluate "
+            "--edit` wrote for this delta"
+        )
     return result
 
 
-def model_card(delta: EditDelta, usage: str, evaluation: EvaluationResult | None = None,
-               lora: LoraExport | None = None) -> str:
+def model_card(
+    delta: EditDelta, usage: str, evaluation: EvaluationResult | None = None, lora: LoraExport | None = None
+) -> str:
     """The README.md text: YAML metadata for the Hub, then what the edit is and how to load it (``usage``)."""
     from huggingface_hub import ModelCard, ModelCardData
 
     settings = {key: delta.settings[key] for key in _SETTINGS if key in delta.settings}
     record = {"method": delta.method, "layers": delta.layers, **settings, "locoedit_version": delta.version}
     if lora is not None:
-        record["lora"] = {"format": lora.format, "rank": lora.rank, "stored_rank": lora.stored_rank,
-                          "truncation_error": lora.max_error}
+        record["lora"] = {
+            "format": lora.format,
+            "rank": lora.rank,
+            "stored_rank": lora.stored_rank,
+            "truncation_error": lora.max_error,
+        }
     if evaluation is not None:
         record["evaluation"] = {"suite": evaluation.suite.name, **to_plain(evaluation.headline)}
     tags = ["locoedit", "concept-editing", f"locoedit-{delta.method}", "text-to-image"]
-    data = ModelCardData(base_model=delta.base_model, library_name="diffusers", license="other",
-                         tags=tags + (["lora"] if lora is not None else []), locoedit=record)
+    data = ModelCardData(
+        base_model=delta.base_model,
+        library_name="diffusers",
+        license="other",
+        tags=tags + (["lora"] if lora is not None else []),
+        locoedit=record,
+    )
     concepts = ", ".join(repr(c) for c in delta.settings.get("concepts", [])) or "-"
     lines = [
         f"# {delta.base_model}, edited by locoedit ({delta.method}): {concepts}",
@@ -66,16 +88,28 @@ def model_card(delta: EditDelta, usage: str, evaluation: EvaluationResult | None
         f"| layers | {_cell([layer['name'] for layer in delta.layers])} |",
     ]
     if lora is not None:
-        lines.append(f"| LoRA | {lora.format}, rank {lora.rank} of {lora.stored_rank}, relative truncation error "
-                     f"{lora.max_error:.3g} |")
+        lines.append(
+            f"| LoRA | {lora.format}, rank {lora.rank} of {lora.stored_rank}, relative truncation error "
+            f"{lora.max_error:.3g} |"
+        )
     if evaluation is not None:
         headline = to_plain(evaluation.headline)
-        lines += ["", f"## Evaluation (`{evaluation.suite.name}`, scorer `{evaluation.scorer}`)", "",
-                  "| metric | value |", "|---|---|",
-                  *(f"| {key} | {_cell(value)} |" for key, value in headline.items())]
-    lines += ["", "## License", "",
-              "TODO: the base model's license applies to this derivative; state it here (and in `license:` above) "
-              "before publishing.", ""]
+        lines += [
+            "",
+            f"## Evaluation (`{evaluation.suite.name}`, scorer `{evaluation.scorer}`)",
+            "",
+            "| metric | value |",
+            "|---|---|",
+            *(f"| {key} | {_cell(value)} |" for key, value in headline.items()),
+        ]
+    lines += [
+        "",
+        "## License",
+        "",
+        "TODO: the base model's license applies to this derivative; state it here (and in `license:` above) "
+        "before publishing.",
+        "",
+    ]
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)))
 
 
@@ -87,18 +121,31 @@ def _cell(value) -> str:
     return "-" if value is None else str(value)
 
 
-def apply_with_card(model: str, delta_path: str | Path, out_dir: str | Path, evaluation: str | Path | None = None,
-                    device: str | None = None) -> Path:
+def apply_with_card(
+    model: str,
+    delta_path: str | Path,
+    out_dir: str | Path,
+    evaluation: str | Path | None = None,
+    device: str | None = None,
+) -> Path:
     """``locoedit apply``: the edited pipeline folder, with a model card as its README.md."""
     delta = EditDelta.load(delta_path)
     result = None if evaluation is None else read_evaluation(evaluation, delta)
-    usage = "\n".join(["```python", "from diffusers import DiffusionPipeline", "",
-                       f'pipe = DiffusionPipeline.from_pretrained("{Path(out_dir).name}")', "```"])
+    usage = "\n".join(
+        [
+            "```python",
+            "from diffusers import DiffusionPipeline",
+            "",
+            f'pipe = DiffusionPipeline.from_pretrained("{Path(out_dir).name}")',
+            "```",
+        ]
+    )
     return apply_delta_to_folder(model, delta_path, out_dir, device, readme=model_card(delta, usage, result))
 
 
-def export_with_card(delta_path: str | Path, format: str, out: str | Path, rank: int | None = None,
-                     evaluation: str | Path | None = None) -> tuple[LoraExport, Path]:
+def export_with_card(
+    delta_path: str | Path, format: str, out: str | Path, rank: int | None = None, evaluation: str | Path | None = None
+) -> tuple[LoraExport, Path]:
     """``locoedit export``: the LoRA file and a model card as README.md in its folder. An existing README.md that
     is not a locoedit card is refused before anything is written."""
     from huggingface_hub import ModelCard
@@ -106,17 +153,28 @@ def export_with_card(delta_path: str | Path, format: str, out: str | Path, rank:
     out = Path(out)
     card_path = out.parent / "README.md"
     if card_path.is_file() and "locoedit" not in (ModelCard.load(card_path).data.tags or []):
-        raise LocoeditError(f"{card_path} exists and is not a locoedit model card; write the LoRA into another "
-                            "folder (--out)")
+        raise LocoeditError(
+            f"{card_path} exists and is not a locoedit model card; write the LoRA into another folder (--out)"
+        )
     delta = EditDelta.load(delta_path)
     check_exportable(delta, format, rank)
     result = None if evaluation is None else read_evaluation(evaluation, delta)
     exported = export_lora(delta, format, out, rank)
-    load = (f'pipe.load_lora_weights("{out.parent}", weight_name="{out.name}")  # diffusers, with peft installed'
-            if format == "peft" else
-            f'pipe.load_lora_weights("{out.parent}", weight_name="{out.name}")  # diffusers converts the kohya keys'
-            "\n# A1111 / ComfyUI: copy the file into models/Lora and use it at strength 1")
-    usage = "\n".join(["```python", "from diffusers import DiffusionPipeline", "",
-                       f'pipe = DiffusionPipeline.from_pretrained("{delta.base_model}")', load, "```"])
+    load = (
+        f'pipe.load_lora_weights("{out.parent}", weight_name="{out.name}")  # diffusers, with peft installed'
+        if format == "peft"
+        else f'pipe.load_lora_weights("{out.parent}", weight_name="{out.name}")  # diffusers converts the kohya keys'
+        "\n# A1111 / ComfyUI: copy the file into models/Lora and use it at strength 1"
+    )
+    usage = "\n".join(
+        [
+            "```python",
+            "from diffusers import DiffusionPipeline",
+            "",
+            f'pipe = DiffusionPipeline.from_pretrained("{delta.base_model}")',
+            load,
+            "```",
+        ]
+    )
     write_text(card_path, model_card(delta, usage, result, exported))
     return exported, card_path

@@ -37,10 +37,18 @@ class Comparison(JsonRecord):
 
 
 def _locogen_curve(run: str, result: LocalizationResult) -> LayerCurve:
-    values = [max((w.effect for w in result.windows if index in w.layers), default=None)
-              for index in range(len(result.layers))]
-    return LayerCurve(run, "locogen", f"best effect of a window of {result.window_size} holding the layer",
-                      result.concept, values, list(result.chosen.layers))
+    values = [
+        max((w.effect for w in result.windows if index in w.layers), default=None)
+        for index in range(len(result.layers))
+    ]
+    return LayerCurve(
+        run,
+        "locogen",
+        f"best effect of a window of {result.window_size} holding the layer",
+        result.concept,
+        values,
+        list(result.chosen.layers),
+    )
 
 
 def _trace_curve(run: str, result: TraceResult) -> LayerCurve:
@@ -48,8 +56,14 @@ def _trace_curve(run: str, result: TraceResult) -> LayerCurve:
     prefix = result.sites[0].name.split(".")[0] if result.sites else "unet"
     values = [by_name.get(f"{prefix}.{layer.name}") for layer in result.layers]
     measured = [(v, i) for i, v in enumerate(values) if v is not None]
-    return LayerCurve(run, "causal tracing", "effect of restoring the layer's cross-attention output", result.concept,
-                      values, [max(measured)[1]] if measured else [])
+    return LayerCurve(
+        run,
+        "causal tracing",
+        "effect of restoring the layer's cross-attention output",
+        result.concept,
+        values,
+        [max(measured)[1]] if measured else [],
+    )
 
 
 def compare(runs: list[str | Path], out: str | Path) -> Comparison:
@@ -62,19 +76,26 @@ def compare(runs: list[str | Path], out: str | Path) -> Comparison:
         if (run / LOCALIZATION_FILE).is_file():
             result = LocalizationResult.load(run)
             curve, names = _locogen_curve(str(run), result), [layer.name for layer in result.layers]
-            images += [(f"{run.name}: original", [f"{run}/{p}" for p in result.images.original]),
-                       (f"{run.name}: target", [f"{run}/{p}" for p in result.images.target])]
+            images += [
+                (f"{run.name}: original", [f"{run}/{p}" for p in result.images.original]),
+                (f"{run.name}: target", [f"{run}/{p}" for p in result.images.target]),
+            ]
         elif (run / TRACE_FILE).is_file():
             result = TraceResult.load(run)
             curve, names = _trace_curve(str(run), result), [layer.name for layer in result.layers]
-            images += [(f"{run.name}: clean", [f"{run}/{p}" for p in result.images.clean]),
-                       (f"{run.name}: corrupted", [f"{run}/{p}" for p in result.images.corrupted])]
+            images += [
+                (f"{run.name}: clean", [f"{run}/{p}" for p in result.images.clean]),
+                (f"{run.name}: corrupted", [f"{run}/{p}" for p in result.images.corrupted]),
+            ]
         else:
-            raise LocoeditError(f"{run} holds neither {LOCALIZATION_FILE} nor {TRACE_FILE}; give run folders of "
-                                "`locoedit localize` or `locoedit trace`")
+            raise LocoeditError(
+                f"{run} holds neither {LOCALIZATION_FILE} nor {TRACE_FILE}; give run folders of "
+                "`locoedit localize` or `locoedit trace`"
+            )
         if layer_names is not None and names != layer_names:
-            raise LocoeditError(f"{run} was run on a model with other cross-attention layers than {runs[0]}; "
-                                "compare runs of one model")
+            raise LocoeditError(
+                f"{run} was run on a model with other cross-attention layers than {runs[0]}; compare runs of one model"
+            )
         layer_names = names
         curves.append(curve)
     comparison = Comparison(layer_names, curves)
@@ -92,23 +113,32 @@ def _curves_svg(comparison: Comparison, width: int = 720, height: int = 260) -> 
     count = len(comparison.layers)
     values = [v for c in comparison.curves for v in c.values if v is not None]
     low, high = min(values + [0.0]), max(values + [1.0])
-    x = lambda i: left + (width - left - right) * (i + 0.5) / count  # noqa: E731
-    y = lambda v: top + (height - top - bottom) * (high - v) / (high - low)  # noqa: E731
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">',
-             f'<line x1="{left}" y1="{y(0):.1f}" x2="{width - right}" y2="{y(0):.1f}" stroke="#888"/>']
+    x = lambda i: left + (width - left - right) * (i + 0.5) / count
+    y = lambda v: top + (height - top - bottom) * (high - v) / (high - low)
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">',
+        f'<line x1="{left}" y1="{y(0):.1f}" x2="{width - right}" y2="{y(0):.1f}" stroke="#888"/>',
+    ]
     for n, curve in enumerate(comparison.curves):
         colour = _COLOURS[n % len(_COLOURS)]
         points = [(x(i), y(v)) for i, v in enumerate(curve.values) if v is not None]
-        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="'
-                     + " ".join(f"{a:.1f},{b:.1f}" for a, b in points) + '"/>')
+        parts.append(
+            f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="'
+            + " ".join(f"{a:.1f},{b:.1f}" for a, b in points)
+            + '"/>'
+        )
         for i in curve.chosen:
             if curve.values[i] is not None:
-                parts.append(f'<circle cx="{x(i):.1f}" cy="{y(curve.values[i]):.1f}" r="5" fill="{colour}">'
-                             f'<title>{escape(curve.method)}: chosen layer {i}</title></circle>')
+                parts.append(
+                    f'<circle cx="{x(i):.1f}" cy="{y(curve.values[i]):.1f}" r="5" fill="{colour}">'
+                    f"<title>{escape(curve.method)}: chosen layer {i}</title></circle>"
+                )
     for i in range(count):
         parts.append(f'<text x="{x(i):.1f}" y="{height - bottom + 14}" font-size="10" text-anchor="middle">{i}</text>')
-    parts.append(f'<text x="{left + (width - left) / 2}" y="{height - 8}" font-size="11" text-anchor="middle">'
-                 "cross-attention layer (execution order)</text>")
+    parts.append(
+        f'<text x="{left + (width - left) / 2}" y="{height - 8}" font-size="11" text-anchor="middle">'
+        "cross-attention layer (execution order)</text>"
+    )
     for value in (low, high):
         parts.append(f'<text x="{left - 6}" y="{y(value) + 4:.1f}" font-size="10" text-anchor="end">{value:.3g}</text>')
     parts.append("</svg>")
@@ -119,13 +149,19 @@ def _section(comparison: Comparison, images, out: Path) -> str:
     legend = "".join(
         f"<li><span style='color:{_COLOURS[n % len(_COLOURS)]}'>&#9632;</span> {escape(c.method)} "
         f"({escape(c.run)}), “{escape(c.concept)}”: {escape(c.label)}; chosen layers {c.chosen}</li>"
-        for n, c in enumerate(comparison.curves))
+        for n, c in enumerate(comparison.curves)
+    )
     rows = "".join(
         f"<tr><td>{i}</td><td><code>{escape(name)}</code></td>"
-        + "".join(f"<td>{number(c.values[i])}</td>" for c in comparison.curves) + "</tr>"
-        for i, name in enumerate(comparison.layers))
+        + "".join(f"<td>{number(c.values[i])}</td>" for c in comparison.curves)
+        + "</tr>"
+        for i, name in enumerate(comparison.layers)
+    )
     relative = [(label, [os.path.relpath(Path(p).resolve(), out.resolve()) for p in paths]) for label, paths in images]
-    return (f"<h1>LocoGen and causal tracing, layer by layer</h1><ul>{legend}</ul>{_curves_svg(comparison)}"
-            f"<table class='layers'><tr><th>layer</th><th>module</th>"
-            + "".join(f"<th>{escape(c.method)}</th>" for c in comparison.curves) + f"</tr>{rows}</table>"
-            f"<h2>Images</h2>{image_grid_html(relative, [f'image {i}' for i in range(max(len(p) for _, p in images))])}")
+    return (
+        f"<h1>LocoGen and causal tracing, layer by layer</h1><ul>{legend}</ul>{_curves_svg(comparison)}"
+        f"<table class='layers'><tr><th>layer</th><th>module</th>"
+        + "".join(f"<th>{escape(c.method)}</th>" for c in comparison.curves)
+        + f"</tr>{rows}</table>"
+        f"<h2>Images</h2>{image_grid_html(relative, [f'image {i}' for i in range(max(len(p) for _, p in images))])}"
+    )

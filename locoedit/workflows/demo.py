@@ -77,8 +77,12 @@ def _random_window(num_layers: int, size: int, avoid: list[int], seed: int) -> l
     return list(range(start, start + size))
 
 
-def run_demo(out: str | Path = "runs/demo", adapter: Adapter | None = None, seeds: int | None = None,
-             progress: ProgressCallback | None = None) -> list[DemoRow]:
+def run_demo(
+    out: str | Path = "runs/demo",
+    adapter: Adapter | None = None,
+    seeds: int | None = None,
+    progress: ProgressCallback | None = None,
+) -> list[DemoRow]:
     """Run the demo into ``out``. ``seeds`` (per prompt) overrides the plan's, for smoke runs; the README's figures
     use the plan's."""
     out = check_writable(out)
@@ -97,27 +101,48 @@ def run_demo(out: str | Path = "runs/demo", adapter: Adapter | None = None, seed
     for case in plan["cases"]:
         name = case["name"]
         case_dir = out / name.replace(" ", "-")
-        request = with_model_defaults(EditRequest(model=model, concepts=tuple(case["concepts"]),
-                                                  targets=tuple(case["targets"]), kind=case["kind"],
-                                                  auto_seeds=localize_seeds), adapter)
-        localization = localize(auto_localization(request, request.pairs()), out=case_dir / "localize",
-                                adapter=adapter, scorer=scorer, progress=progress)
+        request = with_model_defaults(
+            EditRequest(
+                model=model,
+                concepts=tuple(case["concepts"]),
+                targets=tuple(case["targets"]),
+                kind=case["kind"],
+                auto_seeds=localize_seeds,
+            ),
+            adapter,
+        )
+        localization = localize(
+            auto_localization(request, request.pairs()),
+            out=case_dir / "localize",
+            adapter=adapter,
+            scorer=scorer,
+            progress=progress,
+        )
         chosen = localization.chosen.layers
         request = replace(request, layers=tuple(chosen))
         num_layers = len(adapter.layers)
         variants: dict[str, tuple[list[int], EditDelta]] = {"localized": (chosen, compute_edit(adapter, request))}
         if case["controls"]:
-            variants["all layers"] = (list(range(num_layers)),
-                                      compute_edit(adapter, replace(request, layers=tuple(range(num_layers)))))
+            variants["all layers"] = (
+                list(range(num_layers)),
+                compute_edit(adapter, replace(request, layers=tuple(range(num_layers)))),
+            )
             random_window = _random_window(num_layers, len(chosen), chosen, seed=len(rows))
-            variants["random window"] = (random_window,
-                                         compute_edit(adapter, replace(request, layers=tuple(random_window))))
+            variants["random window"] = (
+                random_window,
+                compute_edit(adapter, replace(request, layers=tuple(random_window))),
+            )
         if case["neurons"]:
             # The neutral prompts are the edit's target prompts: the same scenes without the concept.
-            neurons = NeuronRequest(model=model, concepts=request.concepts,
-                                    neutral=tuple(p.target_prompt for p in request.pairs() if p.target_prompt),
-                                    kind=request.kind, prompts=request.prompts, layers=tuple(chosen),
-                                    token=request.token)
+            neurons = NeuronRequest(
+                model=model,
+                concepts=request.concepts,
+                neutral=tuple(p.target_prompt for p in request.pairs() if p.target_prompt),
+                kind=request.kind,
+                prompts=request.prompts,
+                layers=tuple(chosen),
+                token=request.token,
+            )
             variants["neurons"] = (chosen, compute_neuron_edit(adapter, neurons))
         case_sections = [localization_section(localization, image_root=f"{case_dir.name}/localize/")]
         for suite_name in case["suites"]:
@@ -126,18 +151,36 @@ def run_demo(out: str | Path = "runs/demo", adapter: Adapter | None = None, seed
             for variant, (layers, delta) in variants.items():
                 folder = variant.replace(" ", "-") + ("" if len(case["suites"]) == 1 else f"-{suite_name}")
                 delta.save(case_dir / f"{variant.replace(' ', '-')}.safetensors")
-                result = evaluate(adapter, delta, suite, scorer, out=case_dir / folder, progress=progress,
-                                  reuse=unedited, localization=case_dir / "localize")
+                result = evaluate(
+                    adapter,
+                    delta,
+                    suite,
+                    scorer,
+                    out=case_dir / folder,
+                    progress=progress,
+                    reuse=unedited,
+                    localization=case_dir / "localize",
+                )
                 unedited = unedited or result
-                rows.append(DemoRow(name, variant, layers, result.headline, f"{case_dir.name}/{folder}/report.html",
-                                    suite_name))
+                rows.append(
+                    DemoRow(name, variant, layers, result.headline, f"{case_dir.name}/{folder}/report.html", suite_name)
+                )
                 if variant == "localized":
-                    case_sections.append(evaluation_section(result, image_root=f"{case_dir.name}/{folder}/",
-                                                            data_link=f"{case_dir.name}/{folder}/evaluation.json"))
+                    case_sections.append(
+                        evaluation_section(
+                            result,
+                            image_root=f"{case_dir.name}/{folder}/",
+                            data_link=f"{case_dir.name}/{folder}/evaluation.json",
+                        )
+                    )
         concepts = ", ".join(request.concepts)
         sections.append(f"<section id='{case_dir.name}'><h1>{name}: {concepts}</h1>{''.join(case_sections)}</section>")
-    summary = DemoRecord(model, rows, (time.perf_counter() - started) / 60,
-                         {"localize": len(localize_seeds), "evaluation": len(evaluation_seeds)})
+    summary = DemoRecord(
+        model,
+        rows,
+        (time.perf_counter() - started) / 60,
+        {"localize": len(localize_seeds), "evaluation": len(evaluation_seeds)},
+    )
     summary.write(out / "demo.json")
     write_text(out / "report.html", page("locoedit demo", summary_table_html(rows) + "".join(sections)))
     return rows
@@ -152,14 +195,18 @@ def _layers(layers: list[int]) -> str:
 
 
 def summary_lines(rows: list[DemoRow]) -> list[str]:
-    header = (f"{'case':<13} {'edit':<14} {'suite':<25} {'layers':<7} {'efficacy':>9} {'generalization':>15} "
-              f"{'specificity':>12} {'identity':>9}")
+    header = (
+        f"{'case':<13} {'edit':<14} {'suite':<25} {'layers':<7} {'efficacy':>9} {'generalization':>15} "
+        f"{'specificity':>12} {'identity':>9}"
+    )
     lines = [header, "-" * len(header)]
     for row in rows:
         h = row.headline
-        lines.append(f"{row.kind:<13} {row.variant:<14} {row.suite:<25} {_layers(row.layers):<7} "
-                     f"{_percent(h.efficacy):>9} {_percent(h.generalization):>15} {_percent(h.specificity):>12} "
-                     f"{_percent(h.identity):>9}")
+        lines.append(
+            f"{row.kind:<13} {row.variant:<14} {row.suite:<25} {_layers(row.layers):<7} "
+            f"{_percent(h.efficacy):>9} {_percent(h.generalization):>15} {_percent(h.specificity):>12} "
+            f"{_percent(h.identity):>9}"
+        )
     return lines
 
 
@@ -171,9 +218,11 @@ def summary_table_html(rows: list[DemoRow]) -> str:
         f"<td>{_percent(r.headline.identity)}</td></tr>"
         for r in rows
     )
-    return ("<h1>locoedit demo: the toy world</h1><p>Efficacy: the edited concept no longer appears (probe). "
-            "Generalization: the same on paraphrases. Specificity: neighbour and unrelated images that still show "
-            "what their prompt asks, relative to the unedited model. Identity: those images with every attribute "
-            "unchanged.</p><table class='layers'><tr><th>case</th><th>edit</th><th>suite</th><th>layers</th>"
-            "<th>efficacy</th><th>generalization</th><th>specificity</th><th>identity</th></tr>"
-            f"{body}</table>")
+    return (
+        "<h1>locoedit demo: the toy world</h1><p>Efficacy: the edited concept no longer appears (probe). "
+        "Generalization: the same on paraphrases. Specificity: neighbour and unrelated images that still show "
+        "what their prompt asks, relative to the unedited model. Identity: those images with every attribute "
+        "unchanged.</p><table class='layers'><tr><th>case</th><th>edit</th><th>suite</th><th>layers</th>"
+        "<th>efficacy</th><th>generalization</th><th>specificity</th><th>identity</th></tr>"
+        f"{body}</table>"
+    )

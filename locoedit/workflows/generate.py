@@ -59,8 +59,12 @@ class GenerationRecord(JsonRecord):
     images: list[GeneratedImage]
 
 
-def generate_images(request: GenerationRequest, adapter: Adapter, interventions: Sequence[Intervention] = (),
-                    progress: ProgressCallback | None = None) -> torch.Tensor:  # [prompts x seeds, 3, H, W] in [0, 1]
+def generate_images(
+    request: GenerationRequest,
+    adapter: Adapter,
+    interventions: Sequence[Intervention] = (),
+    progress: ProgressCallback | None = None,
+) -> torch.Tensor:  # [prompts x seeds, 3, H, W] in [0, 1]
     """One image per (prompt, seed), prompt-major, in memory; ``interventions`` (e.g. a delta at a strength) are
     installed for the generation and removed after, also when it fails."""
     settings = adapter.settings(request.steps, request.guidance, request.size, request.size)
@@ -70,8 +74,12 @@ def generate_images(request: GenerationRequest, adapter: Adapter, interventions:
     return adapter.generate(encoded, [seed for _, seed in rows], settings, interventions, task.advance)
 
 
-def generate_to_folder(request: GenerationRequest, out: str | Path, adapter: Adapter | None = None,
-                       progress: ProgressCallback | None = None) -> GenerationRecord:
+def generate_to_folder(
+    request: GenerationRequest,
+    out: str | Path,
+    adapter: Adapter | None = None,
+    progress: ProgressCallback | None = None,
+) -> GenerationRecord:
     """Generate into ``out``. The same request again finds its images there and does nothing; a folder holding
     another run or anything else is refused."""
     out = check_writable(out)

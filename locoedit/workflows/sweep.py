@@ -70,8 +70,9 @@ class SweepSpec(JsonRecord):
         _check_keys(data, SPEC_KEYS, source)
         jobs, defaults = data.get("jobs"), data.get("defaults", {})
         if not isinstance(jobs, list) or not jobs:
-            raise LocoeditError(f"{source} lists no jobs; give \"jobs\": [{{\"model\": ..., \"prompts\": [...], "
-                                "\"targets\": [...]}, ...]")
+            raise LocoeditError(
+                f'{source} lists no jobs; give "jobs": [{{"model": ..., "prompts": [...], "targets": [...]}}, ...]'
+            )
         _check_keys(defaults, JOB_FIELDS, f"{source}: defaults")
         parsed = []
         for number_, job in enumerate(jobs, 1):
@@ -135,10 +136,18 @@ class SweepIndex(JsonRecord):
 
 
 def _row(job: SweepJob, result: LocalizationResult) -> SweepRow:
-    return SweepRow(job.name, result.model, result.concept, result.window_size, list(result.chosen.layers),
-                    result.chosen.effect, result.full_swap_effect,
-                    None if job.request.screen is None else str(job.request.screen),
-                    int(result.timings.get("denoiser_calls", 0)), f"{job.name}/report.html")
+    return SweepRow(
+        job.name,
+        result.model,
+        result.concept,
+        result.window_size,
+        list(result.chosen.layers),
+        result.chosen.effect,
+        result.full_swap_effect,
+        None if job.request.screen is None else str(job.request.screen),
+        int(result.timings.get("denoiser_calls", 0)),
+        f"{job.name}/report.html",
+    )
 
 
 def sweep_index_html(index: SweepIndex) -> str:
@@ -148,15 +157,19 @@ def sweep_index_html(index: SweepIndex) -> str:
         f"<td>{number(row.full_swap_effect)}</td><td>{escape(row.screen or 'off')}</td><td>{row.denoiser_calls}</td></tr>"
         for row in index.jobs
     )
-    return page("LocoGen sweep", (
-        f"<h2>LocoGen sweep: {len(index.jobs)} jobs on {index.processes} process(es)</h2>"
-        "<table><tr><th>job (report)</th><th>model</th><th>concept</th><th>window size</th><th>chosen layers</th>"
-        "<th>effect</th><th>all layers</th><th>screen</th><th>denoiser calls</th></tr>" + rows + "</table>"
-    ))
+    return page(
+        "LocoGen sweep",
+        (
+            f"<h2>LocoGen sweep: {len(index.jobs)} jobs on {index.processes} process(es)</h2>"
+            "<table><tr><th>job (report)</th><th>model</th><th>concept</th><th>window size</th><th>chosen layers</th>"
+            "<th>effect</th><th>all layers</th><th>screen</th><th>denoiser calls</th></tr>" + rows + "</table>"
+        ),
+    )
 
 
-def run_sweep(spec: SweepSpec, out: str | Path, progress: ProgressCallback | None = None,
-              processes: Processes | None = None) -> SweepIndex:
+def run_sweep(
+    spec: SweepSpec, out: str | Path, progress: ProgressCallback | None = None, processes: Processes | None = None
+) -> SweepIndex:
     """Run every job of ``spec`` into ``out/NAME``, then write ``out/sweep.json`` and ``out/index.html``.
 
     Every model of the spec is loaded first (once per process, dtype and device) and every job checked against it,
@@ -193,8 +206,10 @@ def run_sweep(spec: SweepSpec, out: str | Path, progress: ProgressCallback | Non
     if processes.is_main:
         folder.claim(spec)
     processes.wait()
-    rows = [_row(job, localize(job.request, out / job.name, adapter, scorer, progress, processes))
-            for job, adapter, scorer in prepared]
+    rows = [
+        _row(job, localize(job.request, out / job.name, adapter, scorer, progress, processes))
+        for job, adapter, scorer in prepared
+    ]
     index = SweepIndex(rows, processes.count, {"total_s": time.perf_counter() - started})
     if processes.is_main:
         index.write(out / INDEX_FILE)

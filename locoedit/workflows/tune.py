@@ -42,8 +42,10 @@ from locoedit.scoring import resolve_scorer
 
 MAX_VARIANTS = 200
 EFFICACY_TIE = 0.05
-RULE = (f"highest validation efficacy (within {EFFICACY_TIE:.0%} of the best counts as equal), then highest "
-        "specificity, then highest identity, then the earlier variant")
+RULE = (
+    f"highest validation efficacy (within {EFFICACY_TIE:.0%} of the best counts as equal), then highest "
+    "specificity, then highest identity, then the earlier variant"
+)
 
 
 @dataclass(frozen=True)
@@ -68,8 +70,15 @@ class TuneRequest(JsonRecord):
     device: str | None = None
 
     def __post_init__(self):
-        for name in ("concepts", "targets", "tokens", "preserve_neighbours", "preserve_general", "lambdas",
-                     "localize_seeds"):
+        for name in (
+            "concepts",
+            "targets",
+            "tokens",
+            "preserve_neighbours",
+            "preserve_general",
+            "lambdas",
+            "localize_seeds",
+        ):
             value = getattr(self, name)
             object.__setattr__(self, name, (value,) if isinstance(value, (str, int, float)) else tuple(value))
         for name in ("tokens", "preserve_neighbours", "preserve_general", "lambdas"):
@@ -83,21 +92,41 @@ class TuneRequest(JsonRecord):
         object.__setattr__(self, "localize_seeds", check_seeds(self.localize_seeds, "localize_seeds"))
         check_dtype(self.dtype)
         if self.variants > MAX_VARIANTS:
-            raise LocoeditError(f"the grid has {self.variants} variants, more than {MAX_VARIANTS}; give fewer values "
-                                "per setting (each variant is a full evaluation of the validation split)")
-        self.edit_request("auto", self.tokens[0], self.preserve_neighbours[0], self.preserve_general[0],
-                          self.lambdas[0])  # the edit's own checks (concepts, targets, kind, numbers)
+            raise LocoeditError(
+                f"the grid has {self.variants} variants, more than {MAX_VARIANTS}; give fewer values "
+                "per setting (each variant is a full evaluation of the validation split)"
+            )
+        self.edit_request(
+            "auto", self.tokens[0], self.preserve_neighbours[0], self.preserve_general[0], self.lambdas[0]
+        )  # the edit's own checks (concepts, targets, kind, numbers)
 
     @property
     def variants(self) -> int:
-        return (self.windows * len(self.tokens) * len(self.preserve_neighbours) * len(self.preserve_general)
-                * len(self.lambdas))
+        return (
+            self.windows
+            * len(self.tokens)
+            * len(self.preserve_neighbours)
+            * len(self.preserve_general)
+            * len(self.lambdas)
+        )
 
     def edit_request(self, layers, token: str, neighbours: float, general: float, lam: float) -> EditRequest:
-        return EditRequest(model=self.model, concepts=self.concepts, targets=self.targets, kind=self.kind,
-                           layers=layers, token=token, preserve_neighbours=neighbours, preserve_general=general,
-                           lambda_key=lam, lambda_value=lam, auto_window=self.window, auto_seeds=self.localize_seeds,
-                           dtype=self.dtype, device=self.device)
+        return EditRequest(
+            model=self.model,
+            concepts=self.concepts,
+            targets=self.targets,
+            kind=self.kind,
+            layers=layers,
+            token=token,
+            preserve_neighbours=neighbours,
+            preserve_general=general,
+            lambda_key=lam,
+            lambda_value=lam,
+            auto_window=self.window,
+            auto_seeds=self.localize_seeds,
+            dtype=self.dtype,
+            device=self.device,
+        )
 
 
 @dataclass(frozen=True)
@@ -119,8 +148,13 @@ class Variant(JsonRecord):
 
     def ranking(self, best_efficacy: float) -> tuple:
         tied = self.efficacy() >= best_efficacy - EFFICACY_TIE
-        return (tied, self.efficacy() if not tied else 0.0, _value(self.validation.specificity),
-                _value(self.validation.identity), -self.index)
+        return (
+            tied,
+            self.efficacy() if not tied else 0.0,
+            _value(self.validation.specificity),
+            _value(self.validation.identity),
+            -self.index,
+        )
 
 
 def _value(rate: float | None) -> float:
@@ -159,12 +193,16 @@ class TuneResult(JsonRecord):
     versions: dict[str, str] = field(default_factory=versions)
 
 
-def tune(request: TuneRequest, out: str | Path, adapter: Adapter | None = None,
-         progress: ProgressCallback | None = None) -> TuneResult:
+def tune(
+    request: TuneRequest, out: str | Path, adapter: Adapter | None = None, progress: ProgressCallback | None = None
+) -> TuneResult:
     """Evaluate the grid on the validation split, choose, write the chosen delta and its test-split evaluation."""
     out = check_writable(out)
-    suite = EvaluationSuite.load(request.suite) if request.suite else suite_for_concepts(
-        request.concepts, request.model, request.kind)
+    suite = (
+        EvaluationSuite.load(request.suite)
+        if request.suite
+        else suite_for_concepts(request.concepts, request.model, request.kind)
+    )
     validation, test = suite.split("validation"), suite.split("test")  # no split: refused before any work
     adapter = adapter or load_adapter(request.model, dtype_named(request.dtype), request.device)
     scorer = resolve_scorer(suite.scorer, None, adapter)
@@ -173,11 +211,23 @@ def tune(request: TuneRequest, out: str | Path, adapter: Adapter | None = None,
     started = time.perf_counter()
 
     base = with_model_defaults(request.edit_request("auto", *_first(request)), adapter)
-    localization = localize(auto_localization(base, base.pairs()), adapter=adapter, scorer=scorer,
-                            out=out / "localization", progress=progress)
+    localization = localize(
+        auto_localization(base, base.pairs()),
+        adapter=adapter,
+        scorer=scorer,
+        out=out / "localization",
+        progress=progress,
+    )
     ranked = sorted(localization.windows, key=lambda w: -w.effect)[: request.windows]
-    grid = list(itertools.product([w.layers for w in ranked], request.tokens, request.preserve_neighbours,
-                                  request.preserve_general, request.lambdas))
+    grid = list(
+        itertools.product(
+            [w.layers for w in ranked],
+            request.tokens,
+            request.preserve_neighbours,
+            request.preserve_general,
+            request.lambdas,
+        )
+    )
     task = ProgressTask(progress, f"tuning on {validation.name}", len(grid), unit="variant")
     settings = adapter.settings(suite.steps, suite.guidance, suite.size, suite.size)
     unedited: EvaluationResult | None = None
@@ -197,13 +247,34 @@ def tune(request: TuneRequest, out: str | Path, adapter: Adapter | None = None,
         variants.append(variant)
         task.advance()
     chosen = choose(variants)
-    delta = compute_edit(adapter, request.edit_request(tuple(chosen.layers), chosen.token, chosen.preserve_neighbours,
-                                                       chosen.preserve_general, chosen.lam))
+    delta = compute_edit(
+        adapter,
+        request.edit_request(
+            tuple(chosen.layers), chosen.token, chosen.preserve_neighbours, chosen.preserve_general, chosen.lam
+        ),
+    )
     delta.save(out / "edit.safetensors")
-    tested = evaluate(adapter, delta, test, scorer, out=out / "test", settings=settings, progress=progress,
-                      delta_path=str(out / "edit.safetensors"))
-    result = TuneResult(request, suite.name, [w.layers for w in ranked], [w.effect for w in ranked], variants,
-                        chosen.index, RULE, tested.headline, {"total_s": time.perf_counter() - started})
+    tested = evaluate(
+        adapter,
+        delta,
+        test,
+        scorer,
+        out=out / "test",
+        settings=settings,
+        progress=progress,
+        delta_path=str(out / "edit.safetensors"),
+    )
+    result = TuneResult(
+        request,
+        suite.name,
+        [w.layers for w in ranked],
+        [w.effect for w in ranked],
+        variants,
+        chosen.index,
+        RULE,
+        tested.headline,
+        {"total_s": time.perf_counter() - started},
+    )
     result.write(out / "tune.json")
     write_text(out / "report.html", tune_report_html(result))
     return result

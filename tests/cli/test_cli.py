@@ -25,8 +25,24 @@ def test_layers_prints_the_table_in_execution_order(tiny_sd_folder):
 
 def test_localize_writes_a_run_folder(tiny_sd_folder, tmp_path):
     out = tmp_path / "run"
-    result = invoke("localize", tiny_sd_folder, "--prompt", "a house in the style of van gogh", "--target", "a house",
-                    "--scorer", "pixel", "--window", "3", "--seeds", "0-1", "--steps", "2", "--out", out)
+    result = invoke(
+        "localize",
+        tiny_sd_folder,
+        "--prompt",
+        "a house in the style of van gogh",
+        "--target",
+        "a house",
+        "--scorer",
+        "pixel",
+        "--window",
+        "3",
+        "--seeds",
+        "0-1",
+        "--steps",
+        "2",
+        "--out",
+        out,
+    )
     assert result.exit_code == 0, result.output
     data = json.loads((out / "localization.json").read_text())
     assert data["concept"] == "in the style of van gogh" and data["seeds"] == [0, 1]
@@ -35,8 +51,9 @@ def test_localize_writes_a_run_folder(tiny_sd_folder, tmp_path):
 
 
 def test_generate_writes_images_and_a_record(tiny_sd_folder, tmp_path):
-    result = invoke("generate", tiny_sd_folder, "--prompt", "a red circle", "--seeds", "0-2", "--steps", "2",
-                    "--out", tmp_path)
+    result = invoke(
+        "generate", tiny_sd_folder, "--prompt", "a red circle", "--seeds", "0-2", "--steps", "2", "--out", tmp_path
+    )
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "generation.json").read_text())
     assert [image["seed"] for image in record["images"]] == [0, 1, 2]
@@ -52,8 +69,8 @@ def test_generate_writes_images_and_a_record(tiny_sd_folder, tmp_path):
         (["--target", "a dog", "--window", "big"], "neither an integer nor 'auto'"),
         (["--target", "a dog", "--seeds", ","], "is empty; give at least one seed"),
         (["--target", "a dog", "--seeds", "x"], "is not a non-negative integer"),
-            (["--target", "a dog", "--seeds", "5-2"], "runs backwards"),
-            (["--target", "a dog", "--seeds", "0,0"], "repeats [0]"),
+        (["--target", "a dog", "--seeds", "5-2"], "runs backwards"),
+        (["--target", "a dog", "--seeds", "0,0"], "repeats [0]"),
         (["--target", "a dog", "--scorer", "fid"], "unknown scorer"),
     ],
 )
@@ -78,8 +95,18 @@ def test_parse_seeds():
 
 def test_an_error_after_loading_a_model_is_one_line(tmp_path):
     """Third-party advice (transformers' "install torchvision") is not shown without --verbose."""
-    result = invoke("edit", "toyworld", "--concept", "circle", "--target", "square", "--layers", "99",
-                    "--out", tmp_path / "d.safetensors")
+    result = invoke(
+        "edit",
+        "toyworld",
+        "--concept",
+        "circle",
+        "--target",
+        "square",
+        "--layers",
+        "99",
+        "--out",
+        tmp_path / "d.safetensors",
+    )
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [
         "error: layer indices [99] are out of range: this model has 11 cross-attention layers (0..10)"

@@ -32,9 +32,31 @@ def run(app, *args):
 
 def test_edit_then_apply(app, model, tmp_path):
     delta = tmp_path / "van-gogh.safetensors"
-    result = run(app, "edit", model, "--concept", "van gogh", "--concept", "monet", "--kind", "style",
-                 "--target", "a painting", "--layers", "1,2", "--preserve", "a dog", "--lambda-key", "0.2",
-                 "--lambda-value", "0.3", "--token", "all", "--out", delta)
+    result = run(
+        app,
+        "edit",
+        model,
+        "--concept",
+        "van gogh",
+        "--concept",
+        "monet",
+        "--kind",
+        "style",
+        "--target",
+        "a painting",
+        "--layers",
+        "1,2",
+        "--preserve",
+        "a dog",
+        "--lambda-key",
+        "0.2",
+        "--lambda-value",
+        "0.3",
+        "--token",
+        "all",
+        "--out",
+        delta,
+    )
     assert result.exit_code == 0, result.output
     loaded = EditDelta.load(delta)
     assert [layer["index"] for layer in loaded.layers] == [1, 2]
@@ -46,8 +68,25 @@ def test_edit_then_apply(app, model, tmp_path):
 
 def test_neurons_writes_the_same_kind_of_delta(app, model, tmp_path):
     delta = tmp_path / "n.safetensors"
-    result = run(app, "neurons", model, "--concept", "dog", "--kind", "object", "--neutral", "a photo of a cat",
-                 "--neutral", "a photo of a tree", "--layers", "3", "--top-k", "2", "--out", delta)
+    result = run(
+        app,
+        "neurons",
+        model,
+        "--concept",
+        "dog",
+        "--kind",
+        "object",
+        "--neutral",
+        "a photo of a cat",
+        "--neutral",
+        "a photo of a tree",
+        "--layers",
+        "3",
+        "--top-k",
+        "2",
+        "--out",
+        delta,
+    )
     assert result.exit_code == 0, result.output
     assert EditDelta.load(delta).method == "neurons"
 
@@ -84,8 +123,22 @@ def test_bad_preservation_input_exits_2_and_writes_nothing(app, model, tmp_path_
     if corpus is not None:
         file.write_text(corpus)
     extra = ["--preserve-stats", inputs / "corpus.txt"] if message == "statistics file" else []
-    result = run(app, "edit", model, "--concept", "van gogh", "--target", "a painting", "--layers", "1",
-                 "--preserve-corpus", file, *extra, "--out", out / "d.safetensors")
+    result = run(
+        app,
+        "edit",
+        model,
+        "--concept",
+        "van gogh",
+        "--target",
+        "a painting",
+        "--layers",
+        "1",
+        "--preserve-corpus",
+        file,
+        *extra,
+        "--out",
+        out / "d.safetensors",
+    )
     assert result.exit_code == 2 and message in result.output
     assert len(result.output.strip().splitlines()) == 1 and list(out.iterdir()) == []
 
@@ -94,7 +147,9 @@ def test_apply_refuses_a_delta_for_another_model(app, model, tmp_path):
     other = tmp_path / "other"
     TINY_PIPELINES["sd"](tmp_path / "tok", seed=5).save_pretrained(other)
     delta = tmp_path / "d.safetensors"
-    assert run(app, "edit", model, "--concept", "dog", "--target", "cat", "--layers", "1", "--out", delta).exit_code == 0
+    assert (
+        run(app, "edit", model, "--concept", "dog", "--target", "cat", "--layers", "1", "--out", delta).exit_code == 0
+    )
     result = run(app, "apply", str(other), delta, "--out", tmp_path / "edited")
     assert result.exit_code == 2 and "original matrix differs" in result.output
     assert not (tmp_path / "edited").exists()
@@ -108,8 +163,12 @@ def test_apply_carries_the_model_folders_settings_over(app, tmp_path):
     from locoedit.models import ModelSettings, load_adapter
 
     delta = tmp_path / "d.safetensors"
-    assert run(app, "edit", "toyworld", "--concept", "circle", "--target", "square", "--layers", "2,3",
-               "--out", delta).exit_code == 0
+    assert (
+        run(
+            app, "edit", "toyworld", "--concept", "circle", "--target", "square", "--layers", "2,3", "--out", delta
+        ).exit_code
+        == 0
+    )
     old = os.umask(0o022)
     try:
         assert run(app, "apply", "toyworld", delta, "--out", tmp_path / "edited").exit_code == 0

@@ -11,8 +11,15 @@ from locoedit.scoring import PixelScorer
 
 def test_localize_reports_each_denoising_step(tiny_adapters):
     events = []
-    request = LocalizationRequest(model="tiny", prompts=("a house in the style of van gogh",), targets=("a house",),
-                                  window=3, seeds=(0,), steps=2, chunk=2)
+    request = LocalizationRequest(
+        model="tiny",
+        prompts=("a house in the style of van gogh",),
+        targets=("a house",),
+        window=3,
+        seeds=(0,),
+        steps=2,
+        chunk=2,
+    )
     localize(request, adapter=tiny_adapters["sd"], scorer=PixelScorer(), progress=events.append)
     windows = len(tiny_adapters["sd"].layers) - 2
     loops = -(-windows // 2)

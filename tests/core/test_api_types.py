@@ -19,8 +19,15 @@ BASE = {
     NeuronRequest: dict(model="toyworld", concepts=("circle",), targets=("square",), layers=(2,)),
 }
 WRONG = [
-    ("seeds", None), ("seeds", ("a",)), ("seeds", (-1,)), ("seeds", (0.5,)),
-    ("steps", "4"), ("steps", 2.5), ("steps", True), ("guidance", float("nan")), ("guidance", "high"),
+    ("seeds", None),
+    ("seeds", ("a",)),
+    ("seeds", (-1,)),
+    ("seeds", (0.5,)),
+    ("steps", "4"),
+    ("steps", 2.5),
+    ("steps", True),
+    ("guidance", float("nan")),
+    ("guidance", "high"),
     ("dtype", "float8"),
 ]
 

@@ -84,8 +84,9 @@ def test_every_result_the_project_writes_reads_back(tmp_path, tiny_adapters):
     from locoedit.scoring import PixelScorer
 
     adapter = tiny_adapters["sd"]
-    request = LocalizationRequest(model="tiny", prompts=("a house in the style of van gogh",), targets=("a house",),
-                                  window=3, seeds=(0,), steps=2)
+    request = LocalizationRequest(
+        model="tiny", prompts=("a house in the style of van gogh",), targets=("a house",), window=3, seeds=(0,), steps=2
+    )
     result = localize(request, tmp_path, adapter, PixelScorer())
     for file in [tmp_path / "localization.json", tmp_path / "request.json", *(tmp_path / "progress").glob("*.json")]:
         assert json.loads(file.read_text())["format"].startswith("locoedit.")

@@ -12,8 +12,10 @@ HALF_MAX = torch.finfo(torch.float16).max  # 65504, representable
 
 def _update(out=8, inputs=16, rank=2, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return LowRank(torch.randn(out, rank, generator=g, dtype=torch.float64),
-                   torch.randn(rank, inputs, generator=g, dtype=torch.float64))
+    return LowRank(
+        torch.randn(out, rank, generator=g, dtype=torch.float64),
+        torch.randn(rank, inputs, generator=g, dtype=torch.float64),
+    )
 
 
 def test_blocks_are_about_four_mebibytes_of_float64_rows():
@@ -27,8 +29,11 @@ def test_values_at_the_dtypes_limit_fit_and_beyond_it_on_either_side_are_refused
     exact = to_model_dtype(torch.tensor([[HALF_MAX, -HALF_MAX]], dtype=torch.float64), like, "w")
     assert exact.tolist() == [[HALF_MAX, -HALF_MAX]]
     for value in (1e6, -1e6):
-        with pytest.raises(LocoeditError, match="^w: the edited matrix has entries beyond what torch.float16 holds "
-                                                "\\(max 65504\\); raise the lambdas or edit the model in float32$"):
+        with pytest.raises(
+            LocoeditError,
+            match="^w: the edited matrix has entries beyond what torch.float16 holds "
+            "\\(max 65504\\); raise the lambdas or edit the model in float32$",
+        ):
             to_model_dtype(torch.tensor([[0.0, value]], dtype=torch.float64), like, "w")
 
 
@@ -40,16 +45,18 @@ def test_the_sum_is_contiguous_even_for_a_transposed_weight():
     torch.testing.assert_close(result, (weight.double() + update.up @ update.down).float())
 
 
-@pytest.mark.parametrize("bad_out", [torch.empty(8, 15), torch.empty(8, 16, dtype=torch.float64),
-                                     torch.empty(16, 8).T])
+@pytest.mark.parametrize("bad_out", [torch.empty(8, 15), torch.empty(8, 16, dtype=torch.float64), torch.empty(16, 8).T])
 def test_an_out_buffer_of_the_wrong_shape_dtype_or_layout_is_refused(bad_out):
     with pytest.raises(ValueError, match="out must be a contiguous torch.float32 tensor of shape \\(8, 16\\)"):
         add_low_rank(torch.zeros(8, 16), _update(), out=bad_out)
 
 
 def test_an_update_for_another_shape_is_refused_naming_both_shapes():
-    with pytest.raises(LocoeditError, match="^w: an update of shape \\[8, 16\\] does not fit the model's \\[8, 12\\] "
-                                            "matrix; the delta is for another model$"):
+    with pytest.raises(
+        LocoeditError,
+        match="^w: an update of shape \\[8, 16\\] does not fit the model's \\[8, 12\\] "
+        "matrix; the delta is for another model$",
+    ):
         add_low_rank(torch.zeros(8, 12), _update(), "w")
 
 
@@ -63,15 +70,24 @@ def test_an_overflow_found_by_the_exact_check_names_the_parameter():
 @pytest.mark.parametrize(
     "up, down, message",
     [
-        (torch.zeros(8, 2), torch.zeros(2, 16, dtype=torch.float64), "must be float64, got torch.float32 and "
-                                                                     "torch.float64; the delta is damaged$"),
+        (
+            torch.zeros(8, 2),
+            torch.zeros(2, 16, dtype=torch.float64),
+            "must be float64, got torch.float32 and torch.float64; the delta is damaged$",
+        ),
         (torch.zeros(8, 2, dtype=torch.float64), torch.zeros(2, 16), "must be float64"),
-        (torch.zeros(8, dtype=torch.float64), torch.zeros(2, 16, dtype=torch.float64),
-         "^low-rank factors of shapes \\[8\\] and \\[2, 16\\] do not multiply; the delta is damaged$"),
+        (
+            torch.zeros(8, dtype=torch.float64),
+            torch.zeros(2, 16, dtype=torch.float64),
+            "^low-rank factors of shapes \\[8\\] and \\[2, 16\\] do not multiply; the delta is damaged$",
+        ),
         (torch.zeros(8, 2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64), "shapes \\[8, 2\\] and \\[2\\]"),
         (torch.zeros(8, 3, dtype=torch.float64), torch.zeros(2, 16, dtype=torch.float64), "do not multiply"),
-        (torch.full((8, 2), float("inf"), dtype=torch.float64), torch.zeros(2, 16, dtype=torch.float64),
-         "^low-rank factors hold inf or nan; the delta is damaged or the edit diverged \\(raise the lambdas\\)$"),
+        (
+            torch.full((8, 2), float("inf"), dtype=torch.float64),
+            torch.zeros(2, 16, dtype=torch.float64),
+            "^low-rank factors hold inf or nan; the delta is damaged or the edit diverged \\(raise the lambdas\\)$",
+        ),
     ],
 )
 def test_damaged_factors_are_refused(up, down, message):

@@ -1,6 +1,6 @@
 """The locoedit command line, with one process dying (like a SIGKILL) right after it records its n-th window.
 
-    LOCOEDIT_TEST_EXIT=RANK:N accelerate launch ... tests/distributed/exit_after_windows.py localize ...
+LOCOEDIT_TEST_EXIT=RANK:N accelerate launch ... tests/distributed/exit_after_windows.py localize ...
 """
 
 import os

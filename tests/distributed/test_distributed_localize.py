@@ -13,13 +13,42 @@ from tests.distributed.launch import launch
 PROMPTS = ("a house in the style of van gogh", "a dog in the style of van gogh")
 TARGETS = ("a house", "a dog")
 # 7 layers: 6 windows of 2, three per process, two per denoising loop.
-ARGUMENTS = ["--prompt", PROMPTS[0], "--target", TARGETS[0], "--prompt", PROMPTS[1], "--target", TARGETS[1],
-             "--scorer", "pixel", "--window", "2", "--seeds", "0-1", "--steps", "3", "--chunk", "2", "--device", "cpu"]
+ARGUMENTS = [
+    "--prompt",
+    PROMPTS[0],
+    "--target",
+    TARGETS[0],
+    "--prompt",
+    PROMPTS[1],
+    "--target",
+    TARGETS[1],
+    "--scorer",
+    "pixel",
+    "--window",
+    "2",
+    "--seeds",
+    "0-1",
+    "--steps",
+    "3",
+    "--chunk",
+    "2",
+    "--device",
+    "cpu",
+]
 
 
 def request(model: Path) -> LocalizationRequest:
-    return LocalizationRequest(model=str(model), prompts=PROMPTS, targets=TARGETS, scorer="pixel", window=2,
-                               seeds=(0, 1), steps=3, chunk=2, device="cpu")
+    return LocalizationRequest(
+        model=str(model),
+        prompts=PROMPTS,
+        targets=TARGETS,
+        scorer="pixel",
+        window=2,
+        seeds=(0, 1),
+        steps=3,
+        chunk=2,
+        device="cpu",
+    )
 
 
 @pytest.fixture(scope="module")

@@ -26,8 +26,9 @@ def test_three_jobs_on_two_processes(tiny_sd_folder, tmp_path):
 
 @pytest.mark.slow
 def test_a_bad_spec_is_one_line_under_the_launcher(tmp_path):
-    spec = spec_file(tmp_path, {"jobs": [{"model": "toyworld", "prompts": ["a red circle"], "targets": ["a circle"],
-                                          "windw": 3}]})
+    spec = spec_file(
+        tmp_path, {"jobs": [{"model": "toyworld", "prompts": ["a red circle"], "targets": ["a circle"], "windw": 3}]}
+    )
     done = launch(["sweep", str(spec), "--out", str(tmp_path / "out")])
     assert done.returncode != 0
     errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]

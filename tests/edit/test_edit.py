@@ -7,8 +7,7 @@ import torch
 
 torch.set_num_threads(1)
 
-from locoedit.models import adapter_for  # noqa: E402
-from locoedit.interventions.delta import tensor_sha256  # noqa: E402
+from locoedit.core.errors import LocoeditError  # noqa: E402
 from locoedit.core.lowrank import rows_per_block  # noqa: E402
 from locoedit.edit.closed_form import (  # noqa: E402
     closed_form_edit,
@@ -26,7 +25,8 @@ from locoedit.edit.rows import (  # noqa: E402
     stretch_alignment,
 )
 from locoedit.edit.templates import prompt_templates  # noqa: E402
-from locoedit.core.errors import LocoeditError  # noqa: E402
+from locoedit.interventions.delta import tensor_sha256  # noqa: E402
+from locoedit.models import adapter_for  # noqa: E402
 from locoedit.testing import TINY_PIPELINES  # noqa: E402
 
 FAMILIES = tuple(TINY_PIPELINES)
@@ -42,8 +42,15 @@ def tiny(family, tmp_path, seed=0, dtype=None):
 
 def request(**overrides):
     """An edit request; without preservation unless asked (its own tests below), so the concept rows map exactly."""
-    base = dict(model="tiny", concepts=("van gogh",), targets=("a painting",), kind="style", layers=(1,),
-                preserve_neighbours=0.0, preserve_general=0.0)
+    base = dict(
+        model="tiny",
+        concepts=("van gogh",),
+        targets=("a painting",),
+        kind="style",
+        layers=(1,),
+        preserve_neighbours=0.0,
+        preserve_general=0.0,
+    )
     base.update(overrides)
     return EditRequest(**base)
 
@@ -182,8 +189,15 @@ def test_the_key_and_the_value_projection_each_use_their_own_lambda(token, tmp_p
     # Lambdas 100x apart, so that solving a projection with the other one's lambda moves it far beyond round-off;
     # with every preservation source on, so that C is part of the textbook formula too.
     adapter = tiny("sd", tmp_path)
-    req = request(layers=(1, 2), lambda_key=0.05, lambda_value=5.0, token=token, preserve=("a dog",),
-                  preserve_neighbours=2.0, preserve_general=3.0)
+    req = request(
+        layers=(1, 2),
+        lambda_key=0.05,
+        lambda_value=5.0,
+        token=token,
+        preserve=("a dog",),
+        preserve_neighbours=2.0,
+        preserve_general=3.0,
+    )
     delta = compute_edit(adapter, req)
     assert bool(delta.factors) == (token == "last-subject")
     rows, edited = build_rows(adapter, req), delta.edited_values(adapter)
@@ -278,7 +292,10 @@ def test_preservation_keeps_preserved_prompts_closer(family, tmp_path):
 
 def test_style_and_object_templates_are_the_papers():
     assert prompt_templates("style") == (
-        "{c}", "a painting in the style of {c}", "a photo in the style of {c}", "a picture in the style of {c}",
+        "{c}",
+        "a painting in the style of {c}",
+        "a photo in the style of {c}",
+        "a picture in the style of {c}",
     )
     assert prompt_templates("object") == ("an image of {c}", "a photo of {c}", "a picture of {c}")
     assert "{c}" in prompt_templates("fact")
@@ -312,7 +329,10 @@ def test_different_token_counts_are_stretched(tmp_path):
     assert aligned_positions(adapter, pair, "all") == ([4, 5], [4, 4])
     assert aligned_positions(adapter, pair, "last-subject") == ([5], [4])
     # the tails to the padded length differ (10 rows vs 11): stretched, first with first and last with last
-    assert aligned_positions(adapter, pair, "from-concept") == (list(range(4, 16)), [4, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14, 15])
+    assert aligned_positions(adapter, pair, "from-concept") == (
+        list(range(4, 16)),
+        [4, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14, 15],
+    )
 
 
 def test_an_empty_target_removes_the_concept(tmp_path):
@@ -338,8 +358,11 @@ def test_t5_families_find_concepts_after_their_lowercasing(family, tmp_path):
 
 def test_plain_prompts_and_several_concepts(tmp_path):
     adapter = tiny("sd", tmp_path)
-    req = request(concepts=("van gogh", "monet"), targets=("a painting", "picasso"),
-                  prompts=("{c}", "a house in the style of monet", "a dog in the style of van gogh"))
+    req = request(
+        concepts=("van gogh", "monet"),
+        targets=("a painting", "picasso"),
+        prompts=("{c}", "a house in the style of monet", "a dog in the style of van gogh"),
+    )
     rows = build_rows(adapter, req)
     assert [(p.prompt, p.target_prompt) for p in rows.pairs] == [
         ("van gogh", "a painting"),

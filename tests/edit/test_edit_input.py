@@ -8,12 +8,12 @@ import torch
 
 torch.set_num_threads(1)
 
-from locoedit.models import adapter_for  # noqa: E402
 from locoedit.cli.main import parse_layers  # noqa: E402
+from locoedit.core.errors import LocoeditError  # noqa: E402
 from locoedit.edit import EditRequest, compute_edit, edit_to_file  # noqa: E402
 from locoedit.edit.layers import resolve_layers  # noqa: E402
-from locoedit.core.errors import LocoeditError  # noqa: E402
 from locoedit.localize import LocalizationRequest, localize  # noqa: E402
+from locoedit.models import adapter_for  # noqa: E402
 from locoedit.scoring import PixelScorer  # noqa: E402
 from locoedit.testing import TINY_PIPELINES  # noqa: E402
 
@@ -95,8 +95,15 @@ def test_parse_layers():
 @pytest.fixture(scope="module")
 def run_result(sd, tmp_path_factory):
     """A finished LocoGen run of the tiny model, as `locoedit localize` writes it."""
-    request = LocalizationRequest(model="tiny", prompts=("a house in the style of van gogh",), targets=("a house",),
-                                  scorer="pixel", window=2, seeds=(0,), steps=2)
+    request = LocalizationRequest(
+        model="tiny",
+        prompts=("a house in the style of van gogh",),
+        targets=("a house",),
+        scorer="pixel",
+        window=2,
+        seeds=(0,),
+        steps=2,
+    )
     return localize(request, tmp_path_factory.mktemp("run"), sd, PixelScorer())
 
 
@@ -128,8 +135,14 @@ def test_auto_layers_default_to_the_models_concept_scorer(sd):
 
 
 def test_auto_layers_run_locogen_first(sd, tiny_clip_folder):
-    req = make(layers="auto", auto_window=2, auto_steps=2, auto_seeds=(0,), prompts=("a painting in the style of {c}",),
-               auto_scorer=f"clip:{tiny_clip_folder}")
+    req = make(
+        layers="auto",
+        auto_window=2,
+        auto_steps=2,
+        auto_seeds=(0,),
+        prompts=("a painting in the style of {c}",),
+        auto_scorer=f"clip:{tiny_clip_folder}",
+    )
     delta = compute_edit(sd, req)
     chosen = [layer["index"] for layer in delta.layers]
     assert len(chosen) == 2 and chosen[1] == chosen[0] + 1
@@ -157,8 +170,7 @@ def test_what_a_request_leaves_open_comes_from_the_model_folder(sd):
 def test_locogen_leaves_out_prompts_that_become_empty(sd):
     from locoedit.edit.layers import auto_localization
 
-    removal = make(concepts=("in the style of van gogh",), targets=("",), prompts=("{c}", "a house {c}"),
-                   layers="auto")
+    removal = make(concepts=("in the style of van gogh",), targets=("",), prompts=("{c}", "a house {c}"), layers="auto")
     localization = auto_localization(removal, removal.pairs())
     assert localization.prompts == ("a house in the style of van gogh",) and localization.targets == ("a house",)
     only_empty = make(concepts=("van gogh",), targets=("",), prompts=("{c}",), layers="auto")

@@ -39,10 +39,20 @@ def tiny(family, folder):
 def strong_edit(adapter):
     """An edit of every layer with small lambdas and nothing preserved, so that it changes the images far beyond the
     tolerance."""
-    return compute_edit(adapter, EditRequest(model="tiny", concepts=("van gogh",), targets=("a painting",),
-                                             kind="style", layers=tuple(range(len(adapter.layers))),
-                                             lambda_key=0.01, lambda_value=0.01, preserve_neighbours=0.0,
-                                             preserve_general=0.0))
+    return compute_edit(
+        adapter,
+        EditRequest(
+            model="tiny",
+            concepts=("van gogh",),
+            targets=("a painting",),
+            kind="style",
+            layers=tuple(range(len(adapter.layers))),
+            lambda_key=0.01,
+            lambda_value=0.01,
+            preserve_neighbours=0.0,
+            preserve_general=0.0,
+        ),
+    )
 
 
 def images(adapter, prompt=PROMPT):
@@ -54,8 +64,9 @@ def run(*args):
 
 
 # DeepFloyd IF in kohya and PixArt are refused (tests below); the toy world has its own test, through the CLI.
-@pytest.mark.parametrize("family, format", [("sd", "kohya"), ("sd", "peft"), ("sdxl", "kohya"), ("sdxl", "peft"),
-                                            ("if", "peft")])
+@pytest.mark.parametrize(
+    "family, format", [("sd", "kohya"), ("sd", "peft"), ("sdxl", "kohya"), ("sdxl", "peft"), ("if", "peft")]
+)
 def test_load_lora_weights_gives_the_images_of_the_applied_edit(family, format, tmp_path):
     adapter = tiny(family, tmp_path / "tok")
     delta = strong_edit(adapter)
@@ -85,10 +96,30 @@ def test_the_kohya_file_goes_through_diffusers_kohya_converter(tmp_path):
 
 def test_the_toy_world_through_the_command_line(tmp_path):
     delta = tmp_path / "circle.safetensors"
-    result = run("edit", "toyworld", "--concept", "circle", "--target", "square", "--kind", "object",
-                 "--layers", ",".join(map(str, range(11))), "--prompt", "a red {c} on black",
-                 "--prompt", "a blue {c} on white", "--token", "last-subject", "--lambda-key", "0.01", "--lambda-value", "0.01",
-                 "--out", delta)
+    result = run(
+        "edit",
+        "toyworld",
+        "--concept",
+        "circle",
+        "--target",
+        "square",
+        "--kind",
+        "object",
+        "--layers",
+        ",".join(map(str, range(11))),
+        "--prompt",
+        "a red {c} on black",
+        "--prompt",
+        "a blue {c} on white",
+        "--token",
+        "last-subject",
+        "--lambda-key",
+        "0.01",
+        "--lambda-value",
+        "0.01",
+        "--out",
+        delta,
+    )
     assert result.exit_code == 0, result.output
     assert "(22 matrices, 2 concept rows)" in result.output
     result = run("apply", "toyworld", delta, "--out", tmp_path / "edited")
@@ -111,8 +142,12 @@ def test_the_toy_world_through_the_command_line(tmp_path):
 
 def test_neuron_edits_export_their_rank_k_form(tmp_path):
     adapter = tiny("sd", tmp_path / "tok")
-    delta = compute_neuron_edit(adapter, NeuronRequest(model="tiny", concepts=("van gogh",), kind="style",
-                                                       targets=("a painting",), layers=(1, 2), top_k=3))
+    delta = compute_neuron_edit(
+        adapter,
+        NeuronRequest(
+            model="tiny", concepts=("van gogh",), kind="style", targets=("a painting",), layers=(1, 2), top_k=3
+        ),
+    )
     assert {update.rank for update in delta.factors.values()} == {3} and not delta.tensors
     path = export_lora(delta, "peft", tmp_path / "n.safetensors").path
     with_lora = tiny("sd", tmp_path / "tok")
@@ -137,8 +172,14 @@ def test_deepfloyd_if_is_refused_in_kohya_because_diffusers_cannot_load_it(tmp_p
     # The reason is real: diffusers' converter loses the name of the kohya layout's module.
     name, update = next(iter(delta.factors.items()))
     key = "lora_unet_" + name.removesuffix(".weight").replace(".", "_")
-    save_file({f"{key}.lora_down.weight": update.down.float(), f"{key}.lora_up.weight": update.up.float(),
-               f"{key}.alpha": torch.tensor(float(update.rank))}, str(tmp_path / "if.safetensors"))
+    save_file(
+        {
+            f"{key}.lora_down.weight": update.down.float(),
+            f"{key}.lora_up.weight": update.up.float(),
+            f"{key}.alpha": torch.tensor(float(update.rank)),
+        },
+        str(tmp_path / "if.safetensors"),
+    )
     with pytest.raises(ValueError, match="add.k.proj"):
         adapter.pipe.load_lora_weights(str(tmp_path / "if.safetensors"))
 
@@ -154,14 +195,26 @@ def test_pixart_is_refused_because_diffusers_has_no_lora_loader_for_it(tmp_path)
 
 
 def test_dense_parameters_and_biases_are_refused_with_the_reason(tmp_path):
-    full_rank = compute_edit(tiny("sd", tmp_path / "tok"), EditRequest(
-        model="tiny", concepts=("van gogh",), targets=("a painting",), kind="style", layers=(1,),
-        token="from-concept"))
+    full_rank = compute_edit(
+        tiny("sd", tmp_path / "tok"),
+        EditRequest(
+            model="tiny",
+            concepts=("van gogh",),
+            targets=("a painting",),
+            kind="style",
+            layers=(1,),
+            token="from-concept",
+        ),
+    )
     assert full_rank.tensors  # 4 prompts x every padded row >= 16: stored as new values
     with pytest.raises(LocoeditError, match="stored as new values, not as a low-rank update"):
         lora_tensors(full_rank, "peft")
-    neurons = compute_neuron_edit(tiny("if", tmp_path / "if"), NeuronRequest(
-        model="tiny", concepts=("van gogh",), kind="style", targets=("a painting",), layers=(1,), top_k=2))
+    neurons = compute_neuron_edit(
+        tiny("if", tmp_path / "if"),
+        NeuronRequest(
+            model="tiny", concepts=("van gogh",), kind="style", targets=("a painting",), layers=(1,), top_k=2
+        ),
+    )
     with pytest.raises(LocoeditError, match="stored as biases"):
         lora_tensors(neurons, "peft")
 
@@ -170,15 +223,19 @@ def test_bad_options_exit_2_and_write_nothing(tmp_path):
     adapter = tiny("sd", tmp_path / "tok")
     delta = strong_edit(adapter).save(tmp_path / "d.safetensors")
     out = tmp_path / "out"
-    for args, message in [(["--format", "a1111"], "unknown LoRA format 'a1111'"),
-                          (["--format", "peft", "--rank", "0"], "--rank 0 must be at least 1")]:
+    for args, message in [
+        (["--format", "a1111"], "unknown LoRA format 'a1111'"),
+        (["--format", "peft", "--rank", "0"], "--rank 0 must be at least 1"),
+    ]:
         result = run("export", delta, *args, "--out", out / "l.safetensors")
         assert result.exit_code == 2 and message in result.output, result.output
     out.mkdir()
     (out / "README.md").write_text("# my project\n")
     result = run("export", delta, "--format", "peft", "--out", out / "l.safetensors")
     assert result.exit_code == 2 and "is not a locoedit model card" in result.output
-    assert sorted(p.name for p in out.iterdir()) == ["README.md"] and (out / "README.md").read_text() == "# my project\n"
+    assert (
+        sorted(p.name for p in out.iterdir()) == ["README.md"] and (out / "README.md").read_text() == "# my project\n"
+    )
 
 
 # ------------------------------------------------------------------------------------------ rank and size
@@ -227,16 +284,24 @@ def _sd15_two_layer_delta(rows=8):
             factors[name], _ = edit_factors(weight, sources, targets, 0.1)
             dense[name] = add_low_rank(weight, factors[name], name)
             originals[name] = describe_original(weight)
-    common = dict(originals=originals, fingerprint="sd15", base_model="sd15", method="locoedit",
-                  layers=[{"index": layer.index, "name": layer.name} for layer in layers], denoiser="UNet2DConditionModel")
+    common = dict(
+        originals=originals,
+        fingerprint="sd15",
+        base_model="sd15",
+        method="locoedit",
+        layers=[{"index": layer.index, "name": layer.name} for layer in layers],
+        denoiser="UNet2DConditionModel",
+    )
     return EditDelta(tensors={}, factors=factors, **common), EditDelta(tensors=dense, **common)
 
 
 def test_a_two_layer_sd15_edit_is_at_most_a_twentieth_of_the_dense_delta(tmp_path):
     factored, dense = _sd15_two_layer_delta()
     assert {tuple(t.shape) for t in dense.tensors.values()} == {(1280, 768)}
-    sizes = {name: delta.save(tmp_path / f"{name}.safetensors").stat().st_size
-             for name, delta in (("factored", factored), ("dense", dense))}
+    sizes = {
+        name: delta.save(tmp_path / f"{name}.safetensors").stat().st_size
+        for name, delta in (("factored", factored), ("dense", dense))
+    }
     for format in ("kohya", "peft"):
         sizes[format] = export_lora(factored, format, tmp_path / f"{format}.safetensors").path.stat().st_size
     assert sizes["dense"] > 15_000_000
@@ -246,31 +311,70 @@ def test_a_two_layer_sd15_edit_is_at_most_a_twentieth_of_the_dense_delta(tmp_pat
 
 def test_model_card_records_the_edit_and_the_evaluation_headline(tmp_path):
     delta_path = tmp_path / "circle.safetensors"
-    result = run("edit", "toyworld", "--concept", "circle", "--target", "square", "--kind", "object", "--layers",
-                 "2,3,4", "--prompt", "a red {c} on black", "--preserve", "a red square on black", "--out", delta_path)
+    result = run(
+        "edit",
+        "toyworld",
+        "--concept",
+        "circle",
+        "--target",
+        "square",
+        "--kind",
+        "object",
+        "--layers",
+        "2,3,4",
+        "--prompt",
+        "a red {c} on black",
+        "--preserve",
+        "a red square on black",
+        "--out",
+        delta_path,
+    )
     assert result.exit_code == 0, result.output
-    result = run("evaluate", "toyworld", "--edit", delta_path, "--suite", "toyworld-object-circle", "--seeds", "0",
-                 "--steps", "2", "--out", tmp_path / "eval")
+    result = run(
+        "evaluate",
+        "toyworld",
+        "--edit",
+        delta_path,
+        "--suite",
+        "toyworld-object-circle",
+        "--seeds",
+        "0",
+        "--steps",
+        "2",
+        "--out",
+        tmp_path / "eval",
+    )
     assert result.exit_code == 0, result.output
     evaluation = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
-    exported, card_path = export_with_card(delta_path, "peft", tmp_path / "lora" / "l.safetensors",
-                                           evaluation=tmp_path / "eval")
+    exported, card_path = export_with_card(
+        delta_path, "peft", tmp_path / "lora" / "l.safetensors", evaluation=tmp_path / "eval"
+    )
     card = ModelCard.load(card_path)
     record = card.data.locoedit
     assert card.data.base_model == "toyworld" and card.data.license == "other" and card.data.library_name == "diffusers"
     assert record["method"] == "locoedit" and [layer["index"] for layer in record["layers"]] == [2, 3, 4]
     assert record["concepts"] == ["circle"] and record["targets"] == ["square"]
     assert record["lambda_key"] == 0.1 and record["preserve"] == ["a red square on black"]
-    assert record["lora"] == {"format": "peft", "rank": exported.rank, "stored_rank": exported.stored_rank,
-                              "truncation_error": 0.0}
+    assert record["lora"] == {
+        "format": "peft",
+        "rank": exported.rank,
+        "stored_rank": exported.stored_rank,
+        "truncation_error": 0.0,
+    }
     assert record["evaluation"]["efficacy"] == evaluation["headline"]["efficacy"]
     assert record["evaluation"]["suite"] == "toyworld-object-circle"
     assert "load_lora_weights" in card.text and "## License" in card.text and "| efficacy |" in card.text
-    other = compute_edit(load_adapter("toyworld"), EditRequest(model="toyworld", concepts=("circle",),
-                                                                  targets=("square",), layers=(5,), token="last-subject"))
+    other = compute_edit(
+        load_adapter("toyworld"),
+        EditRequest(model="toyworld", concepts=("circle",), targets=("square",), layers=(5,), token="last-subject"),
+    )
     with pytest.raises(LocoeditError, match="evaluates another edit"):
-        export_with_card(other.save(tmp_path / "other.safetensors"), "peft", tmp_path / "o" / "l.safetensors",
-                         evaluation=tmp_path / "eval")
+        export_with_card(
+            other.save(tmp_path / "other.safetensors"),
+            "peft",
+            tmp_path / "o" / "l.safetensors",
+            evaluation=tmp_path / "eval",
+        )
     assert not (tmp_path / "o").exists()
 
 
@@ -291,8 +395,12 @@ def test_factored_deltas_and_lora_export_on_cuda_in_half_precision(tmp_path):
     """The CPU path is covered above; here factors are computed, applied and exported from a float16 CUDA model."""
     adapter = adapter_for(TINY_PIPELINES["sd"](tmp_path / "tok").to("cuda", torch.float16))
     delta = strong_edit(adapter)
-    neurons = compute_neuron_edit(adapter, NeuronRequest(model="tiny", concepts=("van gogh",), kind="style",
-                                                         targets=("a painting",), layers=(1, 2), top_k=3))
+    neurons = compute_neuron_edit(
+        adapter,
+        NeuronRequest(
+            model="tiny", concepts=("van gogh",), kind="style", targets=("a painting",), layers=(1, 2), top_k=3
+        ),
+    )
     assert delta.factors and neurons.factors and not delta.tensors and not neurons.tensors
     weights = {n: p.clone() for n, p in adapter.denoiser.named_parameters()}
     before = images(adapter)

@@ -5,11 +5,8 @@ import torch
 
 torch.set_num_threads(1)
 
-from locoedit.models import adapter_for  # noqa: E402
-from locoedit.interventions.delta import EditDelta, tensor_sha256  # noqa: E402
-from locoedit.edit.common import with_model_defaults  # noqa: E402
-from locoedit.edit.rows import ConceptPrompt, concept_positions, encode_rows  # noqa: E402
 from locoedit.core.errors import LocoeditError  # noqa: E402
+from locoedit.edit.common import with_model_defaults  # noqa: E402
 from locoedit.edit.neurons import (  # noqa: E402
     NeuronRequest,
     _neutral_positions,
@@ -17,6 +14,9 @@ from locoedit.edit.neurons import (  # noqa: E402
     constant_fit,
     neuron_zscores,
 )
+from locoedit.edit.rows import ConceptPrompt, concept_positions, encode_rows  # noqa: E402
+from locoedit.interventions.delta import EditDelta, tensor_sha256  # noqa: E402
+from locoedit.models import adapter_for  # noqa: E402
 from locoedit.testing import TINY_PIPELINES  # noqa: E402
 
 NEUTRAL = ("a photo of a house", "a picture of a tree", "an image of a car", "a photo of the circle", "a cat")
@@ -44,7 +44,9 @@ def test_zscore_ranks_a_planted_neuron_first():
 def test_constant_fit_is_the_ridge_solution():
     rows = torch.randn(5, 12, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     u = constant_fit(rows, 1e-3)
-    direct = torch.linalg.solve(rows.T @ rows + 1e-3 * torch.eye(12, dtype=torch.float64), rows.T @ torch.ones(5, 1, dtype=torch.float64))
+    direct = torch.linalg.solve(
+        rows.T @ rows + 1e-3 * torch.eye(12, dtype=torch.float64), rows.T @ torch.ones(5, 1, dtype=torch.float64)
+    )
     torch.testing.assert_close(u, direct.squeeze(1))
     assert (rows @ u - 1).abs().max() < 1e-2
 
@@ -53,8 +55,11 @@ def _rows(adapter, request):
     request = with_model_defaults(request, adapter)
     layer = adapter.layers[1]
     prompts = [t.replace("{c}", "dog") for t in ("an image of {c}", "a photo of {c}", "a picture of {c}")]
-    concept = encode_rows(adapter, prompts, [concept_positions(adapter, ConceptPrompt("dog", p, p.index("dog")),
-                                                               request.token) for p in prompts]).at(layer)
+    concept = encode_rows(
+        adapter,
+        prompts,
+        [concept_positions(adapter, ConceptPrompt("dog", p, p.index("dog")), request.token) for p in prompts],
+    ).at(layer)
     neutral = encode_rows(adapter, list(NEUTRAL), [_neutral_positions(adapter, p) for p in NEUTRAL]).at(layer)
     return layer, concept, neutral
 
@@ -79,8 +84,12 @@ def test_top_neurons_output_their_neutral_mean_and_nothing_else_changes(family, 
         concept_means = concept_out.mean(dim=0)[item["neurons"]]
         # The chosen neurons respond to the concept: their concept mean is far from the neutral one.
         assert (concept_means - neutral_means[projection_name]).abs().min() > 1e-3
-        torch.testing.assert_close(torch.tensor(item["neutral_means"], dtype=torch.float64),
-                                   neutral_means[projection_name], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            torch.tensor(item["neutral_means"], dtype=torch.float64),
+            neutral_means[projection_name],
+            rtol=1e-5,
+            atol=1e-6,
+        )
     with delta.apply(adapter):
         for item, projection_name in zip(delta.settings["chosen_neurons"], layer.edit_projections):
             projection = getattr(layer.module, projection_name)

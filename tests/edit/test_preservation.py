@@ -26,8 +26,14 @@ from locoedit.edit.preservation import (  # noqa: E402
 from locoedit.models import adapter_for, load_adapter  # noqa: E402
 from locoedit.testing import TINY_PIPELINES  # noqa: E402
 
-CORPUS = ("a red car", "a green tree", "a house by a lake", "a dog in the snow", "a photo of a cat",
-          "a painting of a boat in the style of monet")
+CORPUS = (
+    "a red car",
+    "a green tree",
+    "a house by a lake",
+    "a dog in the snow",
+    "a photo of a cat",
+    "a painting of a boat in the style of monet",
+)
 
 
 def _problem(out=5, inputs=8, rows=3, seed=0):
@@ -65,8 +71,9 @@ def test_the_closed_form_is_the_minimum_gradient_descent_finds():
     step = 1.0 / float(torch.linalg.eigvalsh(hessian).max())
     found = w.clone().requires_grad_(True)
     for _ in range(20000):
-        objective = ((x_o @ found.T - x_t @ w.T) ** 2).sum() + ((found - w) @ regulariser.matrix(8, w.device)
-                                                                  * (found - w)).sum()
+        objective = ((x_o @ found.T - x_t @ w.T) ** 2).sum() + (
+            (found - w) @ regulariser.matrix(8, w.device) * (found - w)
+        ).sum()
         (gradient,) = torch.autograd.grad(objective, found)
         with torch.no_grad():
             found -= step * gradient
@@ -110,22 +117,29 @@ def test_an_edit_with_every_source_stays_factored_and_preserves_what_it_is_told(
 def test_neighbours_are_the_concepts_group_and_replace_the_concept_in_the_edits_prompts(toy, sd):
     assert neighbour_concepts(toy, ("triangle",), "object") == ("circle", "square", "cross")
     assert neighbour_concepts(toy, ("red",), "object") == ("green", "blue", "yellow")
-    assert neighbour_concepts(toy, ("in the style of klimt",), "style") == ("in the style of kandinsky",
-                                                                          "in the style of hokusai")
+    assert neighbour_concepts(toy, ("in the style of klimt",), "style") == (
+        "in the style of kandinsky",
+        "in the style of hokusai",
+    )
     # A concept in no group: every group of its kind; several edited concepts are all left out.
     assert set(neighbour_concepts(toy, ("the moon",), "fact")) == {"the sun", "the ocean", "the forest", "the flag"}
     assert neighbour_concepts(toy, ("the sun", "the flag"), "fact") == ("the ocean", "the forest")
     assert neighbour_concepts(toy, ("triangle",), "object", given=("cross", "triangle")) == ("cross",)
     assert "Claude Monet" in neighbour_concepts(sd, ("Van Gogh",), "style")  # the shipped lists: a model without any
     assert neighbour_prompts(("triangle",), ("a red {c} on black", "a {c}"), ("circle", "cross")) == [
-        "a red circle on black", "a circle", "a red cross on black", "a cross"]
+        "a red circle on black",
+        "a circle",
+        "a red cross on black",
+        "a cross",
+    ]
 
 
 def test_the_general_corpus_leaves_out_prompts_that_name_the_concept(toy):
     assert names_concept("the sun on black", "the sun") and names_concept("a sun", "the sun")
     assert names_concept("a Red square", "red") and not names_concept("a reddish square", "red")
-    req = EditRequest(model="toyworld", concepts=("triangle",), targets=("cross",), layers=(2,),
-                      preserve_neighbours=0.0)
+    req = EditRequest(
+        model="toyworld", concepts=("triangle",), targets=("cross",), layers=(2,), preserve_neighbours=0.0
+    )
     corpus = preservation.read_corpus(toy.recommended.edit.corpus)
     kept = [p for p in corpus if "triangle" not in p]
     assert 0 < len(kept) < len(corpus)
@@ -175,8 +189,14 @@ def test_bad_corpora_get_one_clear_line(sd, tmp_path):
 
 def test_removing_a_style_with_an_empty_target_and_the_default_templates(toy, sd):
     # Every toy-world style template keeps words besides the concept, so all of them are localized and edited.
-    req = EditRequest(model="toyworld", concepts=("in the style of hokusai",), targets=("",), kind="style",
-                      auto_steps=3, auto_seeds=(0,))
+    req = EditRequest(
+        model="toyworld",
+        concepts=("in the style of hokusai",),
+        targets=("",),
+        kind="style",
+        auto_steps=3,
+        auto_seeds=(0,),
+    )
     delta = compute_edit(toy, req)
     assert delta.layers and delta.settings["preserve_prompts"]["neighbours"] > 0
     assert all(target for _, target in delta.settings["prompt_pairs"])
@@ -209,5 +229,6 @@ def test_no_preservation_source_means_the_plain_closed_form(sd):
     sources, targets = rows.matrices(layer)
     weight = layer.module.to_k.weight
     expected = closed_form_edit(weight, sources, targets, req.lambda_key)
-    torch.testing.assert_close(delta.edited_values(sd)[f"{layer.name}.to_k.weight"].double(), expected,
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        delta.edited_values(sd)[f"{layer.name}.to_k.weight"].double(), expected, rtol=1e-5, atol=1e-6
+    )

@@ -10,11 +10,9 @@ torch.set_num_threads(1)
 
 from typer.testing import CliRunner  # noqa: E402
 
-from locoedit.models import GenerationSettings, adapter_for  # noqa: E402
-from locoedit.interventions.delta import EditDelta, tensor_sha256  # noqa: E402
-from locoedit.edit import EditRequest, compute_edit  # noqa: E402
 from locoedit.core.errors import LocoeditError  # noqa: E402
 from locoedit.core.formats import to_plain  # noqa: E402
+from locoedit.edit import EditRequest, compute_edit  # noqa: E402
 from locoedit.evaluate import (  # noqa: E402
     EvaluationItem,
     EvaluationSuite,
@@ -23,6 +21,8 @@ from locoedit.evaluate import (  # noqa: E402
     shipped_suites,
     suite_for_delta,
 )
+from locoedit.interventions.delta import EditDelta, tensor_sha256  # noqa: E402
+from locoedit.models import GenerationSettings, adapter_for  # noqa: E402
 from locoedit.scoring import ConceptScorer, PixelScorer  # noqa: E402
 from locoedit.testing import TINY_PIPELINES  # noqa: E402
 
@@ -33,8 +33,10 @@ SUITE = {
     "concept": "van gogh",
     "concept_prompts": ["a painting in the style of van gogh", "a house in the style of van gogh"],
     "paraphrases": ["a van gogh painting of a tree"],
-    "neighbours": [{"concept": "monet", "prompts": ["a house in the style of monet"]},
-                   {"concept": "picasso", "prompts": ["a dog in the style of picasso"]}],
+    "neighbours": [
+        {"concept": "monet", "prompts": ["a house in the style of monet"]},
+        {"concept": "picasso", "prompts": ["a dog in the style of picasso"]},
+    ],
     "unrelated": ["a photo of a dog", {"concept": "red", "prompts": ["a red car"]}],
     "seeds": [0, 1],
 }
@@ -55,8 +57,9 @@ class ControlledScorer(ConceptScorer):
         return images[:, len(concept) % 3].flatten(1).mean(1)
 
     def predict(self, images):
-        return [{"bright": str(bool(im.mean() > 0.5)), "reddish": str(bool(im[0].mean() > im[1].mean()))}
-                for im in images]
+        return [
+            {"bright": str(bool(im.mean() > 0.5)), "reddish": str(bool(im[0].mean() > im[1].mean()))} for im in images
+        ]
 
     def concept_attributes(self, concept):
         return {"bright"}
@@ -75,8 +78,15 @@ def adapter(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def delta(adapter):
-    request = EditRequest(model="tiny-sd", concepts=("van gogh",), targets=("a painting",), kind="style", layers=(1, 2),
-                          lambda_key=0.01, lambda_value=0.01)
+    request = EditRequest(
+        model="tiny-sd",
+        concepts=("van gogh",),
+        targets=("a painting",),
+        kind="style",
+        layers=(1, 2),
+        lambda_key=0.01,
+        lambda_value=0.01,
+    )
     return compute_edit(adapter, request)
 
 
@@ -177,12 +187,25 @@ def test_the_delta_is_reverted_when_generation_fails(adapter, delta, suite):
 
 
 def test_rates_from_hand_made_items():
-    def item(group, before, after, attrs_before=("a", "x"), attrs_after=("a", "x"), follows=(None, None),
-             attributes=True):
+    def item(
+        group, before, after, attrs_before=("a", "x"), attrs_after=("a", "x"), follows=(None, None), attributes=True
+    ):
         return EvaluationItem(
-            group, 0, 0, "p", "c", 0, "b.png", "a.png", before, after, 1.0, 50.0,
+            group,
+            0,
+            0,
+            "p",
+            "c",
+            0,
+            "b.png",
+            "a.png",
+            before,
+            after,
+            1.0,
+            50.0,
             {"bright": attrs_before[0], "reddish": attrs_before[1]} if attributes else None,
-            {"bright": attrs_after[0], "reddish": attrs_after[1]} if attributes else None, *follows,
+            {"bright": attrs_after[0], "reddish": attrs_after[1]} if attributes else None,
+            *follows,
         )
 
     rows = [
@@ -219,8 +242,14 @@ def test_rates_from_hand_made_items():
 
 def test_shipped_suites_load_and_cover_every_kind():
     suites = {name: EvaluationSuite.load(name) for name in shipped_suites()}
-    assert {"toyworld-style-kandinsky", "toyworld-object-circle", "toyworld-fact-sun", "sd-style-van-gogh",
-            "sd-object-snoopy", "sd-fact-british-monarch"} <= set(suites)
+    assert {
+        "toyworld-style-kandinsky",
+        "toyworld-object-circle",
+        "toyworld-fact-sun",
+        "sd-style-van-gogh",
+        "sd-object-snoopy",
+        "sd-fact-british-monarch",
+    } <= set(suites)
     for prefix in ("toyworld-", "sd-"):
         assert {s.kind for n, s in suites.items() if n.startswith(prefix)} == {"style", "object", "fact"}
     for name, suite in suites.items():
@@ -240,10 +269,14 @@ def test_the_suite_for_a_delta_is_found_by_its_concept(delta):
     assert suite_for_delta(snoopy, "some/sd-model").name == "sd-object-snoopy"
     kandinsky = replace(delta, settings={**delta.settings, "concepts": ["in the style of kandinsky"]})
     assert suite_for_delta(kandinsky, "toyworld").name == "toyworld-style-kandinsky"
-    assert suite_for_delta(replace(delta, settings={**delta.settings, "concepts": ["the sun"]}), "toyworld").kind == "fact"
+    assert (
+        suite_for_delta(replace(delta, settings={**delta.settings, "concepts": ["the sun"]}), "toyworld").kind == "fact"
+    )
     styles = ["in the style of kandinsky", "in the style of hokusai", "in the style of klimt"]
-    assert suite_for_delta(replace(delta, settings={**delta.settings, "concepts": styles}), "toyworld").name == \
-        "toyworld-style-all"  # the suite written for exactly these concepts together
+    assert (
+        suite_for_delta(replace(delta, settings={**delta.settings, "concepts": styles}), "toyworld").name
+        == "toyworld-style-all"
+    )  # the suite written for exactly these concepts together
     unknown = replace(delta, settings={**delta.settings, "concepts": ["a teapot"]})
     with pytest.raises(LocoeditError, match="no single shipped suite fits this edit.*pass --suite"):
         suite_for_delta(unknown, "some/sd-model")
@@ -261,7 +294,7 @@ def test_the_suite_for_a_delta_is_found_by_its_concept(delta):
         ({"set": {"neighbours": [{"prompts": ["a cat"]}]}}, "neighbours[0] lacks concept"),
         ({"set": {"neighbours": [], "unrelated": []}}, "specificity cannot be measured"),
         ({"set": {"seeds": [0, -1]}}, "suite field seeds holds -1; seeds must be between 0 and"),
-            ({"set": {"seeds": [0, 0]}}, "suite field seeds repeats [0]"),
+        ({"set": {"seeds": [0, 0]}}, "suite field seeds repeats [0]"),
         ({"set": {"steps": 0}}, "steps must be a positive integer"),
     ],
 )
@@ -275,38 +308,56 @@ def test_bad_suite_files_are_explained(tmp_path, change, message):
     assert message in str(error.value) and str(file) in str(error.value)
 
 
-VALIDATION = {"concept_prompts": ["a tree in the style of van gogh"], "paraphrases": [],
-              "neighbours": [{"concept": "monet", "prompts": ["a tree in the style of monet"]}], "unrelated": [],
-              "seeds": [7]}
+VALIDATION = {
+    "concept_prompts": ["a tree in the style of van gogh"],
+    "paraphrases": [],
+    "neighbours": [{"concept": "monet", "prompts": ["a tree in the style of monet"]}],
+    "unrelated": [],
+    "seeds": [7],
+}
 
 
 def test_a_suite_has_a_validation_split_apart_from_its_test_split():
     suite = EvaluationSuite.from_json({**SUITE, "validation": VALIDATION})
     validation, test = suite.split("validation"), suite.split("test")
-    assert [(i.prompt, i.seed) for i in validation.items()] == [("a tree in the style of van gogh", 7),
-                                                                ("a tree in the style of monet", 7)]
+    assert [(i.prompt, i.seed) for i in validation.items()] == [
+        ("a tree in the style of van gogh", 7),
+        ("a tree in the style of monet", 7),
+    ]
     assert test.items() == EvaluationSuite.from_json(SUITE).items()  # the suite's own fields are its test split
     assert EvaluationSuite.from_json(json.loads(json.dumps(suite.to_json()))) == suite
-    for name in ("toyworld-style-kandinsky", "toyworld-object-circle", "toyworld-fact-sun", "toyworld-color-red",
-                 "toyworld-style-hokusai", "toyworld-style-klimt", "toyworld-style-all"):
+    for name in (
+        "toyworld-style-kandinsky",
+        "toyworld-object-circle",
+        "toyworld-fact-sun",
+        "toyworld-color-red",
+        "toyworld-style-hokusai",
+        "toyworld-style-klimt",
+        "toyworld-style-all",
+    ):
         assert EvaluationSuite.load(name).split("validation").items()
     with pytest.raises(LocoeditError, match="suite 'tiny-van-gogh' has no validation split, so settings cannot be"):
         EvaluationSuite.from_json(SUITE).split("validation")  # suites from before splits: all test, still loading
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"seeds": [0]}, r"suite seeds \[0\] are in both the validation and the test split; the splits need disjoint"),
-    ({"concept_prompts": ["a house in the style of van gogh"]}, "are in both the validation and the test split"),
-    ({"neighbours": [], "unrelated": []}, "validation has no neighbours and no unrelated prompts"),
-    ({"colour": "red"}, "validation has unknown fields colour"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"seeds": [0]}, r"suite seeds \[0\] are in both the validation and the test split; the splits need disjoint"),
+        ({"concept_prompts": ["a house in the style of van gogh"]}, "are in both the validation and the test split"),
+        ({"neighbours": [], "unrelated": []}, "validation has no neighbours and no unrelated prompts"),
+        ({"colour": "red"}, "validation has unknown fields colour"),
+    ],
+)
 def test_bad_validation_splits_are_explained(change, message):
     with pytest.raises(LocoeditError, match=message):
         EvaluationSuite.from_json({**SUITE, "validation": {**VALIDATION, **change}})
 
 
 def test_unknown_suite_names_and_missing_files_are_explained(tmp_path):
-    with pytest.raises(LocoeditError, match="unknown suite 'toyworld-style-monet'; shipped suites: .*toyworld-fact-sun"):
+    with pytest.raises(
+        LocoeditError, match="unknown suite 'toyworld-style-monet'; shipped suites: .*toyworld-fact-sun"
+    ):
         EvaluationSuite.load("toyworld-style-monet")
     with pytest.raises(LocoeditError, match="does not exist"):
         EvaluationSuite.load(tmp_path / "nothing.json")
@@ -320,8 +371,9 @@ def test_unknown_suite_names_and_missing_files_are_explained(tmp_path):
 
 def test_a_delta_for_another_model_is_refused_before_anything_is_generated(adapter, suite, tmp_path):
     other = adapter_for(TINY_PIPELINES["sd"](tmp_path / "other", seed=5))
-    foreign = compute_edit(other, EditRequest(model="other", concepts=("van gogh",), targets=("a painting",),
-                                              kind="style", layers=(1,)))
+    foreign = compute_edit(
+        other, EditRequest(model="other", concepts=("van gogh",), targets=("a painting",), kind="style", layers=(1,))
+    )
     scorer = ControlledScorer()
     with pytest.raises(LocoeditError, match="original matrix differs"):
         evaluate(adapter, foreign, suite, scorer, out=tmp_path / "out", settings=SETTINGS)
@@ -356,16 +408,48 @@ def run(*args):
 
 def test_cli_edit_then_evaluate_with_a_clip_folder(tiny_sd_folder, tiny_clip_folder, tmp_path):
     delta = tmp_path / "d.safetensors"
-    assert run("edit", tiny_sd_folder, "--concept", "van gogh", "--target", "a painting", "--kind", "style",
-               "--layers", "1,2", "--out", delta).exit_code == 0
+    assert (
+        run(
+            "edit",
+            tiny_sd_folder,
+            "--concept",
+            "van gogh",
+            "--target",
+            "a painting",
+            "--kind",
+            "style",
+            "--layers",
+            "1,2",
+            "--out",
+            delta,
+        ).exit_code
+        == 0
+    )
     suite_file = tmp_path / "suite.json"
     suite_file.write_text(json.dumps({**SUITE, "seeds": [0]}))
     out = tmp_path / "eval"
     from locoedit.report.browser import find_chromium
 
     screenshot = ["--screenshot"] if find_chromium() else []
-    result = run("evaluate", tiny_sd_folder, "--edit", delta, "--suite", suite_file, "--scorer", f"clip:{tiny_clip_folder}",
-                 "--steps", "2", "--size", "16", "--seeds", "0-1", "--out", out, *screenshot)
+    result = run(
+        "evaluate",
+        tiny_sd_folder,
+        "--edit",
+        delta,
+        "--suite",
+        suite_file,
+        "--scorer",
+        f"clip:{tiny_clip_folder}",
+        "--steps",
+        "2",
+        "--size",
+        "16",
+        "--seeds",
+        "0-1",
+        "--out",
+        out,
+        *screenshot,
+    )
     assert result.exit_code == 0, result.output
     assert "efficacy" in result.output and "wrote" in result.output
     if screenshot:
@@ -391,7 +475,10 @@ def test_cli_bad_input_exits_2_with_one_clear_line(tiny_sd_folder, tmp_path):
         ([], "no single shipped suite fits this edit"),  # concept 'dog' has no shipped suite
     ]
     fits = tmp_path / "fits.safetensors"
-    assert run("edit", tiny_sd_folder, "--concept", "dog", "--target", "cat", "--layers", "1", "--out", fits).exit_code == 0
+    assert (
+        run("edit", tiny_sd_folder, "--concept", "dog", "--target", "cat", "--layers", "1", "--out", fits).exit_code
+        == 0
+    )
     cases.append((["--suite", suite_file, "--localization", tmp_path], "holds no localization.json"))
     cases.append((["--suite", suite_file, "--scorer", "pixel"], "cannot score a concept in a single image"))
     for args, message in cases:
@@ -424,8 +511,8 @@ def test_reusing_the_before_images_of_an_earlier_result(adapter, delta, suite, r
     assert reused.before is earlier.before
     assert torch.allclose(reused.after, earlier.before, atol=1e-5)  # the identity edit: after = unedited
     with pytest.raises(LocoeditError, match="reuse: the earlier result was generated from other prompts"):
-        evaluate(adapter, delta, replace(suite, seeds=(0,)), ControlledScorer(), settings=SETTINGS,
-                 reuse=earlier)
+        evaluate(adapter, delta, replace(suite, seeds=(0,)), ControlledScorer(), settings=SETTINGS, reuse=earlier)
     with pytest.raises(LocoeditError, match="other prompts, seeds or settings"):
-        evaluate(adapter, delta, suite, ControlledScorer(), settings=replace(SETTINGS, guidance_scale=2.0),
-                 reuse=earlier)
+        evaluate(
+            adapter, delta, suite, ControlledScorer(), settings=replace(SETTINGS, guidance_scale=2.0), reuse=earlier
+        )

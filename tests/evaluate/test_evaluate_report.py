@@ -15,11 +15,11 @@ torch.set_num_threads(1)
 
 from PIL import Image  # noqa: E402
 
-from locoedit.models import GenerationSettings, adapter_for  # noqa: E402
-from locoedit.report.browser import check_page, find_chromium  # noqa: E402
 from locoedit.edit import EditRequest, compute_edit  # noqa: E402
 from locoedit.evaluate import EvaluationSuite, effect_curve, evaluate  # noqa: E402
 from locoedit.localize import LocalizationRequest, LocalizationResult, localize  # noqa: E402
+from locoedit.models import GenerationSettings, adapter_for  # noqa: E402
+from locoedit.report.browser import check_page, find_chromium  # noqa: E402
 from locoedit.scoring import PixelScorer  # noqa: E402
 from locoedit.testing import TINY_PIPELINES  # noqa: E402
 
@@ -42,12 +42,27 @@ def evaluation(tmp_path_factory):
     adapter = adapter_for(TINY_PIPELINES["sd"](tmp_path_factory.mktemp("sd")))
     run_dir = tmp_path_factory.mktemp("localization")
     localize(
-        LocalizationRequest(model="tiny-sd", prompts=("a house in the style of van gogh",), targets=("a house",),
-                            scorer="pixel", window=2, seeds=(0,), steps=2, height=16, width=16),
-        out=run_dir, adapter=adapter, scorer=PixelScorer(),
+        LocalizationRequest(
+            model="tiny-sd",
+            prompts=("a house in the style of van gogh",),
+            targets=("a house",),
+            scorer="pixel",
+            window=2,
+            seeds=(0,),
+            steps=2,
+            height=16,
+            width=16,
+        ),
+        out=run_dir,
+        adapter=adapter,
+        scorer=PixelScorer(),
     )
-    delta = compute_edit(adapter, EditRequest(model="tiny-sd", concepts=("van gogh",), targets=("a painting",),
-                                              kind="style", layers=str(run_dir)))
+    delta = compute_edit(
+        adapter,
+        EditRequest(
+            model="tiny-sd", concepts=("van gogh",), targets=("a painting",), kind="style", layers=str(run_dir)
+        ),
+    )
     out = tmp_path_factory.mktemp("evaluation")
     result = evaluate(adapter, delta, EvaluationSuite.from_json(SUITE), ControlledScorer(), out=out, settings=SETTINGS)
     return result, out, run_dir
@@ -73,8 +88,14 @@ def test_report_renders_in_chromium_with_every_image_and_link(chromium, evaluati
     assert check.broken_images == [] and check.missing_references == []
     assert check.svgs == 1  # the per-layer effect curve
     html = (out / "report.html").read_text()
-    for heading in ("Metrics", "Concept prompts (efficacy)", "Paraphrases (generalization)",
-                    "Neighbouring concepts (specificity)", "Unrelated prompts (specificity)", "effect per window"):
+    for heading in (
+        "Metrics",
+        "Concept prompts (efficacy)",
+        "Paraphrases (generalization)",
+        "Neighbouring concepts (specificity)",
+        "Unrelated prompts (specificity)",
+        "effect per window",
+    ):
         assert heading in html
     assert "href='evaluation.json'" in html
     screenshot = np.asarray(Image.open(out / "report.png").convert("RGB"))

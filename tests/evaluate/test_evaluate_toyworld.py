@@ -15,9 +15,13 @@ toyworld = pytest.importorskip("locoedit.toyworld", reason="locoedit.toyworld is
 from locoedit.evaluate import EvaluationSuite, evaluate, shipped_suites  # noqa: E402
 
 TOY_SUITES = [name for name in shipped_suites() if name.startswith("toyworld-")]
-needs_probe = pytest.mark.skipif(not toyworld.PROBE_PATH.is_file(), reason="the toy world's probe weights are not shipped here")
-needs_model = pytest.mark.skipif(not (toyworld.MODEL_DIR / "model_index.json").is_file(),
-                                 reason="the toy world's pipeline weights are not shipped here")
+needs_probe = pytest.mark.skipif(
+    not toyworld.PROBE_PATH.is_file(), reason="the toy world's probe weights are not shipped here"
+)
+needs_model = pytest.mark.skipif(
+    not (toyworld.MODEL_DIR / "model_index.json").is_file(),
+    reason="the toy world's pipeline weights are not shipped here",
+)
 
 
 def _states(prompt: str, concept: str, probe) -> bool:
@@ -61,10 +65,16 @@ def test_toyworld_scorer_reads_features_and_attributes():
     from locoedit.scoring import make_scorer
 
     scorer = make_scorer("toyworld")
-    scenes = [{"color": "red", "texture": "striped", "shape": "circle", "background": "black", "style": "kandinsky"},
-              {"color": "blue", "texture": "plain", "shape": "square", "background": "white", "style": "none"}]
-    images = torch.stack([torch.from_numpy(toyworld.render(scene, seed)).permute(2, 0, 1).float() / 255
-                          for seed, scene in enumerate(scenes)])
+    scenes = [
+        {"color": "red", "texture": "striped", "shape": "circle", "background": "black", "style": "kandinsky"},
+        {"color": "blue", "texture": "plain", "shape": "square", "background": "white", "style": "none"},
+    ]
+    images = torch.stack(
+        [
+            torch.from_numpy(toyworld.render(scene, seed)).permute(2, 0, 1).float() / 255
+            for seed, scene in enumerate(scenes)
+        ]
+    )
     features = scorer.features(images)
     assert features.shape == (2, 128) and torch.isfinite(features).all()
     assert len(scorer.probe.net.body._forward_hooks) == 0, "the feature hook must be removed"
@@ -84,18 +94,24 @@ def test_toyworld_scorer_reads_features_and_attributes():
 def test_evaluate_an_object_edit_on_the_toy_model(tmp_path):
     from dataclasses import replace
 
-    from locoedit.models import load_adapter
-    from locoedit.interventions.delta import tensor_sha256
     from locoedit.edit import EditRequest, compute_edit
+    from locoedit.interventions.delta import tensor_sha256
+    from locoedit.models import load_adapter
     from locoedit.scoring import make_scorer
 
     adapter = load_adapter("toyworld", device="cpu")
     suite = replace(EvaluationSuite.load("toyworld-object-circle"), seeds=(0, 1))
-    delta = compute_edit(adapter, EditRequest(
-        model="toyworld", concepts=("circle",), targets=("square",), kind="object",
-        prompts=("a {c}", "a red {c} on black", "a blue {c} on white", "a green striped {c} on gray"),
-        layers=tuple(range(len(adapter.layers))),
-    ))
+    delta = compute_edit(
+        adapter,
+        EditRequest(
+            model="toyworld",
+            concepts=("circle",),
+            targets=("square",),
+            kind="object",
+            prompts=("a {c}", "a red {c} on black", "a blue {c} on white", "a green striped {c} on gray"),
+            layers=tuple(range(len(adapter.layers))),
+        ),
+    )
     weights = {n: tensor_sha256(p) for n, p in adapter.denoiser.named_parameters()}
     result = evaluate(adapter, delta, suite, make_scorer("toyworld"), out=tmp_path / "eval")
     assert {n: tensor_sha256(p) for n, p in adapter.denoiser.named_parameters()} == weights

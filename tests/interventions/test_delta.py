@@ -12,21 +12,38 @@ torch.set_num_threads(1)
 from safetensors.torch import save_file  # noqa: E402
 
 from locoedit import __version__  # noqa: E402
-from locoedit.models import adapter_for  # noqa: E402
-from locoedit.edit.apply import apply_delta_to_folder  # noqa: E402
-from locoedit.interventions.delta import EditDelta, architecture_fingerprint, tensor_sha256  # noqa: E402
+from locoedit.core.errors import LocoeditError  # noqa: E402
 from locoedit.core.lowrank import LowRank  # noqa: E402
+from locoedit.edit import EditRequest, compute_edit  # noqa: E402
+from locoedit.edit.apply import apply_delta_to_folder  # noqa: E402
 from locoedit.edit.closed_form import edit_matrix  # noqa: E402
 from locoedit.edit.locoedit import build_preservation, build_rows  # noqa: E402
-from locoedit.edit import EditRequest, compute_edit  # noqa: E402
-from locoedit.core.errors import LocoeditError  # noqa: E402
+from locoedit.interventions.delta import EditDelta, architecture_fingerprint, tensor_sha256  # noqa: E402
+from locoedit.models import adapter_for  # noqa: E402
 from locoedit.testing import TINY_PIPELINES  # noqa: E402
 
 # from-concept: 4 prompts x every padded row >= min(16, 16): stored dense; 4 last-subject rows: stored as factors.
-REQUEST = EditRequest(model="tiny-sd", concepts=("van gogh",), targets=("a painting",), kind="style", layers=(1, 2),
-                      preserve=("a dog",), lambda_key=0.2, lambda_value=0.3, token="from-concept")
-LOW_RANK = EditRequest(model="tiny-sd", concepts=("van gogh",), targets=("a painting",), kind="style", layers=(1, 2),
-                       lambda_key=0.2, lambda_value=0.3, token="last-subject")
+REQUEST = EditRequest(
+    model="tiny-sd",
+    concepts=("van gogh",),
+    targets=("a painting",),
+    kind="style",
+    layers=(1, 2),
+    preserve=("a dog",),
+    lambda_key=0.2,
+    lambda_value=0.3,
+    token="from-concept",
+)
+LOW_RANK = EditRequest(
+    model="tiny-sd",
+    concepts=("van gogh",),
+    targets=("a painting",),
+    kind="style",
+    layers=(1, 2),
+    lambda_key=0.2,
+    lambda_value=0.3,
+    token="last-subject",
+)
 
 
 def build(family="sd", folder=None, seed=0):
@@ -83,9 +100,14 @@ def test_file_round_trip_with_metadata(sd, delta, tmp_path):
     assert loaded.base_model == "tiny-sd" and loaded.method == "locoedit" and loaded.version == __version__
     assert loaded.layers == [{"index": 1, "name": sd.layers[1].name}, {"index": 2, "name": sd.layers[2].name}]
     assert loaded.settings["lambda_key"] == 0.2 and loaded.settings["lambda_value"] == 0.3
-    assert loaded.settings["token"] == delta.settings["token"] and loaded.settings["preserve"] == delta.settings["preserve"]
-    assert loaded.settings["prompt_pairs"][1] == ["a painting in the style of van gogh",
-                                                 "a painting in the style of a painting"]
+    assert (
+        loaded.settings["token"] == delta.settings["token"]
+        and loaded.settings["preserve"] == delta.settings["preserve"]
+    )
+    assert loaded.settings["prompt_pairs"][1] == [
+        "a painting in the style of van gogh",
+        "a painting in the style of a painting",
+    ]
     assert loaded.denoiser == "UNet2DConditionModel" and loaded.parameters == delta.parameters
     parameters = dict(sd.denoiser.named_parameters())
     for name, tensor in loaded.tensors.items():
@@ -114,9 +136,8 @@ def test_another_architecture_is_refused(delta, tmp_path):
 
 
 def test_applying_twice_is_refused(sd, delta):
-    with delta.apply(sd):
-        with pytest.raises(LocoeditError, match="already applied"):
-            delta.apply(sd)
+    with delta.apply(sd), pytest.raises(LocoeditError, match="already applied"):
+        delta.apply(sd)
 
 
 def test_another_dtype_is_refused(delta, tmp_path):
@@ -128,8 +149,15 @@ def test_another_dtype_is_refused(delta, tmp_path):
 def test_wrong_shapes_are_refused(sd, dense, tmp_path):
     delta = dense
     name = next(iter(delta.tensors))
-    bad = EditDelta({**delta.tensors, name: delta.tensors[name][:, :-1].contiguous()}, delta.originals,
-                    delta.fingerprint, delta.base_model, delta.method, delta.layers, delta.settings)
+    bad = EditDelta(
+        {**delta.tensors, name: delta.tensors[name][:, :-1].contiguous()},
+        delta.originals,
+        delta.fingerprint,
+        delta.base_model,
+        delta.method,
+        delta.layers,
+        delta.settings,
+    )
     path = bad.save(tmp_path / "bad.safetensors")
     with pytest.raises(LocoeditError, match="matrix but the model's is"):
         EditDelta.load(path).apply(sd)
@@ -285,8 +313,16 @@ def test_a_factored_update_that_overflows_the_dtype_is_refused_before_anything_i
     delta = compute_edit(half, LOW_RANK)
     name = delta.parameters[0]
     update = delta.factors[name]
-    huge = EditDelta({}, delta.originals, delta.fingerprint, delta.base_model, delta.method, delta.layers,
-                     delta.settings, factors={**delta.factors, name: LowRank(update.up * 1e9, update.down)})
+    huge = EditDelta(
+        {},
+        delta.originals,
+        delta.fingerprint,
+        delta.base_model,
+        delta.method,
+        delta.layers,
+        delta.settings,
+        factors={**delta.factors, name: LowRank(update.up * 1e9, update.down)},
+    )
     before = weights(half)
     with pytest.raises(LocoeditError, match="beyond what torch.float16 holds"):
         huge.apply(half)
@@ -302,14 +338,29 @@ def test_non_finite_or_absurd_updates_are_refused_and_nothing_is_written(tmp_pat
     update = delta.factors[name]
     if damage == "nan":
         parameters = dict(adapter.denoiser.named_parameters())
-        forged = EditDelta({name: torch.full_like(parameters[name], float("nan"))}, delta.originals, delta.fingerprint,
-                           delta.base_model, delta.method, delta.layers, delta.settings,
-                           factors={k: v for k, v in delta.factors.items() if k != name})
+        forged = EditDelta(
+            {name: torch.full_like(parameters[name], float("nan"))},
+            delta.originals,
+            delta.fingerprint,
+            delta.base_model,
+            delta.method,
+            delta.layers,
+            delta.settings,
+            factors={k: v for k, v in delta.factors.items() if k != name},
+        )
         message = "holds inf or nan"
     else:
         scale = 1e3 * parameters_norm(adapter, name) / update_norm(update)
-        forged = EditDelta({}, delta.originals, delta.fingerprint, delta.base_model, delta.method, delta.layers,
-                           delta.settings, factors={**delta.factors, name: LowRank(update.up * scale, update.down)})
+        forged = EditDelta(
+            {},
+            delta.originals,
+            delta.fingerprint,
+            delta.base_model,
+            delta.method,
+            delta.layers,
+            delta.settings,
+            factors={**delta.factors, name: LowRank(update.up * scale, update.down)},
+        )
         message = "times its own size"
     before = weights(adapter)
     with pytest.raises(LocoeditError, match=message):

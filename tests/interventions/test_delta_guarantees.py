@@ -15,8 +15,9 @@ from locoedit.interventions.delta import EditDelta, architecture_fingerprint, de
 from locoedit.models import adapter_for
 from locoedit.testing import TINY_PIPELINES
 
-REQUEST = EditRequest(model="tiny-sd", concepts=("van gogh",), targets=("a painting",), kind="style", layers=(1,),
-                      token="last-subject")
+REQUEST = EditRequest(
+    model="tiny-sd", concepts=("van gogh",), targets=("a painting",), kind="style", layers=(1,), token="last-subject"
+)
 
 
 class Renamed(torch.nn.Linear):
@@ -25,7 +26,7 @@ class Renamed(torch.nn.Linear):
 
 def test_the_fingerprint_is_the_sha256_of_the_class_and_the_sorted_parameter_shapes():
     linear = torch.nn.Linear(3, 2)
-    by_hand = hashlib.sha256("Linear\nbias:(2,)\nweight:(2, 3)".encode()).hexdigest()
+    by_hand = hashlib.sha256(b"Linear\nbias:(2,)\nweight:(2, 3)").hexdigest()
     assert architecture_fingerprint(linear) == by_hand  # files written by earlier versions must keep matching
     assert architecture_fingerprint(linear.half()) == by_hand  # dtype and values do not enter it
     assert architecture_fingerprint(Renamed(3, 2)) != by_hand  # the class does
@@ -77,8 +78,9 @@ def _overflow_in_the_last_row(weight, case):
 def test_apply_refuses_an_overflow_in_a_late_block_before_writing_any(case):
     linear = _wide_half_linear()
     update = _overflow_in_the_last_row(linear.weight, case)
-    delta = EditDelta.computed_on(linear, "wide", "locoedit", [], {}, {"weight": describe_original(linear.weight)},
-                                  {}, {"weight": update})
+    delta = EditDelta.computed_on(
+        linear, "wide", "locoedit", [], {}, {"weight": describe_original(linear.weight)}, {}, {"weight": update}
+    )
     before = linear.weight.detach().clone()
     with pytest.raises(LocoeditError, match="^weight: the edited matrix has entries beyond what torch.float16 holds"):
         delta.apply(linear)
@@ -88,8 +90,9 @@ def test_apply_refuses_an_overflow_in_a_late_block_before_writing_any(case):
 def test_computing_an_overflowing_edit_names_the_parameter():
     model = torch.nn.Sequential(torch.nn.Linear(4, 4, bias=False)).half()  # its matrix is "0.weight"
     huge = LowRank(torch.full((4, 1), 1e3, dtype=torch.float64), torch.full((1, 4), 1e3, dtype=torch.float64))
-    delta = EditDelta.computed_on(model, "tiny", "locoedit", [], {}, {"0.weight": describe_original(model[0].weight)},
-                                  {}, {"0.weight": huge})
+    delta = EditDelta.computed_on(
+        model, "tiny", "locoedit", [], {}, {"0.weight": describe_original(model[0].weight)}, {}, {"0.weight": huge}
+    )
     with pytest.raises(LocoeditError, match="^0.weight: the edited matrix has entries beyond what torch.float16 holds"):
         delta.edited_values(model)
 

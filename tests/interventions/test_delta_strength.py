@@ -13,8 +13,14 @@ from locoedit.testing import TINY_PIPELINES
 @pytest.fixture(scope="module")
 def factored(tmp_path_factory):
     adapter = adapter_for(TINY_PIPELINES["sd"](tmp_path_factory.mktemp("sd") / "sd"))
-    request = EditRequest(model="tiny-sd", concepts=("van gogh",), targets=("a painting",), kind="style", layers=(1,),
-                          token="last-subject")
+    request = EditRequest(
+        model="tiny-sd",
+        concepts=("van gogh",),
+        targets=("a painting",),
+        kind="style",
+        layers=(1,),
+        token="last-subject",
+    )
     delta = compute_edit(adapter, request)
     assert delta.factors and not delta.tensors
     return adapter, delta
@@ -64,10 +70,9 @@ def test_a_strength_between_scales_the_update(case, request):
 def test_the_intervention_applies_at_its_strength_and_reverts_after_a_failed_generation(factored):
     adapter, delta = factored
     original = _weights(adapter, delta.parameters)
-    with pytest.raises(RuntimeError, match="stopped"):
-        with delta.at_strength(0.5).installed(adapter):
-            assert not all(torch.equal(w, original[n]) for n, w in _weights(adapter, delta.parameters).items())
-            raise RuntimeError("stopped")
+    with pytest.raises(RuntimeError, match="stopped"), delta.at_strength(0.5).installed(adapter):
+        assert not all(torch.equal(w, original[n]) for n, w in _weights(adapter, delta.parameters).items())
+        raise RuntimeError("stopped")
     assert all(torch.equal(w, original[n]) for n, w in _weights(adapter, delta.parameters).items())
 
 

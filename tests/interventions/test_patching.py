@@ -84,8 +84,9 @@ def test_interventions_on_cuda_in_half_precision(tiny_dir):
     assert image_a.isfinite().all() and (patched - image_a).abs().max() < 1e-2
     every_layer = TextRouting(Routing.uniform(range(len(adapter.layers)), 1), a.conditional)
     assert (adapter.generate(b, [0], SETTINGS, [every_layer]) - image_a).abs().max() < 1e-2
-    delta = compute_edit(adapter, EditRequest(model="tiny", concepts=("van gogh",), targets=("a painting",),
-                                              kind="style", layers=(1, 2)))
+    delta = compute_edit(
+        adapter, EditRequest(model="tiny", concepts=("van gogh",), targets=("a painting",), kind="style", layers=(1, 2))
+    )
     weights = {n: p.clone() for n, p in adapter.denoiser.named_parameters()}
     edited = adapter.generate(b, [0], SETTINGS, [delta])
     assert edited.isfinite().all() and (edited - adapter.generate(b, [0], SETTINGS)).abs().max() > 1e-3

@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from locoedit.interventions import Intervention
-from locoedit.models import GenerationSettings
 from locoedit.interventions.routing import (
     RoutedAttnProcessor,
     Routing,
@@ -12,6 +11,7 @@ from locoedit.interventions.routing import (
     TextRouting,
     routed_processors,
 )
+from locoedit.models import GenerationSettings
 
 FAMILIES = ["sd", "sdxl", "if", "pixart"]
 SETTINGS = GenerationSettings(3, 4.0, 16, 16)
@@ -46,7 +46,9 @@ def test_added_text_routing_is_off_by_default(tiny_adapters, family):
     adapter = tiny_adapters[family]
     prompts, targets = adapter.encode(PROMPTS), adapter.encode(TARGETS)
     every_layer = range(len(adapter.layers))
-    paper = adapter.generate(prompts, [0, 1], SETTINGS, [TextRouting(Routing.uniform(every_layer, 2), targets.conditional)])
+    paper = adapter.generate(
+        prompts, [0, 1], SETTINGS, [TextRouting(Routing.uniform(every_layer, 2), targets.conditional)]
+    )
     target_images = adapter.generate(targets, [0, 1], SETTINGS)
     assert (paper - target_images).abs().max() > 1e-4
 
@@ -67,9 +69,8 @@ def test_processors_are_restored_when_generation_raises(tiny_adapters):
     adapter = tiny_adapters["sd"]
     before = dict(adapter.denoiser.attn_processors)
     controller = RoutingController(Routing(((0, 1),)), len(adapter.layers), torch.zeros(1, 16, 16))
-    with pytest.raises(RuntimeError, match="boom"):
-        with routed_processors(adapter.denoiser, adapter.layers, controller):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), routed_processors(adapter.denoiser, adapter.layers, controller):
+        raise RuntimeError("boom")
     assert adapter.denoiser.attn_processors == before
 
 
@@ -109,24 +110,28 @@ def test_mismatched_batches_are_refused_naming_both_sizes(tiny_adapters):
     with pytest.raises(ValueError, match="routing has 2 batch elements but the target states have 1"):
         RoutingController(Routing(((0,), ())), 4, torch.zeros(1, 2, 3))
     controller = RoutingController(Routing(((0,), ())), 4, torch.zeros(2, 2, 3))
-    with pytest.raises(RuntimeError, match="layer 0 got 3 text rows for a routing of 2; pass exactly one prompt "
-                                           "embedding per routed batch element"):
+    with pytest.raises(
+        RuntimeError,
+        match="layer 0 got 3 text rows for a routing of 2; pass exactly one prompt embedding per routed batch element",
+    ):
         controller.reroute(0, torch.zeros(3, 2, 3), None)
     adapter = tiny_adapters["sd"]
     prompts = adapter.encode(["a red circle"])
     with pytest.raises(ValueError, match="routing covers 2 rows but 1 prompts were given"):
-        adapter.generate(prompts, [0], SETTINGS, [TextRouting(Routing(((0,), ())), adapter.encode(TARGETS).conditional)])
+        adapter.generate(
+            prompts, [0], SETTINGS, [TextRouting(Routing(((0,), ())), adapter.encode(TARGETS).conditional)]
+        )
 
 
 def test_the_routed_processor_passes_every_other_argument_through():
     # diffusers passes extra keyword arguments (cross_attention_kwargs, temb) to processors; the wrapper must not
     # drop any, positional or keyword.
     received = []
-    inner = lambda *args, **kwargs: received.append((args, kwargs)) or "out"  # noqa: E731
+    inner = lambda *args, **kwargs: received.append((args, kwargs)) or "out"
     controller = RoutingController(Routing(((0,),)), 2, torch.ones(1, 2, 3))
     processor = RoutedAttnProcessor(inner, 0, controller)
     assert processor("attn", "hidden", torch.zeros(2, 2, 3), None, "extra", temb="t", scale=0.5) == "out"
-    (args, kwargs), = received
+    ((args, kwargs),) = received
     assert args[:2] == ("attn", "hidden") and args[3:] == (None, "extra") and kwargs == {"temb": "t", "scale": 0.5}
     assert torch.equal(args[2], torch.cat([torch.zeros(1, 2, 3), torch.ones(1, 2, 3)]))  # rerouted text states
 

@@ -3,10 +3,10 @@ import json
 import pytest
 import torch
 
-from locoedit.models import GenerationSettings
 from locoedit.core.errors import LocoeditError
-from locoedit.localize import LocalizationRequest, infer_concept, localize
 from locoedit.interventions.routing import Routing, TextRouting
+from locoedit.localize import LocalizationRequest, infer_concept, localize
+from locoedit.models import GenerationSettings
 from locoedit.scoring import PixelScorer
 
 SETTINGS = GenerationSettings(4, 4.0, 16, 16)
@@ -23,15 +23,25 @@ def _exact_and_batched(adapter, seeds=(0, 1, 2)):
     prompts, targets = adapter.encode(PROMPTS[:1]), adapter.encode(TARGETS[:1])
     rows = len(seeds)
     windows = [list(range(i, i + 2)) for i in range(len(adapter.layers) - 1)]
-    exact = torch.cat([
-        adapter.generate(prompts.take([0] * rows), list(seeds), SETTINGS,
-                         [TextRouting(Routing.uniform(window, rows), targets.conditional.take([0] * rows))])
-        for window in windows
-    ])
+    exact = torch.cat(
+        [
+            adapter.generate(
+                prompts.take([0] * rows),
+                list(seeds),
+                SETTINGS,
+                [TextRouting(Routing.uniform(window, rows), targets.conditional.take([0] * rows))],
+            )
+            for window in windows
+        ]
+    )
     batched_routing = Routing(tuple(tuple(w) for w in windows for _ in range(rows)))
     n = rows * len(windows)
-    batched = adapter.generate(prompts.take([0] * n), list(seeds) * len(windows), SETTINGS,
-                               [TextRouting(batched_routing, targets.conditional.take([0] * n))])
+    batched = adapter.generate(
+        prompts.take([0] * n),
+        list(seeds) * len(windows),
+        SETTINGS,
+        [TextRouting(batched_routing, targets.conditional.take([0] * n))],
+    )
     return exact, batched
 
 
@@ -60,16 +70,20 @@ def test_golden_reference_hand_written_loop_with_key_value_hooks(tiny_adapters):
     adapter = tiny_adapters["sd"]
     pipe, window, seed = adapter.pipe, [2, 3], 5
     prompts, targets = adapter.encode(PROMPTS[:1]), adapter.encode(TARGETS[:1])
-    library = adapter.generate(prompts, [seed], SETTINGS, [TextRouting(Routing.uniform(window, 1), targets.conditional)])
+    library = adapter.generate(
+        prompts, [seed], SETTINGS, [TextRouting(Routing.uniform(window, 1), targets.conditional)]
+    )
 
     target_text = targets.conditional.embeds  # [1, tokens, dim]
     hooks = []
     for layer in (adapter.layers[i] for i in window):
         for projection in (layer.module.to_k, layer.module.to_v):
+
             def swap(module, args, output):
                 replaced = output.clone()
                 replaced[1:] = torch.nn.functional.linear(target_text, module.weight, module.bias)  # [uncond, cond]
                 return replaced
+
             hooks.append(projection.register_forward_hook(swap))
     try:
         scheduler = pipe.scheduler
@@ -176,8 +190,9 @@ def test_an_interrupted_batched_sweep_resumes_and_ends_with_the_same_json(tiny_a
 
 def test_run_folder_contents(tiny_adapters, tmp_path):
     adapter = tiny_adapters["pixart"]
-    result = localize(request(prompts=PROMPTS, targets=TARGETS, concept="in the style of van gogh"),
-                      tmp_path, adapter, PixelScorer())
+    result = localize(
+        request(prompts=PROMPTS, targets=TARGETS, concept="in the style of van gogh"), tmp_path, adapter, PixelScorer()
+    )
     data = json.loads((tmp_path / "localization.json").read_text())
     assert data["model"] == "tiny" and data["request"]["prompts"] == PROMPTS
     assert len(data["layers"]) == 4 and data["layers"][1]["name"] == "transformer_blocks.1.attn2"
@@ -235,10 +250,19 @@ def test_on_the_toy_world_routing_the_styles_window_removes_the_style():
 
     adapter = load_adapter("toyworld", device="cpu")
     result = localize(
-        LocalizationRequest(model="toyworld", prompts=("a red circle on black in the style of kandinsky",),
-                            targets=("a red circle on black",), concept="in the style of kandinsky", window=3,
-                            seeds=(0, 1), mode="batched", chunk=9),
-        None, adapter, make_scorer("toyworld"),
+        LocalizationRequest(
+            model="toyworld",
+            prompts=("a red circle on black in the style of kandinsky",),
+            targets=("a red circle on black",),
+            concept="in the style of kandinsky",
+            window=3,
+            seeds=(0, 1),
+            mode="batched",
+            chunk=9,
+        ),
+        None,
+        adapter,
+        make_scorer("toyworld"),
     )
     assert result.full_swap_effect > 0.9  # the probe sees the style in the prompt's images, not in the target's
     effects = {tuple(w.layers): w.effect for w in result.windows}
@@ -340,16 +364,23 @@ def test_a_scheduler_is_used_for_the_run_only(tiny_adapters, tmp_path):
 def test_a_prompt_longer_than_the_text_encoder_reads_is_refused_before_anything_is_written(tiny_adapters, tmp_path):
     long = "a house in the style of van gogh " + "with a red door " * 6  # the tiny CLIP reads 16 tokens
     with pytest.raises(LocoeditError, match=r"has \d+ tokens but the text encoder reads at most 16"):
-        localize(request(prompts=(long,), targets=("a house",), concept="van gogh"), tmp_path / "run",
-                 tiny_adapters["sd"], PixelScorer())
+        localize(
+            request(prompts=(long,), targets=("a house",), concept="van gogh"),
+            tmp_path / "run",
+            tiny_adapters["sd"],
+            PixelScorer(),
+        )
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("request.json", "request.json is not valid JSON"),
-    ("progress/window_00-01.json", "window_00-01.json is not valid JSON"),
-    ("progress/reference.safetensors", "reference.safetensors is damaged"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("request.json", "request.json is not valid JSON"),
+        ("progress/window_00-01.json", "window_00-01.json is not valid JSON"),
+        ("progress/reference.safetensors", "reference.safetensors is damaged"),
+    ],
+)
 def test_damaged_run_folder_state_is_one_line(tiny_adapters, tmp_path, damage, message):
     adapter = tiny_adapters["sd"]
     localize(request(), tmp_path, adapter, PixelScorer())

@@ -51,8 +51,9 @@ def test_a_screened_run_resumes_without_generating_again(tiny_adapters, tmp_path
 
 
 def test_screening_with_auto_windows_confirms_only_the_last_size(tiny_adapters):
-    result = localize(request(window="auto", auto_threshold=1.0, screen=Screen(2, 1, 1)), None, tiny_adapters["sd"],
-                      PixelScorer())
+    result = localize(
+        request(window="auto", auto_threshold=1.0, screen=Screen(2, 1, 1)), None, tiny_adapters["sd"], PixelScorer()
+    )
     assert len(result.sweeps) > 1
     assert all(s.windows == [] and s.screening is not None for s in result.sweeps[:-1])
     assert len(result.windows) == 1 and result.chosen.layers == result.windows[0].layers
@@ -71,10 +72,16 @@ def test_a_version_1_result_still_loads(tiny_adapters, tmp_path):
     assert old.windows == LocalizationResult.load(tmp_path).windows
 
 
-@pytest.mark.parametrize("text, message", [
-    ("2:1", "is not STEPS:SEEDS:TOPK"), ("a:1:1", "is not STEPS:SEEDS:TOPK"), ("0:1:1", "screen steps must be"),
-    ("2:0:1", "screen seeds must be"), ("2:1:0", "screen top_k must be"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("2:1", "is not STEPS:SEEDS:TOPK"),
+        ("a:1:1", "is not STEPS:SEEDS:TOPK"),
+        ("0:1:1", "screen steps must be"),
+        ("2:0:1", "screen seeds must be"),
+        ("2:1:0", "screen top_k must be"),
+    ],
+)
 def test_bad_screens_name_the_problem(text, message):
     with pytest.raises(LocoeditError, match=message):
         Screen.parse(text)
@@ -88,6 +95,13 @@ def test_a_screen_must_be_cheaper_than_the_sweep(tiny_adapters):
     with pytest.raises(LocoeditError, match="not fewer than the sweep's 20"):  # the toy world's default steps
         from locoedit.models import load_adapter
 
-        localize(LocalizationRequest(model="toyworld", prompts=("a red circle on black",),
-                                     targets=("a red shape on black",), screen=Screen(20, 1, 1)),
-                 None, load_adapter("toyworld", device="cpu"))
+        localize(
+            LocalizationRequest(
+                model="toyworld",
+                prompts=("a red circle on black",),
+                targets=("a red shape on black",),
+                screen=Screen(20, 1, 1),
+            ),
+            None,
+            load_adapter("toyworld", device="cpu"),
+        )

@@ -3,9 +3,8 @@ import torch
 from diffusers import PixArtTransformer2DModel, UNet2DConditionModel
 from diffusers.models.attention_processor import Attention
 
-from locoedit.models import GenerationSettings
+from locoedit.models import GenerationSettings, real_configs
 from locoedit.models.layers import list_cross_attention_layers
-from locoedit.models import real_configs
 
 
 def _meta(model_class, config):
@@ -34,13 +33,18 @@ def test_real_layouts_have_the_papers_layer_counts(model_class, config, count, p
 def test_sd15_layers_run_down_mid_up_with_numeric_block_order():
     layers = list_cross_attention_layers(_meta(UNet2DConditionModel, real_configs.SD15_UNET))
     blocks = [layer.block for layer in layers]
-    assert blocks == ["down.0"] * 2 + ["down.1"] * 2 + ["down.2"] * 2 + ["mid"] + ["up.1"] * 3 + ["up.2"] * 3 + ["up.3"] * 3
+    assert (
+        blocks
+        == ["down.0"] * 2 + ["down.1"] * 2 + ["down.2"] * 2 + ["mid"] + ["up.1"] * 3 + ["up.2"] * 3 + ["up.3"] * 3
+    )
     resolutions = [64, 64, 32, 32, 16, 16, 8, 16, 16, 16, 32, 32, 32, 64, 64, 64]
     assert [layer.resolution for layer in layers] == resolutions
     assert all(type(layer.resolution) is int for layer in layers)  # written to JSON as 64, not 64.0
     assert layers[6].name == "mid_block.attentions.0.transformer_blocks.0.attn2"
     # A sample_size given as [height, width] (diffusers allows both forms) places the layers the same way.
-    listed = list_cross_attention_layers(_meta(UNet2DConditionModel, {**real_configs.SD15_UNET, "sample_size": [64, 64]}))
+    listed = list_cross_attention_layers(
+        _meta(UNet2DConditionModel, {**real_configs.SD15_UNET, "sample_size": [64, 64]})
+    )
     assert [layer.resolution for layer in listed] == resolutions
 
 
@@ -67,15 +71,25 @@ def test_a_unet_with_twelve_blocks_per_attention_lists_its_layers_in_execution_o
     block: the hooks record the order in which the layers run (10 and 11 sort before 2 as strings)."""
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8,), layers_per_block=11,
-        down_block_types=("CrossAttnDownBlock2D",), up_block_types=("CrossAttnUpBlock2D",),
-        transformer_layers_per_block=12, cross_attention_dim=8, attention_head_dim=2, norm_num_groups=4,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(8,),
+        layers_per_block=11,
+        down_block_types=("CrossAttnDownBlock2D",),
+        up_block_types=("CrossAttnUpBlock2D",),
+        transformer_layers_per_block=12,
+        cross_attention_dim=8,
+        attention_head_dim=2,
+        norm_num_groups=4,
     ).eval()
     layers = list_cross_attention_layers(unet)
     assert len(layers) == 11 * 12 + 12 + 12 * 12  # down: 11 attentions, mid: 1, up: layers_per_block + 1 = 12
     ran = []
-    hooks = [layer.module.register_forward_pre_hook(lambda module, args, index=layer.index: ran.append(index))
-             for layer in layers]
+    hooks = [
+        layer.module.register_forward_pre_hook(lambda module, args, index=layer.index: ran.append(index))
+        for layer in layers
+    ]
     try:
         with torch.no_grad():
             unet(torch.randn(1, 4, 8, 8), 1, encoder_hidden_states=torch.randn(1, 3, 8))
@@ -141,7 +155,12 @@ def test_a_denoiser_without_text_is_refused():
     from diffusers import UNet2DModel
 
     with pytest.raises(ValueError, match="UNet2DModel has no cross-attention layers"):
-        list_cross_attention_layers(UNet2DModel(
-            block_out_channels=(8, 8), norm_num_groups=4, sample_size=8,
-            down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-        ))
+        list_cross_attention_layers(
+            UNet2DModel(
+                block_out_channels=(8, 8),
+                norm_num_groups=4,
+                sample_size=8,
+                down_block_types=("DownBlock2D", "DownBlock2D"),
+                up_block_types=("UpBlock2D", "UpBlock2D"),
+            )
+        )

@@ -33,8 +33,9 @@ def test_resume_phase_restores_model_optimizer_and_sampling_rng(tmp_path):
     model(torch.ones(1, 3)).sum().backward()
     opt.step()
     rng.random(5)  # the sampler has moved on
-    train.atomic_save({"model": model.state_dict(), "opt": opt.state_dict(), "rng": rng.bit_generator.state,
-                       "step": 1}, path)
+    train.atomic_save(
+        {"model": model.state_dict(), "opt": opt.state_dict(), "rng": rng.bit_generator.state, "step": 1}, path
+    )
     assert not path.with_suffix(".pt.tmp").exists()
 
     torch.manual_seed(1)

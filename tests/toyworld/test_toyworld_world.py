@@ -30,12 +30,24 @@ def test_vocabulary_covers_the_issue():
 
 def test_parse_caption_examples():
     assert parse_caption("a red striped circle on black") == {
-        "color": "red", "texture": "striped", "shape": "circle", "background": "black"}
+        "color": "red",
+        "texture": "striped",
+        "shape": "circle",
+        "background": "black",
+    }
     assert parse_caption("a circle on black") == {"shape": "circle", "background": "black"}
     assert parse_caption("A Blue Square, in the style of kandinsky.") == {
-        "color": "blue", "shape": "square", "style": "kandinsky"}
+        "color": "blue",
+        "shape": "square",
+        "style": "kandinsky",
+    }
     assert parse_caption("the sun on gray") == {
-        "fact": "the sun", "background": "gray", "color": "yellow", "shape": "circle", "texture": "plain"}
+        "fact": "the sun",
+        "background": "gray",
+        "color": "yellow",
+        "shape": "circle",
+        "texture": "plain",
+    }
     assert parse_caption("the sun on gray", expand_facts=False) == {"fact": "the sun", "background": "gray"}
     assert parse_caption("") == {}
     assert parse_caption("an yellow shape") == {"color": "yellow"}
@@ -102,8 +114,9 @@ def test_render_is_deterministic_per_seed():
 
 
 def test_render_draws_the_stated_colors():
-    img = render({"color": "red", "shape": "square", "texture": "plain", "background": "white",
-                  "style": "none"}, seed=0).astype(int)
+    img = render(
+        {"color": "red", "shape": "square", "texture": "plain", "background": "white", "style": "none"}, seed=0
+    ).astype(int)
     assert tuple(img[0, 0]) == (255, 255, 255)
     assert tuple(img[16, 16]) == tuple(load_vocab().colors["red"])
     framed = render({"background": "black", "style": "kandinsky"}, seed=0)

@@ -21,8 +21,17 @@ PROMPT = "a house in the style of van gogh"
 
 
 def request(**changes):
-    fields = dict(model="tiny", prompts=(PROMPT,), concept="van gogh", seeds=(0, 1), steps=3, guidance=4.0, height=16,
-                  width=16, noise=3.0)
+    fields = dict(
+        model="tiny",
+        prompts=(PROMPT,),
+        concept="van gogh",
+        seeds=(0, 1),
+        steps=3,
+        guidance=4.0,
+        height=16,
+        width=16,
+        noise=3.0,
+    )
     return TraceRequest(**{**fields, **changes})
 
 
@@ -41,14 +50,21 @@ def test_golden_reference_hand_written_patching_loop(tiny_adapters):
     positions = tokens.phrase_positions("van gogh")
     embedding = pipe.text_encoder.get_input_embeddings()
     sigma = 3.0 * embedding.weight.detach().float().std().item()
-    noise = torch.randn(len(positions), embedding.weight.shape[1], generator=torch.Generator().manual_seed(0),
-                        dtype=torch.float64)
+    noise = torch.randn(
+        len(positions), embedding.weight.shape[1], generator=torch.Generator().manual_seed(0), dtype=torch.float64
+    )
 
     def encode(corrupt):
-        ids = pipe.tokenizer(PROMPT, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids
-        empty = pipe.tokenizer("", padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                               return_tensors="pt").input_ids
+        ids = pipe.tokenizer(
+            PROMPT,
+            padding="max_length",
+            max_length=pipe.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        empty = pipe.tokenizer(
+            "", padding="max_length", max_length=pipe.tokenizer.model_max_length, return_tensors="pt"
+        ).input_ids
 
         def add(module, args, output):
             if corrupt and torch.equal(args[0], ids):
@@ -137,9 +153,29 @@ def test_text_encoder_sites_and_the_run_folder(tiny_adapters, tmp_path):
 
 def test_the_model_concept_scorer_and_the_cli(tiny_sd_folder, tiny_clip_folder, tmp_path):
     out = tmp_path / "t"
-    result = CliRunner().invoke(app, ["trace", str(tiny_sd_folder), "--prompt", PROMPT, "--concept", "van gogh",
-                                      "--scorer", f"clip:{tiny_clip_folder}", "--seeds", "0", "--steps", "2",
-                                      "--size", "16", "--part", "text_encoder", "--out", str(out)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "trace",
+            str(tiny_sd_folder),
+            "--prompt",
+            PROMPT,
+            "--concept",
+            "van gogh",
+            "--scorer",
+            f"clip:{tiny_clip_folder}",
+            "--seeds",
+            "0",
+            "--steps",
+            "2",
+            "--size",
+            "16",
+            "--part",
+            "text_encoder",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert json.loads((out / "trace.json").read_text())["request"]["scorer"] == f"clip:{tiny_clip_folder}"
 
@@ -165,8 +201,9 @@ def test_bad_input_is_one_line_and_writes_nothing(tiny_adapters, tmp_path, chang
 @pytest.mark.parametrize("family, encoders, layers", [("sd", 1, 2), ("sdxl", 2, 2), ("if", 1, 2), ("pixart", 1, 2)])
 def test_text_encoder_sites_in_every_family(tiny_adapters, family, encoders, layers):
     """Each encoder's layers, with their attention and MLP parts (SD-XL: both CLIP encoders; IF, PixArt: T5)."""
-    result = trace(request(parts=("text_encoder",), seeds=(0,), restore_tokens="all"), None, tiny_adapters[family],
-                   PixelScorer())
+    result = trace(
+        request(parts=("text_encoder",), seeds=(0,), restore_tokens="all"), None, tiny_adapters[family], PixelScorer()
+    )
     assert len(result.sites) == encoders * layers * 3
     assert {s.kind for s in result.sites} == {"encoder_layer", "encoder_attention", "encoder_mlp"}
     assert result.gap > 0 and all(s.effect is not None for s in result.sites)
@@ -176,6 +213,10 @@ def test_text_encoder_sites_in_every_family(tiny_adapters, family, encoders, lay
 def test_a_weak_corruption_is_noted(tiny_adapters, tiny_clip_folder):
     from locoedit.scoring import make_scorer
 
-    result = trace(request(noise=1e-3, parts=("denoiser",), sites=("unet.up_blocks.0.resnets.0",)), None,
-                   tiny_adapters["sd"], make_scorer(f"clip:{tiny_clip_folder}"))
+    result = trace(
+        request(noise=1e-3, parts=("denoiser",), sites=("unet.up_blocks.0.resnets.0",)),
+        None,
+        tiny_adapters["sd"],
+        make_scorer(f"clip:{tiny_clip_folder}"),
+    )
     assert 0 < abs(result.gap) < 0.1 * abs(result.clean_score) and "raise --noise" in result.note

@@ -11,16 +11,14 @@ from locoedit.web.jobs import Job  # noqa: E402
 
 
 def test_a_user_error_is_shown_as_the_cli_line():
-    with pytest.raises(gr.Error) as caught:
-        with shown_errors():
-            LocalizationRequest(model="toyworld", prompts=lines(""), targets=lines("a red circle on black"))
+    with pytest.raises(gr.Error) as caught, shown_errors():
+        LocalizationRequest(model="toyworld", prompts=lines(""), targets=lines("a red circle on black"))
     assert caught.value.message == "error: prompts is empty; give at least one original prompt (--prompt)"
 
 
 def test_a_bug_is_one_line_without_a_traceback():
-    with pytest.raises(gr.Error) as caught:
-        with shown_errors():
-            {}["missing"]
+    with pytest.raises(gr.Error) as caught, shown_errors():
+        {}["missing"]
     assert caught.value.message.startswith("error: KeyError inside locoedit (a bug")
     assert "\n" not in caught.value.message and "Traceback" not in caught.value.message
 

@@ -21,13 +21,15 @@ from locoedit.localize import LocalizationResult
 from locoedit.report.browser import find_chromium
 
 pytest.importorskip("gradio", reason="the web app needs gradio (pip install -e '.[test]' or '.[ui]')")
-playwright = pytest.importorskip("playwright.sync_api",
-                                 reason="the browser test needs playwright (pip install -e '.[test]')")
+playwright = pytest.importorskip(
+    "playwright.sync_api", reason="the browser test needs playwright (pip install -e '.[test]')"
+)
 CHROMIUM = find_chromium()
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (Debian: apt-get install -y chromium, or set "
-                                                "$LOCOEDIT_CHROMIUM)"),
+    pytest.mark.skipif(
+        CHROMIUM is None, reason="needs Chromium (Debian: apt-get install -y chromium, or set $LOCOEDIT_CHROMIUM)"
+    ),
 ]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,8 +48,14 @@ def server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ui")
     port = _free_port()
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), GRADIO_ANALYTICS_ENABLED="False")
-    process = subprocess.Popen([sys.executable, "-m", "locoedit", "ui", "--port", str(port), "--runs", "runs"],
-                               cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "locoedit", "ui", "--port", str(port), "--runs", "runs"],
+        cwd=folder,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 120
     while True:
@@ -85,8 +93,11 @@ def _sources(page, gallery: str) -> list[str]:
 
 
 def _wait_for_sources(page, gallery: str, sources: list[str]) -> None:
-    page.wait_for_function("([gallery, sources]) => JSON.stringify([...document.querySelectorAll(`#${gallery} img`)]"
-                           ".map(image => image.src)) == JSON.stringify(sources)", arg=[gallery, sources])
+    page.wait_for_function(
+        "([gallery, sources]) => JSON.stringify([...document.querySelectorAll(`#${gallery} img`)]"
+        ".map(image => image.src)) == JSON.stringify(sources)",
+        arg=[gallery, sources],
+    )
 
 
 def _error_line(page) -> str:

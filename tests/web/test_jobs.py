@@ -53,22 +53,22 @@ def test_jobs_of_one_model_run_one_at_a_time_in_arrival_order_and_every_caller_s
 
 def test_a_failed_job_shows_the_cli_line_and_the_next_job_runs():
     queue = JobQueue()
-    with pytest.raises(LocoeditError):
-        with queue.run("toyworld", "localize"):
-            raise LocoeditError("a prompt or target is empty; every --prompt and --target needs text")
+    with pytest.raises(LocoeditError), queue.run("toyworld", "localize"):
+        raise LocoeditError("a prompt or target is empty; every --prompt and --target needs text")
     with queue.run("toyworld", "edit"):
         pass
     failed, done = queue.snapshot()
     assert (failed.state, failed.message) == (
-        FAILED, "error: a prompt or target is empty; every --prompt and --target needs text")
+        FAILED,
+        "error: a prompt or target is empty; every --prompt and --target needs text",
+    )
     assert (done.title, done.state) == ("edit", DONE)
 
 
 def test_an_unexpected_error_is_one_line_that_names_a_bug_not_a_traceback():
     queue = JobQueue()
-    with pytest.raises(ZeroDivisionError):
-        with queue.run("toyworld", "edit"):
-            1 / 0
+    with pytest.raises(ZeroDivisionError), queue.run("toyworld", "edit"):
+        1 / 0
     message = queue.snapshot()[0].message
     assert message.startswith("error: ZeroDivisionError inside locoedit (a bug") and "\n" not in message
 

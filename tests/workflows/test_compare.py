@@ -18,10 +18,29 @@ PROMPT = "a house in the style of van gogh"
 def runs(tiny_adapters, tmp_path_factory):
     folder = tmp_path_factory.mktemp("runs")
     adapter = tiny_adapters["sd"]
-    localize(LocalizationRequest(model="tiny", prompts=(PROMPT,), targets=("a house",), window=2, seeds=(0,), steps=2,
-                                 height=16, width=16), folder / "locogen", adapter, PixelScorer())
-    trace(TraceRequest(model="tiny", prompts=(PROMPT,), concept="van gogh", seeds=(0,), steps=2, height=16, width=16,
-                       parts=("denoiser",)), folder / "trace", adapter, PixelScorer())
+    localize(
+        LocalizationRequest(
+            model="tiny", prompts=(PROMPT,), targets=("a house",), window=2, seeds=(0,), steps=2, height=16, width=16
+        ),
+        folder / "locogen",
+        adapter,
+        PixelScorer(),
+    )
+    trace(
+        TraceRequest(
+            model="tiny",
+            prompts=(PROMPT,),
+            concept="van gogh",
+            seeds=(0,),
+            steps=2,
+            height=16,
+            width=16,
+            parts=("denoiser",),
+        ),
+        folder / "trace",
+        adapter,
+        PixelScorer(),
+    )
     return folder
 
 
@@ -47,7 +66,20 @@ def test_refusals(runs, tmp_path, tiny_adapters):
     with pytest.raises(LocoeditError, match="holds neither localization.json nor trace.json"):
         compare([tmp_path], tmp_path / "cmp")
     other = tmp_path / "other"
-    trace(TraceRequest(model="tiny", prompts=("a red circle",), concept="red", seeds=(0,), steps=2, height=16,
-                       width=16, parts=("denoiser",)), other, tiny_adapters["pixart"], PixelScorer())
+    trace(
+        TraceRequest(
+            model="tiny",
+            prompts=("a red circle",),
+            concept="red",
+            seeds=(0,),
+            steps=2,
+            height=16,
+            width=16,
+            parts=("denoiser",),
+        ),
+        other,
+        tiny_adapters["pixart"],
+        PixelScorer(),
+    )
     with pytest.raises(LocoeditError, match="other cross-attention layers"):
         compare([runs / "locogen", other], tmp_path / "cmp2")

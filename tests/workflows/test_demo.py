@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from locoedit.workflows.demo import run_demo, summary_lines
 from locoedit.core.errors import LocoeditError
 from locoedit.interventions.delta import EditDelta
+from locoedit.workflows.demo import run_demo, summary_lines
 
 
 @pytest.fixture(scope="module")
@@ -27,11 +27,15 @@ CASES = {"style": "style", "object": "object", "fact": "fact", "three styles": "
 def test_demo_localizes_edits_and_evaluates_each_case(demo_run):
     out, rows, adapter, _ = demo_run
     assert [(r.kind, r.variant, r.suite) for r in rows] == [
-        ("style", "localized", "toyworld-style-kandinsky"), ("style", "all layers", "toyworld-style-kandinsky"),
-        ("style", "random window", "toyworld-style-kandinsky"), ("style", "neurons", "toyworld-style-kandinsky"),
-        ("object", "localized", "toyworld-object-circle"), ("object", "all layers", "toyworld-object-circle"),
+        ("style", "localized", "toyworld-style-kandinsky"),
+        ("style", "all layers", "toyworld-style-kandinsky"),
+        ("style", "random window", "toyworld-style-kandinsky"),
+        ("style", "neurons", "toyworld-style-kandinsky"),
+        ("object", "localized", "toyworld-object-circle"),
+        ("object", "all layers", "toyworld-object-circle"),
         ("object", "random window", "toyworld-object-circle"),
-        ("fact", "localized", "toyworld-fact-sun"), ("fact", "all layers", "toyworld-fact-sun"),
+        ("fact", "localized", "toyworld-fact-sun"),
+        ("fact", "all layers", "toyworld-fact-sun"),
         ("fact", "random window", "toyworld-fact-sun"),
         ("three styles", "localized", "toyworld-style-all"),
     ]
@@ -101,7 +105,8 @@ def test_demo_rerun_resumes_without_generating_again(demo_run, monkeypatch):
 
     monkeypatch.setattr(adapter, "generate", no_generation)
     again = run_demo(out, adapter=adapter, seeds=1)
-    assert [(r.kind, r.variant, r.suite, r.layers) for r in again] == [(r.kind, r.variant, r.suite, r.layers)
-                                                                        for r in rows]
+    assert [(r.kind, r.variant, r.suite, r.layers) for r in again] == [
+        (r.kind, r.variant, r.suite, r.layers) for r in rows
+    ]
     with pytest.raises(LocoeditError, match="holds a different run"):
         run_demo(out, adapter=adapter, seeds=2)

@@ -10,8 +10,15 @@ from locoedit.cli import app
 from locoedit.localize import LocalizationRequest, LocalizationResult, localize
 from locoedit.workflows.sweep import SweepSpec, run_sweep
 
-JOB = {"prompts": ["a house in the style of van gogh"], "targets": ["a house"], "scorer": "pixel", "window": 2,
-       "seeds": [0, 1], "steps": 2, "device": "cpu"}
+JOB = {
+    "prompts": ["a house in the style of van gogh"],
+    "targets": ["a house"],
+    "scorer": "pixel",
+    "window": 2,
+    "seeds": [0, 1],
+    "steps": 2,
+    "device": "cpu",
+}
 
 
 def spec_file(tmp_path, data, name="spec.json"):
@@ -22,10 +29,14 @@ def spec_file(tmp_path, data, name="spec.json"):
 
 def three_jobs(model) -> dict:
     """Three jobs on one model: two window sizes and a second concept."""
-    return {"defaults": {**JOB, "model": str(model)}, "jobs": [
-        {"name": "house"}, {"name": "house-3", "window": 3},
-        {"name": "dog", "prompts": ["a dog in the style of van gogh"], "targets": ["a dog"]},
-    ]}
+    return {
+        "defaults": {**JOB, "model": str(model)},
+        "jobs": [
+            {"name": "house"},
+            {"name": "house-3", "window": 3},
+            {"name": "dog", "prompts": ["a dog in the style of van gogh"], "targets": ["a dog"]},
+        ],
+    }
 
 
 def test_a_sweep_writes_a_run_folder_per_job_and_an_index(tiny_sd_folder, tmp_path, monkeypatch):
@@ -45,8 +56,11 @@ def test_a_sweep_writes_a_run_folder_per_job_and_an_index(tiny_sd_folder, tmp_pa
         assert (out / row["report"]).is_file() and f"href='{row['report']}'" in html
     assert LocalizationResult.load(out / "house-3").window_size == 3
     # A job's folder holds what `locoedit localize` alone would write for its request.
-    alone = localize(LocalizationRequest(model=str(tiny_sd_folder), **{k: tuple(v) if isinstance(v, list) else v
-                                                                       for k, v in JOB.items()}))
+    alone = localize(
+        LocalizationRequest(
+            model=str(tiny_sd_folder), **{k: tuple(v) if isinstance(v, list) else v for k, v in JOB.items()}
+        )
+    )
     assert [w.effects for w in alone.windows] == [w.effects for w in LocalizationResult.load(out / "house").windows]
 
 
@@ -73,19 +87,40 @@ def test_screen_applies_to_the_jobs_that_set_none(tiny_sd_folder, tmp_path):
     assert [str(job.request.screen) for job in jobs] == ["2:1:2", "1:1:1", "2:1:2"]
 
 
-@pytest.mark.parametrize("data, message", [
-    ({"jobs": [{**JOB, "model": "toyworld", "windw": 3}]}, "job 1 has unknown keys ['windw']; allowed: name, model"),
-    ({"jobs": [], "format": "locoedit.sweep-spec/1"}, "lists no jobs"),
-    ({"job": [{**JOB, "model": "toyworld"}]}, "has unknown keys ['job']; allowed: format, defaults, jobs"),
-    ({"jobs": [{**JOB, "model": "toyworld", "name": "a"}, {**JOB, "model": "{missing}", "name": "b"}]},
-     "job 'b': model folder"),
-    ({"jobs": [{**JOB, "model": "toyworld", "seeds": "0-3"}]}, "job 1: job.seeds should be a list"),
-    ({"jobs": [{**JOB, "model": "toyworld", "name": "../up"}]}, "is not a plain folder name"),
-    ({"jobs": [{**JOB, "model": "toyworld", "name": "a"}] * 2}, "job names ['a'] repeat"),
-    ({"jobs": [{**JOB, "model": "toyworld", "name": "fine", "prompts": ["a red circle on black"],
-                "targets": ["a red shape on black"], "scorer": "toyworld"}, {**JOB, "model": "toyworld", "name": "long"}]},
-     "job 'long': prompt 'a house in the style of van gogh' has 17 tokens"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (
+            {"jobs": [{**JOB, "model": "toyworld", "windw": 3}]},
+            "job 1 has unknown keys ['windw']; allowed: name, model",
+        ),
+        ({"jobs": [], "format": "locoedit.sweep-spec/1"}, "lists no jobs"),
+        ({"job": [{**JOB, "model": "toyworld"}]}, "has unknown keys ['job']; allowed: format, defaults, jobs"),
+        (
+            {"jobs": [{**JOB, "model": "toyworld", "name": "a"}, {**JOB, "model": "{missing}", "name": "b"}]},
+            "job 'b': model folder",
+        ),
+        ({"jobs": [{**JOB, "model": "toyworld", "seeds": "0-3"}]}, "job 1: job.seeds should be a list"),
+        ({"jobs": [{**JOB, "model": "toyworld", "name": "../up"}]}, "is not a plain folder name"),
+        ({"jobs": [{**JOB, "model": "toyworld", "name": "a"}] * 2}, "job names ['a'] repeat"),
+        (
+            {
+                "jobs": [
+                    {
+                        **JOB,
+                        "model": "toyworld",
+                        "name": "fine",
+                        "prompts": ["a red circle on black"],
+                        "targets": ["a red shape on black"],
+                        "scorer": "toyworld",
+                    },
+                    {**JOB, "model": "toyworld", "name": "long"},
+                ]
+            },
+            "job 'long': prompt 'a house in the style of van gogh' has 17 tokens",
+        ),
+    ],
+)
 def test_a_bad_spec_is_one_line_and_nothing_is_written(tmp_path, data, message):
     text = json.dumps(data).replace("{missing}", str(tmp_path / "no-such-model"))
     spec = tmp_path / "spec.json"

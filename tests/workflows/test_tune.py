@@ -14,13 +14,25 @@ from locoedit.workflows import tune as tune_module  # noqa: E402
 from locoedit.workflows.tune import TuneRequest, TuneResult, Variant, choose, tune  # noqa: E402
 
 SUITE = {
-    "name": "tiny-toy-triangle", "kind": "object", "concept": "triangle", "edit_concept": "triangle",
-    "model": "toyworld", "scorer": "toyworld", "steps": 6,
-    "concept_prompts": ["a red triangle on black"], "paraphrases": [],
-    "neighbours": [{"concept": "circle", "prompts": ["a blue circle on white"]}], "unrelated": [], "seeds": [0],
-    "validation": {"concept_prompts": ["a green triangle on gray"], "paraphrases": [],
-                   "neighbours": [{"concept": "square", "prompts": ["a yellow square on black"]}], "unrelated": [],
-                   "seeds": [5]},
+    "name": "tiny-toy-triangle",
+    "kind": "object",
+    "concept": "triangle",
+    "edit_concept": "triangle",
+    "model": "toyworld",
+    "scorer": "toyworld",
+    "steps": 6,
+    "concept_prompts": ["a red triangle on black"],
+    "paraphrases": [],
+    "neighbours": [{"concept": "circle", "prompts": ["a blue circle on white"]}],
+    "unrelated": [],
+    "seeds": [0],
+    "validation": {
+        "concept_prompts": ["a green triangle on gray"],
+        "paraphrases": [],
+        "neighbours": [{"concept": "square", "prompts": ["a yellow square on black"]}],
+        "unrelated": [],
+        "seeds": [5],
+    },
 }
 
 
@@ -47,9 +59,18 @@ def suite_file(tmp_path_factory):
 
 
 def small(suite_file, **overrides):
-    base = dict(model="toyworld", concepts=("triangle",), targets=("cross",), suite=str(suite_file), windows=1,
-                tokens=("from-concept",), preserve_neighbours=(3.0,), preserve_general=(3.0,), lambdas=(0.1, 1.0),
-                localize_seeds=(0,))
+    base = dict(
+        model="toyworld",
+        concepts=("triangle",),
+        targets=("cross",),
+        suite=str(suite_file),
+        windows=1,
+        tokens=("from-concept",),
+        preserve_neighbours=(3.0,),
+        preserve_general=(3.0,),
+        lambdas=(0.1, 1.0),
+        localize_seeds=(0,),
+    )
     return TuneRequest(**{**base, **overrides})
 
 
@@ -90,8 +111,13 @@ def _counting(function, calls):
 
 def test_bad_tunes_get_one_line_and_write_nothing(suite_file, tmp_path):
     with pytest.raises(LocoeditError, match="the grid has 480 variants, more than 200; give fewer values"):
-        small(suite_file, windows=10, tokens=("from-concept", "all", "eos", "last-subject"),
-              preserve_neighbours=(1.0, 3.0, 10.0), preserve_general=(1.0, 3.0))
+        small(
+            suite_file,
+            windows=10,
+            tokens=("from-concept", "all", "eos", "last-subject"),
+            preserve_neighbours=(1.0, 3.0, 10.0),
+            preserve_general=(1.0, 3.0),
+        )
     with pytest.raises(LocoeditError, match="lambdas is empty"):
         small(suite_file, lambdas=())
     with pytest.raises(LocoeditError, match=r"tokens \['first'\] are unknown"):

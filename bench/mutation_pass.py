@@ -51,7 +51,7 @@ MODULES = {
         ["tests/test_scoring.py", "tests/localize/test_localize.py", "tests/evaluate/test_evaluate_toyworld.py"],
     ),
     "delta": (
-        "locoedit/interventions/delta.py",
+        "locoedit/delta/file.py",
         [
             "tests/interventions/test_delta.py",
             "tests/interventions/test_delta_guarantees.py",

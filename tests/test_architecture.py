@@ -16,6 +16,7 @@ LAYERS = {
     "models": 1,
     "testing": 1,
     "interventions": 2,
+    "delta": 2,  # edits as data: the file format, strength, apply, LoRA export, model cards
     "scoring": 2,
     "report": 2,
     "localize": 3,

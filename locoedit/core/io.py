@@ -7,10 +7,11 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-from PIL import Image
+if TYPE_CHECKING:  # the JSON and text writers load neither; images and tensors import them where they are written
+    import numpy as np
+    import torch
 
 
 def _umask() -> int:
@@ -59,6 +60,8 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:  # [3, H, W] in [0, 1] -> [H, W
 
 def write_png(path: str | Path, image: torch.Tensor) -> Path:
     """``image``: [3, H, W] float in [0, 1]."""
+    from PIL import Image
+
     return _atomic(path, lambda tmp: Image.fromarray(to_uint8(image)).save(tmp, format="PNG"))
 
 

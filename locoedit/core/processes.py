@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from functools import cache
 from typing import TypeVar
 
-import torch
-
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -62,6 +60,7 @@ def _launched() -> bool:
 
 @cache
 def _state():
+    import torch
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 

@@ -1,5 +1,19 @@
-"""LocoEdit: closed-form and neuron-level edits of the localized layers, returned as weight deltas."""
+"""Edits of the localized layers, by method (:data:`EDIT_METHODS`): LocoEdit's closed form on the key/value
+projections (``locoedit``) and neuron-level edits (``neurons``), each returned as a weight delta.
 
-from locoedit.edit.locoedit import EditRequest, compute_edit, edit_to_file
+The requests import no torch; the methods' code is imported when an edit is computed.
+"""
 
-__all__ = ["EditRequest", "compute_edit", "edit_to_file"]
+from locoedit.edit.methods import EDIT_METHODS, EditMethod, compute_edit, edit_to_file, method_of
+from locoedit.edit.request import EditRequest, EditRequestCore, NeuronRequest
+
+__all__ = [
+    "EDIT_METHODS",
+    "EditMethod",
+    "EditRequest",
+    "EditRequestCore",
+    "NeuronRequest",
+    "compute_edit",
+    "edit_to_file",
+    "method_of",
+]

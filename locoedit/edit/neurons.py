@@ -11,7 +11,7 @@ For each edited projection (``to_k``/``to_v``, IF: ``add_k_proj``/``add_v_proj``
    fit of ``X u = 1`` over all concept and neutral rows: the neuron then outputs about ``m_j`` on text like the
    prompts (the fit's residual is recorded in the delta's settings).
 
-The result is an :class:`~locoedit.interventions.delta.EditDelta` (method ``"neurons"``), like a closed-form edit:
+The result is an :class:`~locoedit.delta.file.EditDelta` (method ``"neurons"``), like a closed-form edit:
 replacing k rows of ``W`` is the rank-k update ``E_k (rows - W_k)`` (``E_k`` the k chosen columns of the identity),
 stored as factors when k < min(out, in); a changed bias is stored as its new value.
 """
@@ -19,79 +19,16 @@ stored as factors when k < min(out, in); a changed bias is stored as its new val
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from locoedit.core.dtypes import dtype_named
 from locoedit.core.errors import LocoeditError
-from locoedit.core.formats import JsonRecord
 from locoedit.core.lowrank import LowRank, check_low_rank_fits, to_model_dtype
-from locoedit.core.progress import ProgressCallback
-from locoedit.edit.common import as_tuple, check_positive, check_texts, normalise_common_fields, with_model_defaults
-from locoedit.edit.layers import auto_localization, resolve_layers
-from locoedit.edit.rows import concept_positions, concept_prompts, encode_rows, prompt_pairs
-from locoedit.edit.templates import prompt_templates
-from locoedit.interventions.delta import EditDelta, check_delta_path, describe_original
-from locoedit.models import Adapter, load_adapter
+from locoedit.delta.file import EditDelta, describe_original
+from locoedit.edit.request import NeuronRequest
+from locoedit.edit.rows import concept_positions, concept_prompts, encode_rows
+from locoedit.models import Adapter
 from locoedit.models.layers import CrossAttentionLayer
-
-
-@dataclass(frozen=True)
-class NeuronRequest(JsonRecord):
-    """A neuron-level edit. Validates on construction; serialises to JSON."""
-
-    FORMAT = "locoedit.neuron-request/1"
-
-    model: str
-    concepts: tuple[str, ...]
-    neutral: tuple[str, ...] = ()  # neutral prompts; empty = the concept prompts with ``targets`` in its place
-    targets: tuple[str, ...] = ()  # the concept's replacement: neutral prompts when ``neutral`` is empty; LocoGen
-    kind: str = "object"
-    prompts: tuple[str, ...] = ()  # templates with "{c}" or prompts containing a concept; empty = the kind's
-    layers: tuple[int, ...] | str = "auto"
-    top_k: int = 8  # neurons replaced per projection
-    token: str | None = None  # None = the model folder's recommendation, else last-subject
-    fit_lambda: float = 1e-3  # ridge of the constant fit used for projections without a bias
-    dtype: str = "float32"
-    device: str | None = None
-    auto_window: int | str = "auto"
-    auto_threshold: float = 0.95
-    auto_steps: int | None = None
-    auto_seeds: tuple[int, ...] = (0, 1, 2, 3)
-    auto_scorer: str | None = None
-
-    def __post_init__(self):
-        normalise_common_fields(self)
-        for name in ("neutral", "targets"):
-            object.__setattr__(self, name, as_tuple(getattr(self, name)))
-        check_texts(
-            self.prompts + self.neutral + self.targets,
-            "a prompt, neutral prompt or target is empty; every one needs text",
-        )
-        if not self.neutral and not self.targets:
-            raise LocoeditError(
-                "no neutral prompts: give --neutral prompts, or a --target to put in the concept's place"
-            )
-        if self.targets and len(self.targets) not in (1, len(self.concepts)):
-            raise LocoeditError(
-                f"got {len(self.targets)} targets for {len(self.concepts)} concepts; give one or one each"
-            )
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
-            raise LocoeditError(f"top_k {self.top_k!r} must be an integer >= 1 (--top-k)")
-        check_positive("fit_lambda", self.fit_lambda, "--fit-lambda")
-        if self.layers == "auto" and not self.targets:
-            raise LocoeditError("layers='auto' runs LocoGen, which needs a --target for the concept; or give --layers")
-
-    @property
-    def prompt_set(self) -> tuple[str, ...]:
-        return self.prompts or prompt_templates(self.kind)
-
-    def pairs(self):
-        """(concept prompt, target prompt) pairs; needs ``targets``."""
-        targets = self.targets * len(self.concepts) if len(self.targets) == 1 else self.targets
-        return prompt_pairs(self.concepts, targets, self.prompt_set)
 
 
 def neuron_zscores(
@@ -126,17 +63,10 @@ def _activations(projection: torch.nn.Linear, rows: torch.Tensor) -> torch.Tenso
     return out if projection.bias is None else out + projection.bias.detach().double()
 
 
-def compute_neuron_edit(
-    adapter: Adapter,
-    request: NeuronRequest,
-    layers: list[CrossAttentionLayer] | None = None,
-    progress: ProgressCallback | None = None,
-) -> EditDelta:
-    """The neuron-level edit of ``request`` on ``adapter``'s model, as a delta. The model is not modified."""
-    request = with_model_defaults(request, adapter)
-    if layers is None:
-        auto = auto_localization(request, request.pairs()) if request.layers == "auto" else None
-        layers = resolve_layers(adapter, request.layers, auto, progress)
+def neuron_edit(adapter: Adapter, request: NeuronRequest, layers: list[CrossAttentionLayer]) -> EditDelta:
+    """The neuron-level edit of ``request`` (its open settings already taken from the model, see
+    :meth:`~locoedit.edit.methods.EditMethod.compute`) on ``layers`` of ``adapter``'s model, as a delta. The model
+    is not modified."""
     for layer in layers:
         for projection_name in layer.edit_projections:
             width = getattr(layer.module, projection_name).out_features
@@ -211,18 +141,4 @@ def compute_neuron_edit(
     )
     if not all(math.isfinite(m) for item in chosen for m in item["neutral_means"]):
         raise LocoeditError("neutral activations are not finite; check the model's weights and dtype")
-    return EditDelta.computed_on(
-        adapter.denoiser, request.model, "neurons", layers, tensors, originals, settings, factors
-    )
-
-
-def neurons_to_file(
-    request: NeuronRequest, out: str | Path, adapter: Adapter | None = None, progress: ProgressCallback | None = None
-) -> EditDelta:
-    """Load the model (unless an adapter is given), compute the neuron edit and write it to ``out`` (atomically);
-    the CLI's ``neurons`` command."""
-    check_delta_path(out)
-    adapter = adapter or load_adapter(request.model, dtype_named(request.dtype), request.device)
-    delta = compute_neuron_edit(adapter, request, progress=progress)
-    delta.save(out)
-    return delta
+    return EditDelta.computed_on(adapter, request.model, "neurons", layers, tensors, originals, settings, factors)

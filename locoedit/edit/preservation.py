@@ -1,6 +1,6 @@
 """What an edit preserves: the second moment ``C = sum_p x_p x_p^T`` of text rows whose keys and values should stay.
 
-Three sources, each weighted on its own (:func:`locoedit.edit.locoedit.build_preservation`):
+Three sources, each weighted on its own (:func:`locoedit.edit.key_value.build_preservation`):
 
 - **neighbours**: the edit's own prompts with each neighbouring concept in the concept's place (concepts of the same
   group: the other shapes, the other artists), from the model folder's ``locoedit.json`` (``edit.neighbours``), else

@@ -25,8 +25,6 @@ from locoedit.models import Adapter, PromptTokens
 from locoedit.models.base import find_phrase
 from locoedit.models.layers import CrossAttentionLayer
 
-TOKEN_CHOICES = ("last-subject", "all", "eos", "from-concept")
-DEFAULT_TOKEN = "last-subject"  # the paper's; a model folder may recommend another (the toy world: from-concept)
 PLACEHOLDER = "{c}"
 
 

@@ -1,16 +1,25 @@
-"""Evaluate an edit: efficacy, generalization, specificity and quality, before vs after with the same seeds."""
+"""Evaluate an edit: efficacy, generalization, specificity and quality, before vs after with the same seeds (names
+load on first use)."""
 
-from locoedit.evaluate.evaluation import (
-    EvaluationFolder,
-    EvaluationRequest,
-    effect_curve,
-    evaluate,
-    evaluate_from_request,
-)
-from locoedit.evaluate.result import TARGETS, EvaluationItem, EvaluationResult, Headline, Metrics
-from locoedit.evaluate.suite import EvaluationSuite, PromptSet, SuiteItem, shipped_suites, suite_for_delta
+from typing import TYPE_CHECKING
+
+from locoedit.core.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from locoedit.evaluate.evaluation import EvaluationFolder, effect_curve, evaluate, evaluate_from_request
+    from locoedit.evaluate.request import EvaluationRequest
+    from locoedit.evaluate.result import (
+        TARGETS,
+        EvaluationItem,
+        EvaluationResult,
+        Headline,
+        Metrics,
+        read_evaluation,
+    )
+    from locoedit.evaluate.suite import EvaluationSuite, PromptSet, SuiteItem, shipped_suites, suite_for_delta
 
 __all__ = [
+    "TARGETS",
     "EvaluationFolder",
     "EvaluationItem",
     "EvaluationRequest",
@@ -20,10 +29,21 @@ __all__ = [
     "Metrics",
     "PromptSet",
     "SuiteItem",
-    "TARGETS",
     "effect_curve",
     "evaluate",
     "evaluate_from_request",
+    "read_evaluation",
     "shipped_suites",
     "suite_for_delta",
 ]
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        **dict.fromkeys(("EvaluationFolder", "effect_curve", "evaluate", "evaluate_from_request"), "evaluation"),
+        "EvaluationRequest": "request",
+        **dict.fromkeys(
+            ("TARGETS", "EvaluationItem", "EvaluationResult", "Headline", "Metrics", "read_evaluation"), "result"
+        ),
+        **dict.fromkeys(("EvaluationSuite", "PromptSet", "SuiteItem", "shipped_suites", "suite_for_delta"), "suite"),
+    },
+)

@@ -14,19 +14,18 @@ from pathlib import Path
 
 import torch
 
-from locoedit.core.checks import check_guidance, check_positive_int
-from locoedit.core.dtypes import check_dtype, dtype_named
+from locoedit.core.dtypes import dtype_named
 from locoedit.core.errors import LocoeditError
 from locoedit.core.formats import JsonRecord
 from locoedit.core.io import write_png, write_text
 from locoedit.core.progress import ProgressCallback, ProgressTask
 from locoedit.core.runfolder import RunFolder, check_writable
-from locoedit.core.seeds import check_seeds
+from locoedit.delta.file import EditDelta
 from locoedit.evaluate.metrics import psnr, ssim
 from locoedit.evaluate.report import evaluation_report_html
+from locoedit.evaluate.request import EvaluationRequest
 from locoedit.evaluate.result import DeltaSummary, EffectCurve, EvaluationItem, EvaluationResult, Metrics
 from locoedit.evaluate.suite import EvaluationSuite, suite_for_delta
-from locoedit.interventions.delta import EditDelta
 from locoedit.localize import LocalizationResult
 from locoedit.localize.result import RESULT_FILE
 from locoedit.models import Adapter, EncodedPrompts, GenerationSettings, load_adapter
@@ -229,33 +228,6 @@ def evaluate(
     if folder is not None:
         folder.write(result)
     return result
-
-
-@dataclass(frozen=True)
-class EvaluationRequest:
-    """The CLI's ``evaluate``: model, delta file, suite, and overrides. Validates on construction."""
-
-    model: str
-    edit: str  # delta file
-    suite: str | None = None  # shipped name or JSON file; None = the shipped suite for the delta's concept
-    scorer: str | None = None  # None = the suite's hint, else the model's concept scorer
-    localization: str | None = None  # LocoGen run folder for the effect curve
-    seeds: tuple[int, ...] = ()  # () = the suite's
-    steps: int | None = None
-    guidance: float | None = None
-    size: int | None = None
-    batch_size: int = 16
-    dtype: str | None = None  # None = the delta's dtype
-    device: str | None = None
-
-    def __post_init__(self):
-        if self.seeds != ():  # () = the suite's seeds
-            object.__setattr__(self, "seeds", check_seeds(self.seeds))
-        for name in ("steps", "size", "batch_size"):
-            check_positive_int(name, getattr(self, name), f"--{name.replace('_', '-')}")
-        check_guidance(self.guidance)
-        if self.dtype is not None:
-            check_dtype(self.dtype)
 
 
 def evaluate_from_request(

@@ -19,9 +19,9 @@ import torch
 
 from locoedit.core.formats import JsonRecord, to_plain
 from locoedit.core.versions import versions
+from locoedit.delta.file import EditDelta
 from locoedit.evaluate.metrics import frechet_distance
 from locoedit.evaluate.suite import EvaluationSuite, SuiteItem
-from locoedit.interventions.delta import EditDelta
 from locoedit.localize import LocalizationResult
 from locoedit.models import GenerationSettings
 from locoedit.scoring import ConceptScorer
@@ -412,3 +412,10 @@ class EvaluationResult(JsonRecord):
         data = super().to_json()
         data.update(headline=to_plain(self.headline), targets=dict(TARGETS), meets_targets=self.meets_targets())
         return data
+
+
+def read_evaluation(folder) -> EvaluationResult:
+    """The ``evaluation.json`` of a ``locoedit evaluate`` run folder (for a model card: ``locoedit.delta.card``)."""
+    from pathlib import Path
+
+    return EvaluationResult.read(Path(folder) / "evaluation.json")

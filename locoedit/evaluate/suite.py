@@ -17,8 +17,8 @@ from pathlib import Path
 from locoedit.core.errors import LocoeditError
 from locoedit.core.formats import check_format, to_plain
 from locoedit.core.seeds import check_seeds
+from locoedit.delta.file import EditDelta
 from locoedit.edit.templates import KINDS
-from locoedit.interventions.delta import EditDelta
 from locoedit.models import resolve_model
 
 GROUPS = ("concept", "paraphrases", "neighbours", "unrelated")

@@ -6,10 +6,11 @@ import difflib
 from dataclasses import dataclass
 
 from locoedit.core.checks import check_guidance, check_positive_int
-from locoedit.core.dtypes import check_dtype
+from locoedit.core.dtypes import DTYPE_NAMES
 from locoedit.core.errors import LocoeditError
 from locoedit.core.formats import JsonRecord
-from locoedit.core.seeds import check_seeds
+from locoedit.core.params import Request, fraction, one_of, positive_int, setting
+from locoedit.core.seeds import check_seeds, parse_seeds, seeds_text
 
 MODES = ("exact", "batched")
 
@@ -58,36 +59,66 @@ class Screen:
 
 
 @dataclass(frozen=True)
-class LocalizationRequest(JsonRecord):
+class LocalizationRequest(Request, JsonRecord):
     """Everything that determines a LocoGen run. Validates on construction; serialises to JSON (request.json)."""
 
     FORMAT = "locoedit.localization-request/2"  # 2 added screen; version 1 files read with screen None
 
-    model: str
-    prompts: tuple[str, ...]
-    targets: tuple[str, ...]
-    concept: str = ""  # scored text; empty = the words the targets drop from the prompts
-    scorer: str | None = None  # None = the model's concept scorer (see locoedit.scoring.scorer_spec_for)
-    window: int | str = 2  # an integer m, or "auto": the smallest m whose best window passes auto_threshold
-    auto_threshold: float = 0.5  # fraction of the effect of routing *all* layers that a window must reach
-    seeds: tuple[int, ...] = (0, 1, 2, 3)
-    steps: int | None = None  # None = the model's default
-    guidance: float | None = None
-    height: int | None = None
-    width: int | None = None
-    scheduler: str | None = None  # a diffusers scheduler class name; None = the pipeline's own
-    mode: str = "batched"
-    chunk: int = 8  # windows per denoising loop in batched mode
-    dtype: str = "float32"
-    device: str | None = None
-    route_added_text: bool = False
-    screen: Screen | None = None  # None: every window gets the full budget
+    model: str = setting(help="A hub id, a local diffusers pipeline folder, or 'toyworld'.")
+    prompts: tuple[str, ...] = setting((), "Original prompt (repeatable).", flag="--prompt", short="-p")
+    targets: tuple[str, ...] = setting(
+        (), "The prompt with the concept removed (one per --prompt).", flag="--target", short="-t"
+    )
+    concept: str = setting("", "Text to score; default: the words the target drops.")
+    scorer: str | None = setting(
+        None,
+        "pixel, toyworld or clip:ID_OR_FOLDER (default: the model's concept scorer: the probe for the toy world, "
+        "the paper's CLIP otherwise).",
+    )
+    window: int | str = setting(
+        2,
+        "Window size m, or 'auto': the smallest m whose best window reaches --threshold.",
+        parse=parse_window,
+        show=str,
+    )
+    auto_threshold: float = setting(
+        0.5,
+        "For --window auto: fraction of the all-layer effect a window must reach.",
+        flag="--threshold",
+        check=fraction,
+    )
+    seeds: tuple[int, ...] = setting(
+        (0, 1, 2, 3),
+        "Seeds, e.g. 0,1,2,3 or 0-15.",
+        check=lambda name, value: check_seeds(value, name),
+        parse=parse_seeds,
+        show=seeds_text,
+    )
+    steps: int | None = setting(None, "Denoising steps (default: the model's).", check=positive_int)
+    guidance: float | None = setting(None, "Classifier-free guidance scale.")
+    height: int | None = setting(None, "Image height and width in pixels.", flag="--size", check=positive_int)
+    width: int | None = setting(None, "Image width (default: the height).", check=positive_int, front_end=False)
+    scheduler: str | None = setting(None, "A diffusers scheduler class, e.g. DDIMScheduler.")
+    mode: str = setting(
+        "batched", "exact (one loop per window, as the paper) or batched.", check=one_of(*MODES), choices=MODES
+    )
+    chunk: int = setting(8, "Windows per denoising loop in batched mode.", check=positive_int)
+    dtype: str = setting("float32", "float32, float16 or bfloat16.", check=one_of(*DTYPE_NAMES), choices=DTYPE_NAMES)
+    device: str | None = setting(
+        None, "cpu, cuda, cuda:1, ... (default: cuda if available; under a launcher, each process's own)."
+    )
+    route_added_text: bool = setting(False, "Also route SD-XL pooled / IF time-embedding text.")
+    screen: Screen | None = setting(
+        None,
+        "STEPS:SEEDS:TOPK: rank every window on fewer steps and seeds, then give only the top k the full budget "
+        "(default: off).",
+        parse=Screen.parse,
+        show=str,
+    )
 
-    def __post_init__(self):
-        for name in ("prompts", "targets"):
-            value = getattr(self, name)
-            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
-        object.__setattr__(self, "seeds", check_seeds((self.seeds,) if isinstance(self.seeds, int) else self.seeds))
+    def validate(self) -> None:
+        if self.width is None and self.height is not None:
+            object.__setattr__(self, "width", self.height)  # --size gives both
         if not self.prompts:
             raise LocoeditError("prompts is empty; give at least one original prompt (--prompt)")
         if len(self.prompts) != len(self.targets):
@@ -113,18 +144,6 @@ class LocalizationRequest(JsonRecord):
             isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1
         ):
             raise LocoeditError(f"window {self.window!r} is invalid; give an integer m >= 1 or 'auto'")
-        if (
-            isinstance(self.auto_threshold, bool)
-            or not isinstance(self.auto_threshold, (int, float))
-            or not (0 < self.auto_threshold <= 1)
-        ):
-            raise LocoeditError(f"auto_threshold {self.auto_threshold!r} must be in (0, 1]")
-        if self.mode not in MODES:
-            raise LocoeditError(f"mode {self.mode!r} is unknown; use 'exact' or 'batched'")
-        check_positive_int("chunk", self.chunk)
-        check_dtype(self.dtype)
-        for name in ("steps", "height", "width"):
-            check_positive_int(name, getattr(self, name))
         check_guidance(self.guidance)
         if self.screen is not None:
             if not isinstance(self.screen, Screen):

@@ -1,204 +1,67 @@
 """One adapter per model family, and loading a pipeline by hub id, local folder or a registered short name.
 
-Short names (:data:`NAMED_MODELS`) map to folders shipped with locoedit; the toy world registers itself here. A model
-folder may hold ``locoedit.json`` (:class:`ModelSettings`): the generation settings and the concept scorer it is
-meant to be used with. Nothing above this package branches on a model's name or family.
+Short names (:data:`NAMED_MODELS`) map to folders shipped with locoedit; the toy world registers itself there. A
+model folder may hold ``locoedit.json`` (:class:`ModelSettings`): the generation settings and the concept scorer it
+is meant to be used with, and presets of any command's settings. Nothing above this package branches on a model's
+name or family. Names are imported on first use, so reading model names loads no torch.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import replace
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from locoedit.core.lazy import lazy_exports
 
-from locoedit import toyworld
-from locoedit.core.errors import LocoeditError
-from locoedit.models.base import (
-    Adapter,
-    EditDefaults,
-    EncodedPrompts,
-    GenerationSettings,
-    Intervention,
-    ModelSettings,
-    PromptTokens,
-    TextConditioning,
-)
-from locoedit.models.deepfloyd_if import DeepFloydIFAdapter
-from locoedit.models.pixart import PixArtAlphaAdapter
-from locoedit.models.stable_diffusion import StableDiffusionAdapter
-from locoedit.models.stable_diffusion_xl import StableDiffusionXLAdapter
+if TYPE_CHECKING:
+    from locoedit.models.base import (
+        Adapter,
+        EditDefaults,
+        EncodedPrompts,
+        GenerationSettings,
+        Intervention,
+        ModelSettings,
+        PromptTokens,
+        TextConditioning,
+    )
+    from locoedit.models.names import DEFAULTS_FILE, NAMED_MODELS, model_presets, resolve_model
+    from locoedit.models.registry import ADAPTERS, adapter_for, check_device, check_model, load_adapter
+
+_WHERE = {
+    **dict.fromkeys(
+        (
+            "Adapter",
+            "EditDefaults",
+            "EncodedPrompts",
+            "GenerationSettings",
+            "Intervention",
+            "ModelSettings",
+            "PromptTokens",
+            "TextConditioning",
+        ),
+        "base",
+    ),
+    **dict.fromkeys(("DEFAULTS_FILE", "NAMED_MODELS", "model_presets", "resolve_model"), "names"),
+    **dict.fromkeys(("ADAPTERS", "adapter_for", "check_device", "check_model", "load_adapter"), "registry"),
+}
 
 __all__ = [
+    "ADAPTERS",
+    "DEFAULTS_FILE",
+    "NAMED_MODELS",
     "Adapter",
     "EditDefaults",
     "EncodedPrompts",
     "GenerationSettings",
     "Intervention",
     "ModelSettings",
-    "NAMED_MODELS",
     "PromptTokens",
     "TextConditioning",
-    "ADAPTERS",
     "adapter_for",
+    "check_device",
     "check_model",
     "load_adapter",
+    "model_presets",
     "resolve_model",
-    "DEFAULTS_FILE",
 ]
 
-logger = logging.getLogger(__name__)
-
-DEFAULTS_FILE = "locoedit.json"  # optional, in a pipeline folder: the settings that model is meant to be used with
-
-NAMED_MODELS: dict[str, Path] = {"toyworld": toyworld.MODEL_DIR}  # short name -> shipped pipeline folder
-
-ADAPTERS: dict[str, type[Adapter]] = {
-    cls.pipeline_class_name: cls
-    for cls in (StableDiffusionAdapter, StableDiffusionXLAdapter, DeepFloydIFAdapter, PixArtAlphaAdapter)
-}
-
-# Components that are not needed to generate and that would otherwise be fetched or warn offline.
-_LOAD_OPTIONS = {
-    "StableDiffusionPipeline": {"safety_checker": None, "requires_safety_checker": False},
-    "StableDiffusionXLPipeline": {"add_watermarker": False},
-    "IFPipeline": {"safety_checker": None, "watermarker": None, "requires_safety_checker": False},
-    "PixArtAlphaPipeline": {},
-}
-
-
-def _unsupported(class_name: str, where: str) -> LocoeditError:
-    return LocoeditError(
-        f"{where} is a {class_name}, which locoedit does not support; supported pipelines: {', '.join(ADAPTERS)}"
-    )
-
-
-def adapter_for(pipe) -> Adapter:
-    """The adapter for an already loaded diffusers pipeline."""
-    for cls in type(pipe).__mro__:
-        if cls.__name__ in ADAPTERS:
-            return ADAPTERS[cls.__name__](pipe)
-    raise _unsupported(type(pipe).__name__, "the pipeline")
-
-
-def resolve_model(model: str) -> str:
-    """A local folder path or a hub id for ``model``; a short name of :data:`NAMED_MODELS` is its shipped folder."""
-    return str(NAMED_MODELS[model]) if model in NAMED_MODELS else model
-
-
-def _pipeline_class_name(model: str) -> str:
-    path = Path(model).expanduser()
-    if path.is_dir():
-        index = path / "model_index.json"
-        if not index.is_file():
-            raise LocoeditError(
-                f"{model} is a folder but not a diffusers pipeline (no model_index.json); "
-                "point at a folder written by save_pretrained, or at a hub id"
-            )
-        try:
-            class_name = json.loads(index.read_text())["_class_name"]
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
-            raise LocoeditError(
-                f"{index} is damaged ({type(error).__name__}: {error}); it must be a JSON object naming the pipeline's "
-                "_class_name, as save_pretrained writes it"
-            ) from None
-        if not isinstance(class_name, str):
-            raise LocoeditError(f"{index} names no pipeline class (_class_name is {class_name!r})")
-        return class_name
-    if path.is_absolute() or model.startswith((".", "~")) or model.count("/") > 1:
-        raise LocoeditError(f"model folder {model} does not exist; give an existing local folder or a hub id")
-    from diffusers import DiffusionPipeline
-
-    try:
-        return DiffusionPipeline.load_config(model)["_class_name"]
-    except Exception as error:  # the hub client raises many types for offline, missing and gated repos
-        raise LocoeditError(
-            f"model {model!r} is neither a local folder nor available from the hub ({type(error).__name__}); "
-            "weights must be local or reachable: download them into a folder (or the hub cache) and pass that"
-        ) from error
-
-
-def check_model(model: str) -> str:
-    """The pipeline class of ``model`` (a hub id or local folder), read from its model_index.json without loading
-    weights; a LocoeditError when there is no such model or locoedit does not support its pipeline."""
-    class_name = _pipeline_class_name(resolve_model(model))
-    if class_name not in ADAPTERS:
-        raise _unsupported(class_name, repr(model))
-    return class_name
-
-
-def load_adapter(model: str, dtype: torch.dtype = torch.float32, device: str | None = None) -> Adapter:
-    """Load a supported pipeline from a hub id or local folder and wrap it in its family's adapter."""
-    import diffusers
-
-    location = resolve_model(model)
-    class_name = check_model(model)
-    device = check_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    settings = _folder_settings(location)
-    try:
-        with _quiet_loading():
-            pipe = getattr(diffusers, class_name).from_pretrained(location, dtype=dtype, **_LOAD_OPTIONS[class_name])
-    except Exception as error:  # a damaged folder fails in diffusers, transformers or safetensors, each its own way
-        raise LocoeditError(
-            f"model {model!r} could not be loaded: {type(error).__name__}: {str(error).splitlines()[0][:300]}; "
-            "the folder is damaged or incomplete (write it again with save_pretrained)"
-        ) from None
-    logger.info("loaded %s from %s on %s (%s)", class_name, location, device, dtype)
-    return ADAPTERS[class_name](pipe.to(device), settings)
-
-
-def check_device(device: str) -> str:
-    """``device`` if torch knows it and this machine has it; a LocoeditError naming what there is otherwise."""
-    try:
-        parsed = torch.device(device)
-    except RuntimeError:
-        raise LocoeditError(f"device {device!r} is not a torch device; use cpu, cuda or cuda:N (--device)") from None
-    if parsed.type == "cuda":
-        count = torch.cuda.device_count()
-        if count == 0 or (parsed.index or 0) >= count:
-            raise LocoeditError(
-                f"device {device!r} is not on this machine ({count} CUDA devices); use --device cpu"
-                + (f" or cuda:0..cuda:{count - 1}" if count else "")
-            )
-    elif parsed.type != "cpu" and not getattr(torch, parsed.type, None):
-        raise LocoeditError(f"device {device!r} is not available here; use --device cpu")
-    return device
-
-
-@contextmanager
-def _quiet_loading() -> Iterator[None]:
-    """Without diffusers' and transformers' own loading bars: progress is the front end's to draw."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    enabled = [(lib, lib.is_progress_bar_enabled()) for lib in (diffusers_logging, transformers_logging)]
-    for lib, _ in enabled:
-        lib.disable_progress_bar()
-    try:
-        yield
-    finally:
-        for lib, was_enabled in enabled:
-            if was_enabled:
-                lib.enable_progress_bar()
-
-
-def _folder_settings(location: str) -> ModelSettings:
-    """What a model folder recommends in ``locoedit.json``; nothing for a hub id or a folder without one."""
-    file = Path(location) / DEFAULTS_FILE
-    if not file.is_file():
-        return ModelSettings()
-    settings = ModelSettings.read(file)
-    edit = settings.edit
-    if edit is not None and edit.corpus is not None:  # named relative to the folder
-        corpus = Path(location) / edit.corpus
-        if not corpus.is_file():
-            raise LocoeditError(
-                f"{file} names the preservation corpus {edit.corpus!r}, which is not in {location}; "
-                "put the file there or remove edit.corpus"
-            )
-        settings = replace(settings, edit=replace(edit, corpus=str(corpus)))
-    return settings
+__getattr__ = lazy_exports(__name__, _WHERE)

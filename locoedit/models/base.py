@@ -128,7 +128,7 @@ class GenerationSettings:
 class EditDefaults:
     """How edits of a model's concepts are best made, as its folder recommends."""
 
-    token: str | None = None  # which token rows an edit reads (locoedit.edit.rows.TOKEN_CHOICES)
+    token: str | None = None  # which token rows an edit reads (locoedit.edit.request.TOKEN_CHOICES)
     templates: dict[str, list[str]] = field(default_factory=dict)  # per kind or neighbour group, in its vocabulary
     neighbours: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # kind -> group -> concepts to keep
     corpus: str | None = None  # general preservation corpus: a file in the model folder, one prompt per line

@@ -4,23 +4,42 @@
 probe classifiers that read every attribute of a generated picture (see :mod:`.probe`).
 """
 
+import importlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .world import (
-    ATTRIBUTES,
-    NO_FACT,
-    NO_STYLE,
-    VOCAB_PATH,
-    caption_for,
-    complete_scene,
-    load_vocab,
-    parse_caption,
-    render,
-    render_batch,
-    render_scene,
-    sample_caption,
-    sample_scene,
+if TYPE_CHECKING:
+    from .world import (
+        ATTRIBUTES,
+        NO_FACT,
+        NO_STYLE,
+        VOCAB_PATH,
+        caption_for,
+        complete_scene,
+        load_vocab,
+        parse_caption,
+        render,
+        render_batch,
+        render_scene,
+        sample_caption,
+        sample_scene,
+    )
+
+_FROM_WORLD = (
+    "ATTRIBUTES",
+    "NO_FACT",
+    "NO_STYLE",
+    "VOCAB_PATH",
+    "caption_for",
+    "complete_scene",
+    "load_vocab",
+    "parse_caption",
+    "render",
+    "render_batch",
+    "render_scene",
+    "sample_caption",
+    "sample_scene",
 )
 
 WEIGHTS_DIR: Path = Path(__file__).with_name("weights")
@@ -55,3 +74,9 @@ __all__ = [
     "sample_scene",
     "sampling_defaults",
 ]
+
+
+def __getattr__(name: str):  # the world (and numpy) load on first use: model paths are read without them
+    if name not in _FROM_WORLD:
+        raise AttributeError(f"module 'locoedit.toyworld' has no attribute {name!r}")
+    return getattr(importlib.import_module("locoedit.toyworld.world"), name)

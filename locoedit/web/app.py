@@ -29,18 +29,16 @@ from locoedit.core.formats import field_default
 from locoedit.core.io import to_uint8
 from locoedit.core.progress import ProgressCallback
 from locoedit.core.seeds import parse_seeds, seeds_text
+from locoedit.delta import EditDelta, export_with_card
 from locoedit.edit import EditRequest
-from locoedit.edit.layers import parse_layers
-from locoedit.edit.rows import TOKEN_CHOICES
+from locoedit.edit.request import TOKEN_CHOICES, parse_layers
 from locoedit.edit.templates import KINDS
 from locoedit.evaluate import TARGETS, EvaluationRequest, EvaluationResult, shipped_suites
-from locoedit.interventions.delta import EditDelta
 from locoedit.localize import LocalizationRequest, LocalizationResult, parse_window
 from locoedit.report.html import effect_plot_svg
 from locoedit.web.jobs import Job, failure_line
 from locoedit.web.workbench import Workbench
-from locoedit.workflows.card import export_with_card
-from locoedit.workflows.generate import GenerationRequest
+from locoedit.workflows.requests import GenerationRequest
 
 logger = logging.getLogger(__name__)
 

@@ -10,13 +10,14 @@ import torch
 
 from locoedit.core.dtypes import dtype_named
 from locoedit.core.progress import ProgressCallback
+from locoedit.delta.file import EditDelta
 from locoedit.edit import EditRequest, edit_to_file
 from locoedit.evaluate import EvaluationRequest, EvaluationResult, evaluate_from_request
-from locoedit.interventions.delta import EditDelta
 from locoedit.localize import LocalizationRequest, LocalizationResult, localize
 from locoedit.models import Adapter, load_adapter
 from locoedit.web.jobs import JobQueue
-from locoedit.workflows.generate import GenerationRequest, generate_images
+from locoedit.workflows.generate import generate_images
+from locoedit.workflows.requests import GenerationRequest
 
 
 class Workbench:

@@ -21,13 +21,11 @@ from locoedit.core.formats import JsonRecord
 from locoedit.core.io import write_text
 from locoedit.core.progress import ProgressCallback
 from locoedit.core.runfolder import RunFolder, check_writable
-from locoedit.edit import EditRequest, compute_edit
+from locoedit.delta.file import EditDelta
+from locoedit.edit import EditRequest, NeuronRequest, compute_edit
 from locoedit.edit.common import with_model_defaults
-from locoedit.edit.layers import auto_localization
-from locoedit.edit.neurons import NeuronRequest, compute_neuron_edit
 from locoedit.evaluate import EvaluationSuite, Headline, evaluate
 from locoedit.evaluate.report import evaluation_section
-from locoedit.interventions.delta import EditDelta
 from locoedit.localize import localize
 from locoedit.localize.report import localization_section
 from locoedit.models import Adapter, load_adapter
@@ -112,7 +110,7 @@ def run_demo(
             adapter,
         )
         localization = localize(
-            auto_localization(request, request.pairs()),
+            request.localization(request.pairs()),
             out=case_dir / "localize",
             adapter=adapter,
             scorer=scorer,
@@ -143,7 +141,7 @@ def run_demo(
                 layers=tuple(chosen),
                 token=request.token,
             )
-            variants["neurons"] = (chosen, compute_neuron_edit(adapter, neurons))
+            variants["neurons"] = (chosen, compute_edit(adapter, neurons))
         case_sections = [localization_section(localization, image_root=f"{case_dir.name}/localize/")]
         for suite_name in case["suites"]:
             suite = replace(EvaluationSuite.load(suite_name).split("test"), seeds=evaluation_seeds)

@@ -8,39 +8,13 @@ from pathlib import Path
 
 import torch
 
-from locoedit.core.checks import check_guidance, check_positive_int
-from locoedit.core.dtypes import check_dtype, dtype_named
-from locoedit.core.errors import LocoeditError
+from locoedit.core.dtypes import dtype_named
 from locoedit.core.formats import JsonRecord
 from locoedit.core.io import write_png
 from locoedit.core.progress import ProgressCallback, ProgressTask
 from locoedit.core.runfolder import RunFolder, check_writable
-from locoedit.core.seeds import check_seeds
 from locoedit.models import Adapter, GenerationSettings, Intervention, load_adapter
-
-
-@dataclass(frozen=True)
-class GenerationRequest(JsonRecord):
-    FORMAT = "locoedit.generation-request/1"
-
-    model: str
-    prompts: tuple[str, ...]
-    seeds: tuple[int, ...] = (0, 1, 2, 3)
-    steps: int | None = None  # None = the model's default
-    guidance: float | None = None
-    size: int | None = None
-    dtype: str = "float32"
-    device: str | None = None
-
-    def __post_init__(self):
-        object.__setattr__(self, "prompts", (self.prompts,) if isinstance(self.prompts, str) else tuple(self.prompts))
-        if not self.prompts or not all(isinstance(p, str) and p.strip() for p in self.prompts):
-            raise LocoeditError("give at least one non-empty --prompt")
-        object.__setattr__(self, "seeds", check_seeds(self.seeds))
-        for name in ("steps", "size"):
-            check_positive_int(name, getattr(self, name), f"--{name}")
-        check_guidance(self.guidance)
-        check_dtype(self.dtype)
+from locoedit.workflows.requests import GenerationRequest
 
 
 @dataclass(frozen=True)

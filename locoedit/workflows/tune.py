@@ -20,18 +20,14 @@ from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
 
-from locoedit.core.dtypes import check_dtype, dtype_named
-from locoedit.core.errors import LocoeditError
+from locoedit.core.dtypes import dtype_named
 from locoedit.core.formats import JsonRecord
 from locoedit.core.io import write_text
 from locoedit.core.progress import ProgressCallback, ProgressTask
 from locoedit.core.runfolder import RunFolder, check_writable
-from locoedit.core.seeds import check_seeds
 from locoedit.core.versions import versions
-from locoedit.edit import EditRequest, compute_edit
+from locoedit.edit import compute_edit
 from locoedit.edit.common import with_model_defaults
-from locoedit.edit.layers import auto_localization
-from locoedit.edit.rows import TOKEN_CHOICES
 from locoedit.evaluate import evaluate
 from locoedit.evaluate.result import EvaluationResult, Headline
 from locoedit.evaluate.suite import EvaluationSuite, suite_for_concepts
@@ -39,94 +35,13 @@ from locoedit.localize import localize
 from locoedit.models import Adapter, load_adapter
 from locoedit.report.html import page, percent
 from locoedit.scoring import resolve_scorer
+from locoedit.workflows.requests import TuneRequest
 
-MAX_VARIANTS = 200
 EFFICACY_TIE = 0.05
 RULE = (
     f"highest validation efficacy (within {EFFICACY_TIE:.0%} of the best counts as equal), then highest "
     "specificity, then highest identity, then the earlier variant"
 )
-
-
-@dataclass(frozen=True)
-class TuneRequest(JsonRecord):
-    """A grid of LocoEdit settings for one edit, and the suite that judges them. Validates on construction."""
-
-    FORMAT = "locoedit.tune-request/1"
-
-    model: str
-    concepts: tuple[str, ...]
-    targets: tuple[str, ...]
-    kind: str = "object"
-    suite: str | None = None  # shipped name or file with a validation split; None = the shipped one for the concept
-    windows: int = 3  # the best LocoGen windows tried
-    window: int | str = "auto"  # LocoGen window size, or "auto" (the edit's default)
-    tokens: tuple[str, ...] = ("from-concept", "last-subject")
-    preserve_neighbours: tuple[float, ...] = (3.0, 30.0)
-    preserve_general: tuple[float, ...] = (3.0, 30.0)
-    lambdas: tuple[float, ...] = (0.1, 1.0)  # used for keys and values alike
-    localize_seeds: tuple[int, ...] = (0, 1, 2, 3)
-    dtype: str = "float32"
-    device: str | None = None
-
-    def __post_init__(self):
-        for name in (
-            "concepts",
-            "targets",
-            "tokens",
-            "preserve_neighbours",
-            "preserve_general",
-            "lambdas",
-            "localize_seeds",
-        ):
-            value = getattr(self, name)
-            object.__setattr__(self, name, (value,) if isinstance(value, (str, int, float)) else tuple(value))
-        for name in ("tokens", "preserve_neighbours", "preserve_general", "lambdas"):
-            if not getattr(self, name):
-                raise LocoeditError(f"{name} is empty; the grid needs at least one value of each setting")
-        unknown = [t for t in self.tokens if t not in TOKEN_CHOICES]
-        if unknown:
-            raise LocoeditError(f"tokens {unknown} are unknown; use {', '.join(TOKEN_CHOICES)}")
-        if isinstance(self.windows, bool) or not isinstance(self.windows, int) or self.windows < 1:
-            raise LocoeditError(f"windows {self.windows!r} must be an integer >= 1 (how many LocoGen windows to try)")
-        object.__setattr__(self, "localize_seeds", check_seeds(self.localize_seeds, "localize_seeds"))
-        check_dtype(self.dtype)
-        if self.variants > MAX_VARIANTS:
-            raise LocoeditError(
-                f"the grid has {self.variants} variants, more than {MAX_VARIANTS}; give fewer values "
-                "per setting (each variant is a full evaluation of the validation split)"
-            )
-        self.edit_request(
-            "auto", self.tokens[0], self.preserve_neighbours[0], self.preserve_general[0], self.lambdas[0]
-        )  # the edit's own checks (concepts, targets, kind, numbers)
-
-    @property
-    def variants(self) -> int:
-        return (
-            self.windows
-            * len(self.tokens)
-            * len(self.preserve_neighbours)
-            * len(self.preserve_general)
-            * len(self.lambdas)
-        )
-
-    def edit_request(self, layers, token: str, neighbours: float, general: float, lam: float) -> EditRequest:
-        return EditRequest(
-            model=self.model,
-            concepts=self.concepts,
-            targets=self.targets,
-            kind=self.kind,
-            layers=layers,
-            token=token,
-            preserve_neighbours=neighbours,
-            preserve_general=general,
-            lambda_key=lam,
-            lambda_value=lam,
-            auto_window=self.window,
-            auto_seeds=self.localize_seeds,
-            dtype=self.dtype,
-            device=self.device,
-        )
 
 
 @dataclass(frozen=True)
@@ -212,7 +127,7 @@ def tune(
 
     base = with_model_defaults(request.edit_request("auto", *_first(request)), adapter)
     localization = localize(
-        auto_localization(base, base.pairs()),
+        base.localization(base.pairs()),
         adapter=adapter,
         scorer=scorer,
         out=out / "localization",

@@ -10,7 +10,7 @@ torch.set_num_threads(1)
 from typer.testing import CliRunner  # noqa: E402
 
 from locoedit.cli import app as locoedit_app  # noqa: E402
-from locoedit.interventions.delta import EditDelta  # noqa: E402
+from locoedit.delta.file import EditDelta  # noqa: E402
 from locoedit.testing import TINY_PIPELINES  # noqa: E402
 
 

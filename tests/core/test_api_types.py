@@ -8,7 +8,7 @@ from locoedit.edit.neurons import NeuronRequest
 from locoedit.evaluate import EvaluationRequest
 from locoedit.localize import LocalizationRequest
 from locoedit.trace import TraceRequest
-from locoedit.workflows.generate import GenerationRequest
+from locoedit.workflows.requests import GenerationRequest
 
 BASE = {
     LocalizationRequest: dict(model="toyworld", prompts=("a red circle",), targets=("a circle",)),

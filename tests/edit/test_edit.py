@@ -9,6 +9,8 @@ torch.set_num_threads(1)
 
 from locoedit.core.errors import LocoeditError  # noqa: E402
 from locoedit.core.lowrank import rows_per_block  # noqa: E402
+from locoedit.delta.file import tensor_sha256  # noqa: E402
+from locoedit.edit import EditRequest, compute_edit
 from locoedit.edit.closed_form import (  # noqa: E402
     closed_form_edit,
     edit_factors,
@@ -16,7 +18,7 @@ from locoedit.edit.closed_form import (  # noqa: E402
     edit_objective,
     to_model_dtype,
 )
-from locoedit.edit.locoedit import EditRequest, build_preservation, build_rows, compute_edit  # noqa: E402
+from locoedit.edit.key_value import build_preservation, build_rows  # noqa: E402
 from locoedit.edit.rows import (  # noqa: E402
     aligned_positions,
     all_real_positions,
@@ -25,7 +27,6 @@ from locoedit.edit.rows import (  # noqa: E402
     stretch_alignment,
 )
 from locoedit.edit.templates import prompt_templates  # noqa: E402
-from locoedit.interventions.delta import tensor_sha256  # noqa: E402
 from locoedit.models import adapter_for  # noqa: E402
 from locoedit.testing import TINY_PIPELINES  # noqa: E402
 

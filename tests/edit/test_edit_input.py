@@ -8,10 +8,10 @@ import torch
 
 torch.set_num_threads(1)
 
-from locoedit.cli.main import parse_layers  # noqa: E402
 from locoedit.core.errors import LocoeditError  # noqa: E402
 from locoedit.edit import EditRequest, compute_edit, edit_to_file  # noqa: E402
 from locoedit.edit.layers import resolve_layers  # noqa: E402
+from locoedit.edit.request import parse_layers  # noqa: E402
 from locoedit.localize import LocalizationRequest, localize  # noqa: E402
 from locoedit.models import adapter_for  # noqa: E402
 from locoedit.scoring import PixelScorer  # noqa: E402
@@ -37,9 +37,9 @@ def make(**overrides):
         (dict(targets=("a", "b", "c")), "got 3 targets for 1 concepts"),
         (dict(targets=()), "give --target: what the concept should become"),
         (dict(targets=("Van Gogh",)), "equals its concept"),
-        (dict(prompts=("",)), "a prompt, preservation prompt or neighbour is empty"),
-        (dict(preserve=(" ",)), "a prompt, preservation prompt or neighbour is empty"),
-        (dict(neighbours=("",)), "a prompt, preservation prompt or neighbour is empty"),
+        (dict(prompts=("",)), "prompts holds an empty or non-text item; every --prompt needs text"),
+        (dict(preserve=(" ",)), "preserve holds an empty or non-text item; every --preserve needs text"),
+        (dict(neighbours=("",)), "neighbours holds an empty or non-text item; every --neighbour needs text"),
         (dict(preserve_neighbours=-1.0), r"preserve_neighbours must be a finite number >= 0 \(0 turns it off\)"),
         (dict(preserve_general=float("inf")), "preserve_general must be a finite number >= 0"),
         (dict(lambda_key=0.0), "lambda_key must be a finite number > 0"),
@@ -116,7 +116,7 @@ def _run_choosing(result, tmp_path, layers, names):
 
 def test_layers_from_a_localize_run_folder(sd, run_result, tmp_path):
     folder = _run_choosing(run_result, tmp_path, [2, 3], [sd.layers[i].name for i in (2, 3)])
-    assert [layer.index for layer in resolve_layers(sd, folder)] == [2, 3]
+    assert [layer.index for layer in resolve_layers(sd, make(layers=folder))] == [2, 3]
     delta = compute_edit(sd, make(layers=folder))
     assert [layer["index"] for layer in delta.layers] == [2, 3]
 
@@ -124,7 +124,7 @@ def test_layers_from_a_localize_run_folder(sd, run_result, tmp_path):
 def test_a_run_folder_of_another_model_is_refused(sd, run_result, tmp_path):
     folder = _run_choosing(run_result, tmp_path, [2], ["transformer_blocks.2.attn2"])
     with pytest.raises(LocoeditError, match="the run was for another model"):
-        resolve_layers(sd, folder)
+        resolve_layers(sd, make(layers=folder))
 
 
 def test_auto_layers_default_to_the_models_concept_scorer(sd):
@@ -168,11 +168,10 @@ def test_what_a_request_leaves_open_comes_from_the_model_folder(sd):
 
 
 def test_locogen_leaves_out_prompts_that_become_empty(sd):
-    from locoedit.edit.layers import auto_localization
 
     removal = make(concepts=("in the style of van gogh",), targets=("",), prompts=("{c}", "a house {c}"), layers="auto")
-    localization = auto_localization(removal, removal.pairs())
+    localization = removal.localization(removal.pairs())
     assert localization.prompts == ("a house in the style of van gogh",) and localization.targets == ("a house",)
     only_empty = make(concepts=("van gogh",), targets=("",), prompts=("{c}",), layers="auto")
     with pytest.raises(LocoeditError, match="LocoGen has nothing to route to"):
-        auto_localization(only_empty, only_empty.pairs())
+        only_empty.localization(only_empty.pairs())

@@ -18,15 +18,18 @@ from typer.testing import CliRunner  # noqa: E402
 from locoedit.cli import app  # noqa: E402
 from locoedit.core.errors import LocoeditError  # noqa: E402
 from locoedit.core.lowrank import LowRank, add_low_rank  # noqa: E402
-from locoedit.edit import EditRequest, compute_edit  # noqa: E402
+from locoedit.delta.card import export_with_card  # noqa: E402
+from locoedit.delta.export import balanced_svd, export_lora, lora_tensors  # noqa: E402
+from locoedit.delta.file import EditDelta, describe_original  # noqa: E402
+from locoedit.edit import (  # noqa: E402
+    EditRequest,
+    NeuronRequest,
+    compute_edit,
+)
 from locoedit.edit.closed_form import edit_factors  # noqa: E402
-from locoedit.edit.export import balanced_svd, export_lora, lora_tensors  # noqa: E402
-from locoedit.edit.neurons import NeuronRequest, compute_neuron_edit  # noqa: E402
-from locoedit.interventions.delta import EditDelta, describe_original  # noqa: E402
 from locoedit.models import adapter_for, load_adapter, real_configs  # noqa: E402
 from locoedit.models.layers import list_cross_attention_layers  # noqa: E402
 from locoedit.testing import TINY_PIPELINES  # noqa: E402
-from locoedit.workflows.card import export_with_card  # noqa: E402
 
 TOLERANCE = 2 / 255  # images in [0, 1]
 PROMPT = "a house in the style of van gogh"
@@ -142,7 +145,7 @@ def test_the_toy_world_through_the_command_line(tmp_path):
 
 def test_neuron_edits_export_their_rank_k_form(tmp_path):
     adapter = tiny("sd", tmp_path / "tok")
-    delta = compute_neuron_edit(
+    delta = compute_edit(
         adapter,
         NeuronRequest(
             model="tiny", concepts=("van gogh",), kind="style", targets=("a painting",), layers=(1, 2), top_k=3
@@ -209,7 +212,7 @@ def test_dense_parameters_and_biases_are_refused_with_the_reason(tmp_path):
     assert full_rank.tensors  # 4 prompts x every padded row >= 16: stored as new values
     with pytest.raises(LocoeditError, match="stored as new values, not as a low-rank update"):
         lora_tensors(full_rank, "peft")
-    neurons = compute_neuron_edit(
+    neurons = compute_edit(
         tiny("if", tmp_path / "if"),
         NeuronRequest(
             model="tiny", concepts=("van gogh",), kind="style", targets=("a painting",), layers=(1,), top_k=2
@@ -395,7 +398,7 @@ def test_factored_deltas_and_lora_export_on_cuda_in_half_precision(tmp_path):
     """The CPU path is covered above; here factors are computed, applied and exported from a float16 CUDA model."""
     adapter = adapter_for(TINY_PIPELINES["sd"](tmp_path / "tok").to("cuda", torch.float16))
     delta = strong_edit(adapter)
-    neurons = compute_neuron_edit(
+    neurons = compute_edit(
         adapter,
         NeuronRequest(
             model="tiny", concepts=("van gogh",), kind="style", targets=("a painting",), layers=(1, 2), top_k=3

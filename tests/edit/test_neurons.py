@@ -6,16 +6,11 @@ import torch
 torch.set_num_threads(1)
 
 from locoedit.core.errors import LocoeditError  # noqa: E402
+from locoedit.delta.file import EditDelta, tensor_sha256  # noqa: E402
+from locoedit.edit import NeuronRequest, compute_edit  # noqa: E402
 from locoedit.edit.common import with_model_defaults  # noqa: E402
-from locoedit.edit.neurons import (  # noqa: E402
-    NeuronRequest,
-    _neutral_positions,
-    compute_neuron_edit,
-    constant_fit,
-    neuron_zscores,
-)
+from locoedit.edit.neurons import _neutral_positions, constant_fit, neuron_zscores  # noqa: E402
 from locoedit.edit.rows import ConceptPrompt, concept_positions, encode_rows  # noqa: E402
-from locoedit.interventions.delta import EditDelta, tensor_sha256  # noqa: E402
 from locoedit.models import adapter_for  # noqa: E402
 from locoedit.testing import TINY_PIPELINES  # noqa: E402
 
@@ -70,7 +65,7 @@ def test_top_neurons_output_their_neutral_mean_and_nothing_else_changes(family, 
     request = make()
     layer, concept, neutral = _rows(adapter, request)
     before = {name: tensor_sha256(p) for name, p in adapter.denoiser.named_parameters()}
-    delta = compute_neuron_edit(adapter, request)
+    delta = compute_edit(adapter, request)
     unedited_copy = adapter_for(TINY_PIPELINES[family](tmp_path / "copy"))  # the same seed: the same weights
     assert delta.method == "neurons" and len(delta.settings["chosen_neurons"]) == 2
     assert {name: tensor_sha256(p) for name, p in adapter.denoiser.named_parameters()} == before
@@ -120,7 +115,7 @@ def test_the_chosen_neurons_are_the_top_zscores(tmp_path):
     adapter = adapter_for(TINY_PIPELINES["pixart"](tmp_path))
     request = make(top_k=4)
     layer, concept, neutral = _rows(adapter, request)
-    delta = compute_neuron_edit(adapter, request)
+    delta = compute_edit(adapter, request)
     projection = getattr(layer.module, layer.edit_projections[0])
     with torch.no_grad():
         scores = neuron_zscores(projection(concept.float()).double(), projection(neutral.float()).double())
@@ -130,7 +125,7 @@ def test_the_chosen_neurons_are_the_top_zscores(tmp_path):
 
 def test_neutral_prompts_default_to_the_target_in_the_concepts_place(tmp_path):
     adapter = adapter_for(TINY_PIPELINES["sd"](tmp_path))
-    delta = compute_neuron_edit(adapter, make(neutral=(), targets=("cat",)))
+    delta = compute_edit(adapter, make(neutral=(), targets=("cat",)))
     assert delta.settings["neutral_prompts"] == ["an image of cat", "a photo of cat", "a picture of cat"]
 
 

@@ -9,10 +9,13 @@ import torch
 torch.set_num_threads(1)
 
 from locoedit.core.errors import LocoeditError  # noqa: E402
-from locoedit.edit import preservation  # noqa: E402
+from locoedit.edit import (
+    EditRequest,
+    compute_edit,
+    preservation,
+)
 from locoedit.edit.closed_form import Regulariser, closed_form_edit, edit_factors, edit_objective  # noqa: E402
-from locoedit.edit.layers import auto_localization  # noqa: E402
-from locoedit.edit.locoedit import EditRequest, build_preservation, build_rows, compute_edit  # noqa: E402
+from locoedit.edit.key_value import build_preservation, build_rows  # noqa: E402
 from locoedit.edit.preservation import (  # noqa: E402
     CorpusStats,
     compute_stats,
@@ -204,7 +207,7 @@ def test_removing_a_style_with_an_empty_target_and_the_default_templates(toy, sd
     # pair out; the edit keeps it.
     pairs = request(targets=("",)).pairs()
     assert [p.target_prompt for p in pairs][0] == ""
-    localization = auto_localization(request(targets=("",)), pairs)
+    localization = request(targets=("",)).localization(pairs)
     assert len(localization.prompts) == len(pairs) - 1 and "" not in localization.targets
 
 

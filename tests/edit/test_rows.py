@@ -5,9 +5,13 @@ import torch
 
 torch.set_num_threads(1)
 
-from locoedit.edit.locoedit import EditRequest, compute_edit  # noqa: E402
-from locoedit.edit.neurons import NeuronRequest, compute_neuron_edit  # noqa: E402
-from locoedit.edit.rows import TOKEN_CHOICES, ConceptPrompt, concept_positions  # noqa: E402
+from locoedit.edit import (  # noqa: E402
+    EditRequest,
+    NeuronRequest,
+    compute_edit,
+)
+from locoedit.edit.request import TOKEN_CHOICES
+from locoedit.edit.rows import ConceptPrompt, concept_positions  # noqa: E402
 
 PROMPTS = ("a painting in the style of {c}", "a house in the style of {c}")
 
@@ -19,7 +23,7 @@ def test_neuron_edit_and_locoedit_choose_the_same_rows(tiny_adapters, family, to
     adapter = tiny_adapters[family]
     common = dict(model="tiny", concepts=("van gogh",), kind="style", prompts=PROMPTS, layers=(0,), token=token)
     edit = compute_edit(adapter, EditRequest(targets=(target,), **common))
-    neurons = compute_neuron_edit(adapter, NeuronRequest(neutral=("a painting",), **common))
+    neurons = compute_edit(adapter, NeuronRequest(neutral=("a painting",), **common))
     assert [prompt for prompt, _ in edit.settings["prompt_pairs"]] == neurons.settings["concept_prompts"]
     assert edit.settings["concept_positions"] == neurons.settings["concept_positions"]
     positions = neurons.settings["concept_positions"]

@@ -12,6 +12,7 @@ from typer.testing import CliRunner  # noqa: E402
 
 from locoedit.core.errors import LocoeditError  # noqa: E402
 from locoedit.core.formats import to_plain  # noqa: E402
+from locoedit.delta.file import EditDelta, tensor_sha256  # noqa: E402
 from locoedit.edit import EditRequest, compute_edit  # noqa: E402
 from locoedit.evaluate import (  # noqa: E402
     EvaluationItem,
@@ -21,7 +22,6 @@ from locoedit.evaluate import (  # noqa: E402
     shipped_suites,
     suite_for_delta,
 )
-from locoedit.interventions.delta import EditDelta, tensor_sha256  # noqa: E402
 from locoedit.models import GenerationSettings, adapter_for  # noqa: E402
 from locoedit.scoring import ConceptScorer, PixelScorer  # noqa: E402
 from locoedit.testing import TINY_PIPELINES  # noqa: E402

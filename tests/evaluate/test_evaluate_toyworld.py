@@ -94,8 +94,8 @@ def test_toyworld_scorer_reads_features_and_attributes():
 def test_evaluate_an_object_edit_on_the_toy_model(tmp_path):
     from dataclasses import replace
 
+    from locoedit.delta.file import tensor_sha256
     from locoedit.edit import EditRequest, compute_edit
-    from locoedit.interventions.delta import tensor_sha256
     from locoedit.models import load_adapter
     from locoedit.scoring import make_scorer
 

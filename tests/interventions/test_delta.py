@@ -14,11 +14,11 @@ from safetensors.torch import save_file  # noqa: E402
 from locoedit import __version__  # noqa: E402
 from locoedit.core.errors import LocoeditError  # noqa: E402
 from locoedit.core.lowrank import LowRank  # noqa: E402
+from locoedit.delta.apply import apply_delta_to_folder  # noqa: E402
+from locoedit.delta.file import EditDelta, architecture_fingerprint, tensor_sha256  # noqa: E402
 from locoedit.edit import EditRequest, compute_edit  # noqa: E402
-from locoedit.edit.apply import apply_delta_to_folder  # noqa: E402
 from locoedit.edit.closed_form import edit_matrix  # noqa: E402
-from locoedit.edit.locoedit import build_preservation, build_rows  # noqa: E402
-from locoedit.interventions.delta import EditDelta, architecture_fingerprint, tensor_sha256  # noqa: E402
+from locoedit.edit.key_value import build_preservation, build_rows  # noqa: E402
 from locoedit.models import adapter_for  # noqa: E402
 from locoedit.testing import TINY_PIPELINES  # noqa: E402
 
@@ -306,7 +306,7 @@ def test_non_finite_or_half_factors_are_refused(sd, tmp_path):
 
 
 def test_a_factored_update_that_overflows_the_dtype_is_refused_before_anything_is_written(tmp_path, monkeypatch):
-    import locoedit.interventions.delta as delta_module
+    import locoedit.delta.file as delta_module
 
     monkeypatch.setattr(delta_module, "MAX_RELATIVE_CHANGE", float("inf"))  # this test is about the dtype's range
     half = adapter_for(TINY_PIPELINES["sd"](tmp_path / "half").to(torch.float16))

@@ -10,8 +10,8 @@ from safetensors.torch import save_file
 
 from locoedit.core.errors import LocoeditError
 from locoedit.core.lowrank import LowRank
+from locoedit.delta.file import EditDelta, architecture_fingerprint, describe_original
 from locoedit.edit import EditRequest, compute_edit
-from locoedit.interventions.delta import EditDelta, architecture_fingerprint, describe_original
 from locoedit.models import adapter_for
 from locoedit.testing import TINY_PIPELINES
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from locoedit.interventions.delta import EditDelta
+from locoedit.delta.file import EditDelta
 from locoedit.localize import LocalizationResult
 from locoedit.report.browser import find_chromium
 

@@ -12,7 +12,8 @@ from locoedit.edit import EditRequest
 from locoedit.evaluate import EvaluationRequest
 from locoedit.web.jobs import DONE, FAILED
 from locoedit.web.workbench import Workbench
-from locoedit.workflows.generate import GenerationRequest, generate_images
+from locoedit.workflows.generate import generate_images
+from locoedit.workflows.requests import GenerationRequest
 
 IMAGES = GenerationRequest("toyworld", ("a red circle on black",), (0, 1), steps=4)
 

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from locoedit.core.errors import LocoeditError
-from locoedit.interventions.delta import EditDelta
+from locoedit.delta.file import EditDelta
 from locoedit.workflows.demo import run_demo, summary_lines
 
 

@@ -31,7 +31,7 @@ import torch
 from locoedit.core.errors import LocoeditError
 from locoedit.core.io import write_safetensors
 from locoedit.core.lowrank import LowRank
-from locoedit.interventions.delta import EditDelta
+from locoedit.delta.file import EditDelta, check_strength
 
 FORMATS = ("kohya", "peft")
 UNET = "UNet2DConditionModel"  # SD-1/2, SD-XL, DeepFloyd IF: their pipelines load LoRAs into ``unet``
@@ -111,16 +111,21 @@ def check_exportable(delta: EditDelta, format: str, rank: int | None = None) -> 
 
 
 def lora_tensors(
-    delta: EditDelta, format: str, rank: int | None = None, dtype: torch.dtype | None = None
+    delta: EditDelta,
+    format: str,
+    rank: int | None = None,
+    dtype: torch.dtype | None = None,
+    strength: float = 1.0,
 ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """The LoRA state dict of ``delta`` in ``format`` (in ``dtype``, default the model's), and the relative error
-    of the rank truncation per parameter."""
+    """The LoRA state dict of ``delta`` at ``strength`` in ``format`` (in ``dtype``, default the model's), and the
+    relative error of the rank truncation per parameter."""
     check_exportable(delta, format, rank)
+    check_strength(strength)
     dtype = dtype or delta.dtype
     tensors, errors = {}, {}
     for name, update in sorted(delta.factors.items()):
         module = name.removesuffix(".weight")
-        lora = balanced_svd(update, rank)
+        lora = balanced_svd(LowRank(update.up * strength, update.down), rank)
         errors[name] = lora.relative_error
         if format == "kohya":
             key = "lora_unet_" + module.replace(".", "_")
@@ -133,22 +138,41 @@ def lora_tensors(
     return tensors, errors
 
 
-def lora_metadata(delta: EditDelta, format: str, rank: int) -> dict[str, str]:
-    """The file header: for peft, the LoraConfig diffusers builds the adapter from (scale lora_alpha / r = 1);
-    for both, where the LoRA came from."""
-    metadata = {
-        "format": "pt",
-        "locoedit_source": json.dumps(
-            {
-                "base_model": delta.base_model,
-                "method": delta.method,
-                "layers": delta.layers,
-                "fingerprint": delta.fingerprint,
-                "locoedit_version": delta.version,
-            }
-        ),
+def base_model_version(delta: EditDelta) -> str:
+    """The base model as kohya's trainers name it (``ss_base_model_version``), which A1111 reads to list a LoRA with
+    the checkpoints it fits: from the pipeline the delta was computed on, else (deltas of locoedit 0.1) from the
+    text width its key/value projections read (SD-XL 2048, SD-2 1024, SD-1 768)."""
+    width = next(iter(delta.factors.values())).down.shape[1]
+    if delta.pipeline == "StableDiffusionXLPipeline" or (not delta.pipeline and width == 2048):
+        return "sdxl_base_v1-0"
+    return "sd_v2" if width == 1024 else "sd_v1"
+
+
+def lora_metadata(delta: EditDelta, format: str, rank: int, strength: float = 1.0) -> dict[str, str]:
+    """The file header: for kohya, the ``ss_*`` keys A1111 and ComfyUI read (base model version, network module,
+    rank and alpha); for peft, the LoraConfig diffusers builds the adapter from (scale lora_alpha / r = 1); for
+    both, where the LoRA came from."""
+    source = {
+        "base_model": delta.base_model,
+        "method": delta.method,
+        "layers": delta.layers,
+        "fingerprint": delta.fingerprint,
+        "locoedit_version": delta.version,
+        "strength": strength,
     }
-    if format == "peft":
+    metadata = {"format": "pt", "locoedit_source": json.dumps(source)}
+    if format == "kohya":
+        version = base_model_version(delta)
+        metadata.update(
+            {
+                "ss_base_model_version": version,
+                "ss_v2": str(version == "sd_v2"),
+                "ss_network_module": "networks.lora",
+                "ss_network_dim": str(rank),
+                "ss_network_alpha": str(float(rank)),  # alpha = rank: scale 1
+            }
+        )
+    else:
         config = {
             "r": rank,
             "lora_alpha": rank,
@@ -162,16 +186,19 @@ def lora_metadata(delta: EditDelta, format: str, rank: int) -> dict[str, str]:
     return metadata
 
 
-def export_lora(delta: EditDelta, format: str, out: str | Path, rank: int | None = None) -> LoraExport:
-    """Write ``delta`` as a LoRA ``.safetensors`` file in ``format`` (atomically); the CLI's ``export``."""
+def export_lora(
+    delta: EditDelta, format: str, out: str | Path, rank: int | None = None, strength: float = 1.0
+) -> LoraExport:
+    """Write ``delta`` at ``strength`` as a LoRA ``.safetensors`` file in ``format`` (atomically); the CLI's
+    ``export``."""
     out = Path(out)
     if out.suffix != ".safetensors":
         raise LocoeditError(f"--out {out} must end in .safetensors (a LoRA file)")
-    tensors, errors = lora_tensors(delta, format, rank)
+    tensors, errors = lora_tensors(delta, format, rank, strength=strength)
     ranks = {tensor.shape[0] for key, tensor in tensors.items() if key.endswith(("lora_down.weight", "lora_A.weight"))}
     if len(ranks) != 1:  # one edit gives every matrix the same number of rows; a hand-made delta may not
         raise LocoeditError(f"the delta's matrices have different ranks {sorted(ranks)}; give --rank {min(ranks)}")
     kept = ranks.pop()
-    write_safetensors(out, tensors, lora_metadata(delta, format, kept))
+    write_safetensors(out, tensors, lora_metadata(delta, format, kept, strength))
     stored = next(iter(delta.factors.values())).rank
     return LoraExport(out, format, kept, stored, errors)

@@ -12,7 +12,7 @@ from locoedit.core.errors import LocoeditError
 from locoedit.core.formats import JsonRecord
 from locoedit.core.io import shared_permissions
 from locoedit.core.runfolder import check_writable
-from locoedit.interventions.delta import EditDelta
+from locoedit.delta.file import EditDelta
 from locoedit.models import DEFAULTS_FILE, load_adapter, resolve_model
 
 APPLIED_FILE = "locoedit-applied.json"
@@ -26,6 +26,7 @@ class AppliedEdit(JsonRecord):
 
     model: str
     delta: str  # EditDelta.digest()
+    strength: float = 1.0  # files written before strength existed hold the whole edit
 
 
 def remove_stale_staging(out_dir: Path) -> None:
@@ -35,26 +36,31 @@ def remove_stale_staging(out_dir: Path) -> None:
 
 
 def apply_delta_to_folder(
-    model: str, delta_path: str | Path, out_dir: str | Path, device: str | None = None, readme: str | None = None
+    model: str,
+    delta_path: str | Path,
+    out_dir: str | Path,
+    device: str | None = None,
+    readme: str | None = None,
+    strength: float = 1.0,
 ) -> Path:
     """Load ``model``, apply the delta and write the edited pipeline with ``save_pretrained`` to ``out_dir``.
 
     The folder is written next to ``out_dir`` and renamed into place, so ``out_dir`` holds a complete pipeline or
     nothing; an existing non-empty ``out_dir`` is refused. The model is loaded in the dtype the delta was computed
-    for. The base folder's ``locoedit.json`` (how the model is meant to be sampled, scored and edited) is carried over
+    for, and the edit written at ``strength`` (0: the original, 1: the edit). The base folder's ``locoedit.json`` (how the model is meant to be sampled, scored and edited) is carried over
     with the preservation corpus it names;
     ``readme`` (a model card) is written as ``README.md``.
     """
     out_dir = check_writable(out_dir)
     remove_stale_staging(out_dir)
     delta = EditDelta.load(delta_path)
-    record = AppliedEdit(model, delta.digest())
+    record = AppliedEdit(model, delta.digest(), strength)
     if out_dir.exists() and any(out_dir.iterdir()):
         if (out_dir / APPLIED_FILE).is_file() and AppliedEdit.read(out_dir / APPLIED_FILE) == record:
             return out_dir  # the same apply finished earlier (perhaps in a run that was stopped right after)
         raise LocoeditError(f"output {out_dir} exists and is not an empty folder; choose a new --out")
     adapter = load_adapter(model, dtype=delta.dtype, device=device or "cpu")
-    delta.apply(adapter)
+    delta.apply(adapter, strength)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
     try:

@@ -135,11 +135,12 @@ class EditDelta(Intervention):
     version: str = __version__
     factors: dict[str, LowRank] = field(default_factory=dict)  # parameter path -> W' = W + U V (float64)
     denoiser: str = ""  # the denoiser's class name ("" when read from a version-1 file)
+    pipeline: str = ""  # the pipeline's class name ("" in files of locoedit 0.1)
 
     @classmethod
     def computed_on(
         cls,
-        denoiser: torch.nn.Module,
+        model,
         base_model: str,
         method: str,
         layers,
@@ -148,7 +149,9 @@ class EditDelta(Intervention):
         settings: dict,
         factors: dict | None = None,
     ) -> EditDelta:
-        """A delta for ``denoiser``: fingerprints it and names the edited ``layers`` by index and module path."""
+        """A delta for ``model`` (adapter, pipeline or denoiser): fingerprints its denoiser and names the edited
+        ``layers`` by index and module path."""
+        denoiser = _denoiser_of(model)
         return cls(
             tensors=tensors,
             originals=originals,
@@ -159,6 +162,7 @@ class EditDelta(Intervention):
             settings=settings,
             factors=factors or {},
             denoiser=type(denoiser).__name__,
+            pipeline=type(model.pipe).__name__ if isinstance(model, Adapter) else "",
         )
 
     @property
@@ -283,6 +287,7 @@ class EditDelta(Intervention):
             "locoedit_version": self.version,
             "base_model": self.base_model,
             "denoiser": self.denoiser,
+            "pipeline": self.pipeline,
             "fingerprint": self.fingerprint,
             "method": self.method,
             "layers": json.dumps(self.layers),
@@ -356,6 +361,7 @@ class EditDelta(Intervention):
             metadata["locoedit_version"],
             factors,
             metadata.get("denoiser", ""),
+            metadata.get("pipeline", ""),
         )
 
 

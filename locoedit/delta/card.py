@@ -8,14 +8,25 @@ folder is given, its headline); the body says how to load the result and repeats
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Protocol
 
 from locoedit.core.errors import LocoeditError
 from locoedit.core.formats import to_plain
 from locoedit.core.io import write_text
-from locoedit.edit.apply import apply_delta_to_folder
-from locoedit.edit.export import LoraExport, check_exportable, export_lora
-from locoedit.evaluate.result import EvaluationResult
-from locoedit.interventions.delta import EditDelta
+from locoedit.delta.apply import apply_delta_to_folder
+from locoedit.delta.export import LoraExport, check_exportable, export_lora
+from locoedit.delta.file import EditDelta, check_strength
+
+
+class EvaluationResult(Protocol):
+    """What a card reads of an evaluation: a ``locoedit.evaluate.EvaluationResult`` (read with
+    ``locoedit.evaluate.read_evaluation``); the evaluation layer sits above this one."""
+
+    delta: Any  # which edit it evaluated: method, layers, parameters, path
+    suite: Any  # its name
+    scorer: str | None
+    headline: Any  # the figures
+
 
 _SETTINGS = (
     "concepts",
@@ -31,26 +42,30 @@ _SETTINGS = (
 )  # what a reader of the card needs from a delta's settings, when present
 
 
-def read_evaluation(folder: str | Path, delta: EditDelta) -> EvaluationResult:
-    """The ``evaluation.json`` of a ``locoedit evaluate`` run of this very edit."""
-    result = EvaluationResult.read(Path(folder) / "evaluation.json")
-    summary = result.delta
+def check_evaluation(evaluation: EvaluationResult, delta: EditDelta) -> None:
+    """Refuse an evaluation (``locoedit.evaluate.read_evaluation``) of another edit than ``delta``."""
+    summary = evaluation.delta
     if (summary.method, summary.layers, list(summary.parameters)) != (delta.method, delta.layers, delta.parameters):
         raise LocoeditError(
-            f"{folder} evaluates another edit ({summary.path}); give the folder `locoedit evaluate "
+            f"the evaluation given is of another edit ({summary.path}); give the folder `locoedit evaluate "
             "--edit` wrote for this delta"
         )
-    return result
 
 
 def model_card(
-    delta: EditDelta, usage: str, evaluation: EvaluationResult | None = None, lora: LoraExport | None = None
+    delta: EditDelta,
+    usage: str,
+    evaluation: EvaluationResult | None = None,
+    lora: LoraExport | None = None,
+    strength: float = 1.0,
 ) -> str:
     """The README.md text: YAML metadata for the Hub, then what the edit is and how to load it (``usage``)."""
     from huggingface_hub import ModelCard, ModelCardData
 
     settings = {key: delta.settings[key] for key in _SETTINGS if key in delta.settings}
     record = {"method": delta.method, "layers": delta.layers, **settings, "locoedit_version": delta.version}
+    if strength != 1.0:
+        settings["strength"] = record["strength"] = strength
     if lora is not None:
         record["lora"] = {
             "format": lora.format,
@@ -125,12 +140,16 @@ def apply_with_card(
     model: str,
     delta_path: str | Path,
     out_dir: str | Path,
-    evaluation: str | Path | None = None,
+    evaluation: EvaluationResult | None = None,
     device: str | None = None,
+    strength: float = 1.0,
 ) -> Path:
-    """``locoedit apply``: the edited pipeline folder, with a model card as its README.md."""
+    """``locoedit apply``: the edited pipeline folder (the edit at ``strength``), with a model card as its README.md;
+    ``evaluation`` (of this delta, see ``locoedit.evaluate.read_evaluation``) adds its figures to the card."""
+    check_strength(strength)
     delta = EditDelta.load(delta_path)
-    result = None if evaluation is None else read_evaluation(evaluation, delta)
+    if evaluation is not None:
+        check_evaluation(evaluation, delta)
     usage = "\n".join(
         [
             "```python",
@@ -140,11 +159,17 @@ def apply_with_card(
             "```",
         ]
     )
-    return apply_delta_to_folder(model, delta_path, out_dir, device, readme=model_card(delta, usage, result))
+    card = model_card(delta, usage, evaluation, strength=strength)
+    return apply_delta_to_folder(model, delta_path, out_dir, device, readme=card, strength=strength)
 
 
 def export_with_card(
-    delta_path: str | Path, format: str, out: str | Path, rank: int | None = None, evaluation: str | Path | None = None
+    delta_path: str | Path,
+    format: str,
+    out: str | Path,
+    rank: int | None = None,
+    evaluation: EvaluationResult | None = None,
+    strength: float = 1.0,
 ) -> tuple[LoraExport, Path]:
     """``locoedit export``: the LoRA file and a model card as README.md in its folder. An existing README.md that
     is not a locoedit card is refused before anything is written."""
@@ -158,8 +183,9 @@ def export_with_card(
         )
     delta = EditDelta.load(delta_path)
     check_exportable(delta, format, rank)
-    result = None if evaluation is None else read_evaluation(evaluation, delta)
-    exported = export_lora(delta, format, out, rank)
+    if evaluation is not None:
+        check_evaluation(evaluation, delta)
+    exported = export_lora(delta, format, out, rank, strength)
     load = (
         f'pipe.load_lora_weights("{out.parent}", weight_name="{out.name}")  # diffusers, with peft installed'
         if format == "peft"
@@ -176,5 +202,5 @@ def export_with_card(
             "```",
         ]
     )
-    write_text(card_path, model_card(delta, usage, result, exported))
+    write_text(card_path, model_card(delta, usage, evaluation, exported, strength))
     return exported, card_path

@@ -1,0 +1,111 @@
+"""The edit methods, by name: each is a request class and a function that computes a delta from it.
+
+Every method shares the request core (:class:`~locoedit.edit.request.EditRequestCore`), one way of choosing its
+layers (indices, a LocoGen run folder, or ``auto``: LocoGen on the edit's own prompt pairs), and one
+:func:`edit_to_file`. The CLI makes one command per method and the web app one form, from this table; a new method
+is a new row. The compute functions are imported when an edit runs, so reading the table loads no torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from locoedit.core.errors import LocoeditError
+from locoedit.edit.request import EditRequest, EditRequestCore, NeuronRequest
+
+if TYPE_CHECKING:
+    from locoedit.core.progress import ProgressCallback
+    from locoedit.delta import EditDelta
+    from locoedit.models import Adapter
+    from locoedit.models.layers import CrossAttentionLayer
+
+
+@dataclass(frozen=True)
+class EditMethod:
+    name: str  # what a delta file's ``method`` says
+    command: str  # the CLI command
+    request: type[EditRequestCore]
+    compute_path: str  # "module:function" taking (adapter, request, layers) -> EditDelta
+    summary: str
+
+    def compute(
+        self,
+        adapter: Adapter,
+        request: EditRequestCore,
+        layers: list[CrossAttentionLayer] | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> EditDelta:
+        """The delta of ``request`` on ``adapter``'s model, on ``layers`` or those the request names (``auto``: LocoGen
+        first). The model is not modified."""
+        from locoedit.edit.common import with_model_defaults
+        from locoedit.edit.layers import resolve_layers
+
+        request = with_model_defaults(request, adapter)
+        if layers is None:
+            layers = resolve_layers(adapter, request, progress)
+        module, _, function = self.compute_path.partition(":")
+        return getattr(importlib.import_module(module), function)(adapter, request, layers)
+
+
+EDIT_METHODS: dict[str, EditMethod] = {
+    method.name: method
+    for method in (
+        EditMethod(
+            "locoedit",
+            "edit",
+            EditRequest,
+            "locoedit.edit.key_value:key_value_edit",
+            "LocoEdit: rewrite the key/value projections of the localized layers in closed form.",
+        ),
+        EditMethod(
+            "neurons",
+            "neurons",
+            NeuronRequest,
+            "locoedit.edit.neurons:neuron_edit",
+            "Neuron-level edit: replace the key/value neurons that respond most to the concept by their neutral mean.",
+        ),
+    )
+}
+
+
+def method_of(request: EditRequestCore) -> EditMethod:
+    for method in EDIT_METHODS.values():
+        if type(request) is method.request:
+            return method
+    raise LocoeditError(
+        f"{type(request).__name__} is no edit method's request; use one of "
+        f"{', '.join(m.request.__name__ for m in EDIT_METHODS.values())}"
+    )
+
+
+def compute_edit(
+    adapter: Adapter,
+    request: EditRequestCore,
+    layers: list[CrossAttentionLayer] | None = None,
+    progress: ProgressCallback | None = None,
+) -> EditDelta:
+    """The delta of any edit method's request (see :data:`EDIT_METHODS`); the model is not modified."""
+    return method_of(request).compute(adapter, request, layers, progress)
+
+
+def edit_to_file(
+    request: EditRequestCore,
+    out: str | Path,
+    adapter: Adapter | None = None,
+    progress: ProgressCallback | None = None,
+) -> EditDelta:
+    """Load the model (unless an adapter is given), compute the edit and write it to ``out`` atomically; on any
+    error nothing is written. The CLI's ``edit`` and ``neurons`` commands."""
+    from locoedit.core.dtypes import dtype_named
+    from locoedit.delta import check_delta_path
+    from locoedit.models import load_adapter
+
+    method = method_of(request)
+    check_delta_path(out)
+    adapter = adapter or load_adapter(request.model, dtype_named(request.dtype), request.device)
+    delta = method.compute(adapter, request, progress=progress)
+    delta.save(out)
+    return delta

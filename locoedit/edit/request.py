@@ -1,0 +1,250 @@
+"""What an edit is asked to do: the request core every edit method shares, and each method's own request.
+
+Every field is declared once, with :func:`~locoedit.core.params.setting`: the CLI's options, the web app's widgets
+and the checks below come from these declarations. This module imports neither torch nor diffusers.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from locoedit.core.dtypes import DTYPE_NAMES
+from locoedit.core.errors import LocoeditError
+from locoedit.core.formats import JsonRecord
+from locoedit.core.params import (
+    Request,
+    fraction,
+    non_negative,
+    one_of,
+    positive,
+    positive_int,
+    setting,
+    texts,
+)
+from locoedit.core.seeds import check_seeds, parse_seeds, seeds_text
+from locoedit.edit.templates import KINDS, prompt_templates
+from locoedit.localize.request import LocalizationRequest, parse_window
+
+TOKEN_CHOICES = ("last-subject", "all", "eos", "from-concept")
+DEFAULT_TOKEN = "last-subject"  # the paper's; a model folder may recommend another (the toy world: from-concept)
+LOCALIZATION_FILE = "localization.json"  # what a LocoGen run folder holds (locoedit.localize.result.RESULT_FILE)
+
+
+def parse_layers(text: str) -> tuple[int, ...] | str:
+    """Layers as typed (``--layers``): ``auto``, comma-separated indices ``8,9``, or a LocoGen run folder."""
+    text = text.strip()
+    if text == "auto":
+        return "auto"
+    if re.fullmatch(r"\d+(\s*,\s*\d+)*", text):
+        return tuple(int(part) for part in text.split(","))
+    return text
+
+
+def layers_text(layers) -> str:
+    return layers if isinstance(layers, str) else ",".join(map(str, layers))
+
+
+def check_layers(name: str, layers) -> tuple[int, ...] | str:
+    """``layers`` as an edit request holds it: "auto", a LocoGen run folder, or distinct non-negative indices."""
+    if isinstance(layers, (str, Path)):
+        layers = str(layers)
+        if layers != "auto" and not (Path(layers) / LOCALIZATION_FILE).is_file():
+            raise LocoeditError(
+                f"layers {layers!r} is neither 'auto', nor indices like 8,9, nor a LocoGen run folder with "
+                f"{LOCALIZATION_FILE}; run `locoedit localize` first or give the indices"
+            )
+        return layers
+    layers = tuple(layers)
+    if not layers or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in layers):
+        raise LocoeditError(f"layers {layers!r} must be non-empty non-negative indices, e.g. --layers 8,9")
+    if len(set(layers)) != len(layers):
+        raise LocoeditError(f"layers {list(layers)} repeats an index; give each layer once")
+    return layers
+
+
+def check_concepts(name: str, concepts):
+    if not concepts or any(not isinstance(c, str) or not c.strip() for c in concepts):
+        raise LocoeditError("concepts is empty or holds an empty string; give at least one --concept with text")
+    return concepts
+
+
+def check_window(name: str, window):
+    if window != "auto" and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+        raise LocoeditError(f"{name} {window!r} must be an integer >= 1 or 'auto' (--window)")
+    return window
+
+
+def check_target_texts(name: str, targets):
+    if any(not isinstance(t, str) for t in targets):
+        raise LocoeditError(f"targets {targets!r} must be text (an empty target removes the concept)")
+    return targets
+
+
+def seeds_setting(default: tuple[int, ...], help: str, **how):
+    return setting(
+        default, help, check=lambda name, value: check_seeds(value, name), parse=parse_seeds, show=seeds_text, **how
+    )
+
+
+@dataclass(frozen=True)
+class EditRequestCore(Request):
+    """What every edit method asks: the concepts, their targets, the prompts and token rows the edit reads, and
+    the layers it changes (indices, a LocoGen run folder, or ``auto``: LocoGen on the edit's own prompt pairs with
+    the ``auto_*`` settings, see :meth:`localization`)."""
+
+    model: str = setting(help="A hub id, a local diffusers pipeline folder, or 'toyworld'.")
+    concepts: tuple[str, ...] = setting(
+        (), "Concept text to edit (repeat for several).", flag="--concept", check=check_concepts
+    )
+    targets: tuple[str, ...] = setting(
+        (),
+        "What the concept should become (one, or one per concept; '' removes it).",
+        flag="--target",
+        check=check_target_texts,
+    )
+    kind: str = setting(
+        "object", "style, object or fact: picks the shipped prompt templates.", check=one_of(*KINDS), choices=KINDS
+    )
+    prompts: tuple[str, ...] = setting(
+        (),
+        "Prompt template with {c}, or a prompt containing the concept (repeat); default: the kind's templates.",
+        flag="--prompt",
+        check=texts,
+    )
+    layers: tuple[int, ...] | str = setting(
+        "auto",
+        "'auto' (run LocoGen first), indices like 8,9, or a `locoedit localize` run folder.",
+        check=check_layers,
+        parse=parse_layers,
+        show=layers_text,
+    )
+    token: str | None = setting(
+        None,
+        "Which token rows to edit (default: the model folder's, else last-subject).",
+        check=one_of(*TOKEN_CHOICES, optional=True),
+        choices=TOKEN_CHOICES,
+    )
+    auto_window: int | str = setting(
+        "auto",
+        "LocoGen window size for --layers auto, or 'auto': the smallest that reaches --threshold.",
+        flag="--window",
+        check=check_window,
+        parse=parse_window,
+        show=str,
+    )
+    auto_threshold: float = setting(
+        0.95,
+        "For --window auto: fraction of the all-layer effect a window must reach.",
+        flag="--threshold",
+        check=fraction,
+    )
+    auto_steps: int | None = setting(
+        None, "LocoGen denoising steps for --layers auto (default: the model's).", check=positive_int
+    )
+    auto_seeds: tuple[int, ...] = seeds_setting((0, 1, 2, 3), "LocoGen seeds for --layers auto, e.g. 0-3.")
+    auto_scorer: str | None = setting(None, "LocoGen scorer for --layers auto (default: the model's concept scorer).")
+    dtype: str = setting("float32", "float32, float16 or bfloat16.", check=one_of(*DTYPE_NAMES), choices=DTYPE_NAMES)
+    device: str | None = setting(None, "cpu, cuda, cuda:1, ... (default: cuda if available).")
+
+    @property
+    def all_targets(self) -> tuple[str, ...]:
+        return self.targets * len(self.concepts) if len(self.targets) == 1 else self.targets
+
+    @property
+    def prompt_set(self) -> tuple[str, ...]:
+        return self.prompts or prompt_templates(self.kind)
+
+    def pairs(self) -> list:
+        """(concept prompt, target prompt) pairs: every prompt template filled with each concept and its target."""
+        from locoedit.edit.rows import prompt_pairs  # beside the tokenizer code that aligns their rows
+
+        return prompt_pairs(self.concepts, self.all_targets, self.prompt_set)
+
+    def validate(self) -> None:
+        if self.targets and len(self.targets) not in (1, len(self.concepts)):
+            raise LocoeditError(
+                f"got {len(self.targets)} targets for {len(self.concepts)} concepts; give one --target for all "
+                "concepts or one per concept, in the same order"
+            )
+
+    def localization(self, pairs) -> LocalizationRequest:
+        """The LocoGen request of ``layers="auto"``: the edit's own prompt pairs (those with a target prompt to
+        route to), scored on its concepts."""
+        routable = [pair for pair in pairs if pair.target_prompt.strip()]
+        if not routable:
+            raise LocoeditError(
+                "every prompt of the edit becomes empty without the concept, so LocoGen has nothing to route to; "
+                "give --prompt templates with words besides {c}, or --layers"
+            )
+        return LocalizationRequest(
+            model=self.model,
+            prompts=tuple(p.prompt for p in routable),
+            targets=tuple(p.target_prompt for p in routable),
+            concept=", ".join(self.concepts),
+            scorer=self.auto_scorer,
+            window=self.auto_window,
+            auto_threshold=self.auto_threshold,
+            seeds=self.auto_seeds,
+            steps=self.auto_steps,
+            dtype=self.dtype,
+        )
+
+
+@dataclass(frozen=True)
+class EditRequest(EditRequestCore, JsonRecord):
+    """A LocoEdit (closed-form key/value edit) of one or more concepts."""
+
+    FORMAT = "locoedit.edit-request/1"
+
+    preserve: tuple[str, ...] = setting((), "Prompt whose keys and values should stay (repeat).", check=texts)
+    preserve_scale: float = setting(1.0, "Weight of each --preserve prompt's rows.", check=positive)
+    preserve_neighbours: float = setting(
+        3.0, "Weight of the neighbouring concepts (the concept's group); 0: off.", check=non_negative
+    )
+    preserve_general: float = setting(3.0, "Weight of the general prompt corpus; 0: off.", check=non_negative)
+    neighbours: tuple[str, ...] = setting(
+        (),
+        "Concept to keep (repeat); default: the concept's group in the model's lists.",
+        flag="--neighbour",
+        check=texts,
+    )
+    preserve_corpus: str | None = setting(
+        None, "General corpus: a text file, one prompt per line (default: the model's, else locoedit's)."
+    )
+    preserve_stats: str | None = setting(None, "The corpus's statistics from `locoedit stats --out` (default: cached).")
+    lambda_key: float = setting(0.1, "Regulariser of the key edits (> 0).", check=positive)
+    lambda_value: float = setting(0.1, "Regulariser of the value edits (> 0).", check=positive)
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.targets:
+            raise LocoeditError(
+                "give --target: what the concept should become (e.g. --target 'a painting'; --target '' removes it)"
+            )
+        for concept, target in zip(self.concepts, self.all_targets):
+            if concept.strip().lower() == target.strip().lower():
+                raise LocoeditError(f"target {target!r} equals its concept; the target must differ from the concept")
+
+
+@dataclass(frozen=True)
+class NeuronRequest(EditRequestCore, JsonRecord):
+    """A neuron-level edit: the key/value neurons that respond most to the concept replaced by their neutral mean."""
+
+    FORMAT = "locoedit.neuron-request/1"
+
+    neutral: tuple[str, ...] = setting(
+        (), "Neutral prompt (repeat); default: the prompts with --target in the concept's place.", check=texts
+    )
+    top_k: int = setting(8, "Neurons replaced per key/value projection.", check=positive_int)
+    fit_lambda: float = setting(1e-3, "Ridge of the constant fit for projections without a bias (> 0).", check=positive)
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.neutral and not self.targets:
+            raise LocoeditError(
+                "no neutral prompts: give --neutral prompts, or a --target to put in the concept's place"
+            )
+        if self.layers == "auto" and not self.targets:
+            raise LocoeditError("layers='auto' runs LocoGen, which needs a --target for the concept; or give --layers")

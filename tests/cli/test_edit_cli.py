@@ -7,11 +7,11 @@ import torch
 
 torch.set_num_threads(1)
 
-from typer.testing import CliRunner  # noqa: E402
+from typer.testing import CliRunner
 
-from locoedit.cli import app as locoedit_app  # noqa: E402
-from locoedit.delta.file import EditDelta  # noqa: E402
-from locoedit.testing import TINY_PIPELINES  # noqa: E402
+from locoedit.cli import app as locoedit_app
+from locoedit.delta.file import EditDelta
+from locoedit.testing import TINY_PIPELINES
 
 
 @pytest.fixture(scope="module")

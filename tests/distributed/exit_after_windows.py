@@ -20,6 +20,6 @@ if int(os.environ.get("RANK", "0")) == rank:
 
     LocalizationFolder.record = record_then_die
 
-from locoedit.cli import app  # noqa: E402  (after the patch: the command line imports the class it patches)
+from locoedit.cli import app
 
 app(prog_name="locoedit")

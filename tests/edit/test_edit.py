@@ -7,28 +7,28 @@ import torch
 
 torch.set_num_threads(1)
 
-from locoedit.core.errors import LocoeditError  # noqa: E402
-from locoedit.core.lowrank import rows_per_block  # noqa: E402
-from locoedit.delta.file import tensor_sha256  # noqa: E402
+from locoedit.core.errors import LocoeditError
+from locoedit.core.lowrank import rows_per_block
+from locoedit.delta.file import tensor_sha256
 from locoedit.edit import EditRequest, compute_edit
-from locoedit.edit.closed_form import (  # noqa: E402
+from locoedit.edit.closed_form import (
     closed_form_edit,
     edit_factors,
     edit_matrix,
     edit_objective,
     to_model_dtype,
 )
-from locoedit.edit.key_value import build_preservation, build_rows  # noqa: E402
-from locoedit.edit.rows import (  # noqa: E402
+from locoedit.edit.key_value import build_preservation, build_rows
+from locoedit.edit.rows import (
     aligned_positions,
     all_real_positions,
     encode_rows,
     prompt_pairs,
     stretch_alignment,
 )
-from locoedit.edit.templates import prompt_templates  # noqa: E402
-from locoedit.models import adapter_for  # noqa: E402
-from locoedit.testing import TINY_PIPELINES  # noqa: E402
+from locoedit.edit.templates import prompt_templates
+from locoedit.models import adapter_for
+from locoedit.testing import TINY_PIPELINES
 
 FAMILIES = tuple(TINY_PIPELINES)
 UNRELATED = ("a red car", "a green tree", "the blue circle", "a yellow square on a house", "a cat in the photo")

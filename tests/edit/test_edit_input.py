@@ -8,14 +8,14 @@ import torch
 
 torch.set_num_threads(1)
 
-from locoedit.core.errors import LocoeditError  # noqa: E402
-from locoedit.edit import EditRequest, compute_edit, edit_to_file  # noqa: E402
-from locoedit.edit.layers import resolve_layers  # noqa: E402
-from locoedit.edit.request import parse_layers  # noqa: E402
-from locoedit.localize import LocalizationRequest, localize  # noqa: E402
-from locoedit.models import adapter_for  # noqa: E402
-from locoedit.scoring import PixelScorer  # noqa: E402
-from locoedit.testing import TINY_PIPELINES  # noqa: E402
+from locoedit.core.errors import LocoeditError
+from locoedit.edit import EditRequest, compute_edit, edit_to_file
+from locoedit.edit.layers import resolve_layers
+from locoedit.edit.request import parse_layers
+from locoedit.localize import LocalizationRequest, localize
+from locoedit.models import adapter_for
+from locoedit.scoring import PixelScorer
+from locoedit.testing import TINY_PIPELINES
 
 
 @pytest.fixture(scope="module")

@@ -9,27 +9,27 @@ import torch
 
 torch.set_num_threads(1)
 
-from diffusers import PixArtAlphaPipeline, PixArtTransformer2DModel  # noqa: E402
-from huggingface_hub import ModelCard  # noqa: E402
-from safetensors import safe_open  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
-from typer.testing import CliRunner  # noqa: E402
+from diffusers import PixArtAlphaPipeline, PixArtTransformer2DModel
+from huggingface_hub import ModelCard
+from safetensors import safe_open
+from safetensors.torch import save_file
+from typer.testing import CliRunner
 
-from locoedit.cli import app  # noqa: E402
-from locoedit.core.errors import LocoeditError  # noqa: E402
-from locoedit.core.lowrank import LowRank, add_low_rank  # noqa: E402
-from locoedit.delta.card import export_with_card  # noqa: E402
-from locoedit.delta.export import balanced_svd, export_lora, lora_tensors  # noqa: E402
-from locoedit.delta.file import EditDelta, describe_original  # noqa: E402
-from locoedit.edit import (  # noqa: E402
+from locoedit.cli import app
+from locoedit.core.errors import LocoeditError
+from locoedit.core.lowrank import LowRank, add_low_rank
+from locoedit.delta.card import export_with_card
+from locoedit.delta.export import balanced_svd, export_lora, lora_tensors
+from locoedit.delta.file import EditDelta, describe_original
+from locoedit.edit import (
     EditRequest,
     NeuronRequest,
     compute_edit,
 )
-from locoedit.edit.closed_form import edit_factors  # noqa: E402
-from locoedit.models import adapter_for, load_adapter, real_configs  # noqa: E402
-from locoedit.models.layers import list_cross_attention_layers  # noqa: E402
-from locoedit.testing import TINY_PIPELINES  # noqa: E402
+from locoedit.edit.closed_form import edit_factors
+from locoedit.models import adapter_for, load_adapter, real_configs
+from locoedit.models.layers import list_cross_attention_layers
+from locoedit.testing import TINY_PIPELINES
 
 TOLERANCE = 2 / 255  # images in [0, 1]
 PROMPT = "a house in the style of van gogh"

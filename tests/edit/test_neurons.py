@@ -5,14 +5,14 @@ import torch
 
 torch.set_num_threads(1)
 
-from locoedit.core.errors import LocoeditError  # noqa: E402
-from locoedit.delta.file import EditDelta, tensor_sha256  # noqa: E402
-from locoedit.edit import NeuronRequest, compute_edit  # noqa: E402
-from locoedit.edit.common import with_model_defaults  # noqa: E402
-from locoedit.edit.neurons import _neutral_positions, constant_fit, neuron_zscores  # noqa: E402
-from locoedit.edit.rows import ConceptPrompt, concept_positions, encode_rows  # noqa: E402
-from locoedit.models import adapter_for  # noqa: E402
-from locoedit.testing import TINY_PIPELINES  # noqa: E402
+from locoedit.core.errors import LocoeditError
+from locoedit.delta.file import EditDelta, tensor_sha256
+from locoedit.edit import NeuronRequest, compute_edit
+from locoedit.edit.common import with_model_defaults
+from locoedit.edit.neurons import _neutral_positions, constant_fit, neuron_zscores
+from locoedit.edit.rows import ConceptPrompt, concept_positions, encode_rows
+from locoedit.models import adapter_for
+from locoedit.testing import TINY_PIPELINES
 
 NEUTRAL = ("a photo of a house", "a picture of a tree", "an image of a car", "a photo of the circle", "a cat")
 

@@ -8,15 +8,15 @@ import torch
 
 torch.set_num_threads(1)
 
-from locoedit.core.errors import LocoeditError  # noqa: E402
+from locoedit.core.errors import LocoeditError
 from locoedit.edit import (
     EditRequest,
     compute_edit,
     preservation,
 )
-from locoedit.edit.closed_form import Regulariser, closed_form_edit, edit_factors, edit_objective  # noqa: E402
-from locoedit.edit.key_value import build_preservation, build_rows  # noqa: E402
-from locoedit.edit.preservation import (  # noqa: E402
+from locoedit.edit.closed_form import Regulariser, closed_form_edit, edit_factors, edit_objective
+from locoedit.edit.key_value import build_preservation, build_rows
+from locoedit.edit.preservation import (
     CorpusStats,
     compute_stats,
     corpus_stats,
@@ -26,8 +26,8 @@ from locoedit.edit.preservation import (  # noqa: E402
     neighbour_prompts,
     spaces_of,
 )
-from locoedit.models import adapter_for, load_adapter  # noqa: E402
-from locoedit.testing import TINY_PIPELINES  # noqa: E402
+from locoedit.models import adapter_for, load_adapter
+from locoedit.testing import TINY_PIPELINES
 
 CORPUS = (
     "a red car",

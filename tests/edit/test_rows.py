@@ -5,13 +5,13 @@ import torch
 
 torch.set_num_threads(1)
 
-from locoedit.edit import (  # noqa: E402
+from locoedit.edit import (
     EditRequest,
     NeuronRequest,
     compute_edit,
 )
 from locoedit.edit.request import TOKEN_CHOICES
-from locoedit.edit.rows import ConceptPrompt, concept_positions  # noqa: E402
+from locoedit.edit.rows import ConceptPrompt, concept_positions
 
 PROMPTS = ("a painting in the style of {c}", "a house in the style of {c}")
 

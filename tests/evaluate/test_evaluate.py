@@ -8,13 +8,13 @@ import torch
 
 torch.set_num_threads(1)
 
-from typer.testing import CliRunner  # noqa: E402
+from typer.testing import CliRunner
 
-from locoedit.core.errors import LocoeditError  # noqa: E402
-from locoedit.core.formats import to_plain  # noqa: E402
-from locoedit.delta.file import EditDelta, tensor_sha256  # noqa: E402
-from locoedit.edit import EditRequest, compute_edit  # noqa: E402
-from locoedit.evaluate import (  # noqa: E402
+from locoedit.core.errors import LocoeditError
+from locoedit.core.formats import to_plain
+from locoedit.delta.file import EditDelta, tensor_sha256
+from locoedit.edit import EditRequest, compute_edit
+from locoedit.evaluate import (
     EvaluationItem,
     EvaluationSuite,
     Metrics,
@@ -22,9 +22,9 @@ from locoedit.evaluate import (  # noqa: E402
     shipped_suites,
     suite_for_delta,
 )
-from locoedit.models import GenerationSettings, adapter_for  # noqa: E402
-from locoedit.scoring import ConceptScorer, PixelScorer  # noqa: E402
-from locoedit.testing import TINY_PIPELINES  # noqa: E402
+from locoedit.models import GenerationSettings, adapter_for
+from locoedit.scoring import ConceptScorer, PixelScorer
+from locoedit.testing import TINY_PIPELINES
 
 SETTINGS = GenerationSettings(num_inference_steps=2, guidance_scale=7.5, height=16, width=16)
 SUITE = {

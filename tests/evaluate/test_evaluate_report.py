@@ -13,17 +13,17 @@ import torch
 
 torch.set_num_threads(1)
 
-from PIL import Image  # noqa: E402
+from PIL import Image
 
-from locoedit.edit import EditRequest, compute_edit  # noqa: E402
-from locoedit.evaluate import EvaluationSuite, effect_curve, evaluate  # noqa: E402
-from locoedit.localize import LocalizationRequest, LocalizationResult, localize  # noqa: E402
-from locoedit.models import GenerationSettings, adapter_for  # noqa: E402
-from locoedit.report.browser import check_page, find_chromium  # noqa: E402
-from locoedit.scoring import PixelScorer  # noqa: E402
-from locoedit.testing import TINY_PIPELINES  # noqa: E402
+from locoedit.edit import EditRequest, compute_edit
+from locoedit.evaluate import EvaluationSuite, effect_curve, evaluate
+from locoedit.localize import LocalizationRequest, LocalizationResult, localize
+from locoedit.models import GenerationSettings, adapter_for
+from locoedit.report.browser import check_page, find_chromium
+from locoedit.scoring import PixelScorer
+from locoedit.testing import TINY_PIPELINES
 
-from .test_evaluate import SUITE, ControlledScorer  # noqa: E402
+from .test_evaluate import SUITE, ControlledScorer
 
 SETTINGS = GenerationSettings(num_inference_steps=2, guidance_scale=7.5, height=16, width=16)
 

@@ -12,7 +12,7 @@ torch.set_num_threads(1)
 
 toyworld = pytest.importorskip("locoedit.toyworld", reason="locoedit.toyworld is not in this checkout")
 
-from locoedit.evaluate import EvaluationSuite, evaluate, shipped_suites  # noqa: E402
+from locoedit.evaluate import EvaluationSuite, evaluate, shipped_suites
 
 TOY_SUITES = [name for name in shipped_suites() if name.startswith("toyworld-")]
 needs_probe = pytest.mark.skipif(

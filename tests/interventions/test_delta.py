@@ -9,18 +9,18 @@ import torch
 
 torch.set_num_threads(1)
 
-from safetensors.torch import save_file  # noqa: E402
+from safetensors.torch import save_file
 
-from locoedit import __version__  # noqa: E402
-from locoedit.core.errors import LocoeditError  # noqa: E402
-from locoedit.core.lowrank import LowRank  # noqa: E402
-from locoedit.delta.apply import apply_delta_to_folder  # noqa: E402
-from locoedit.delta.file import EditDelta, architecture_fingerprint, tensor_sha256  # noqa: E402
-from locoedit.edit import EditRequest, compute_edit  # noqa: E402
-from locoedit.edit.closed_form import edit_matrix  # noqa: E402
-from locoedit.edit.key_value import build_preservation, build_rows  # noqa: E402
-from locoedit.models import adapter_for  # noqa: E402
-from locoedit.testing import TINY_PIPELINES  # noqa: E402
+from locoedit import __version__
+from locoedit.core.errors import LocoeditError
+from locoedit.core.lowrank import LowRank
+from locoedit.delta.apply import apply_delta_to_folder
+from locoedit.delta.file import EditDelta, architecture_fingerprint, tensor_sha256
+from locoedit.edit import EditRequest, compute_edit
+from locoedit.edit.closed_form import edit_matrix
+from locoedit.edit.key_value import build_preservation, build_rows
+from locoedit.models import adapter_for
+from locoedit.testing import TINY_PIPELINES
 
 # from-concept: 4 prompts x every padded row >= min(16, 16): stored dense; 4 last-subject rows: stored as factors.
 REQUEST = EditRequest(

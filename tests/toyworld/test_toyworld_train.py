@@ -8,7 +8,7 @@ import torch
 
 torch.set_num_threads(1)
 
-from locoedit.toyworld import train  # noqa: E402
+from locoedit.toyworld import train
 
 
 @pytest.fixture

@@ -7,14 +7,14 @@ import torch
 
 torch.set_num_threads(1)
 
-from typer.testing import CliRunner  # noqa: E402
+from typer.testing import CliRunner
 
-from locoedit.cli import app  # noqa: E402
-from locoedit.core.errors import LocoeditError  # noqa: E402
-from locoedit.models import GenerationSettings  # noqa: E402
-from locoedit.scoring import PixelScorer  # noqa: E402
-from locoedit.trace import TraceRequest, TraceResult, denoiser_sites, trace  # noqa: E402
-from locoedit.trace.tracing import Tracer  # noqa: E402
+from locoedit.cli import app
+from locoedit.core.errors import LocoeditError
+from locoedit.models import GenerationSettings
+from locoedit.scoring import PixelScorer
+from locoedit.trace import TraceRequest, TraceResult, denoiser_sites, trace
+from locoedit.trace.tracing import Tracer
 
 SETTINGS = GenerationSettings(3, 4.0, 16, 16)
 PROMPT = "a house in the style of van gogh"

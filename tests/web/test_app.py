@@ -4,10 +4,10 @@ import pytest
 
 gr = pytest.importorskip("gradio", reason="the web app needs gradio (pip install -e '.[test]' or '.[ui]')")
 
-from locoedit.core.errors import LocoeditError  # noqa: E402
-from locoedit.localize import LocalizationRequest  # noqa: E402
-from locoedit.web.app import gallery_columns, jobs_markdown, lines, optional_int, shown_errors  # noqa: E402
-from locoedit.web.jobs import Job  # noqa: E402
+from locoedit.core.errors import LocoeditError
+from locoedit.localize import LocalizationRequest
+from locoedit.web.app import gallery_columns, jobs_markdown, lines, optional_int, shown_errors
+from locoedit.web.jobs import Job
 
 
 def test_a_user_error_is_shown_as_the_cli_line():

@@ -7,12 +7,12 @@ import torch
 
 torch.set_num_threads(1)
 
-from locoedit.core.errors import LocoeditError  # noqa: E402
-from locoedit.delta.file import EditDelta  # noqa: E402
-from locoedit.evaluate.result import Headline  # noqa: E402
-from locoedit.workflows import tune as tune_module  # noqa: E402
-from locoedit.workflows.requests import TuneRequest  # noqa: E402
-from locoedit.workflows.tune import TuneResult, Variant, choose, tune  # noqa: E402
+from locoedit.core.errors import LocoeditError
+from locoedit.delta.file import EditDelta
+from locoedit.evaluate.result import Headline
+from locoedit.workflows import tune as tune_module
+from locoedit.workflows.requests import TuneRequest
+from locoedit.workflows.tune import TuneResult, Variant, choose, tune
 
 SUITE = {
     "name": "tiny-toy-triangle",

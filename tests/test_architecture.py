@@ -124,3 +124,19 @@ def test_the_scan_sees_local_relative_and_type_checking_imports():
     imports = _imports(source, "locoedit.core.probe")
     assert imports == [("locoedit.core.errors", True), ("locoedit.models", False), ("locoedit.cli", True)]
     assert LAYERS[_layer("locoedit.cli")] > LAYERS["core"]  # a core module importing the CLI would fail the rule
+
+
+TRAINING_CODE = {"locoedit.toyworld.train"}  # one training loop, read top to bottom
+MAX_FUNCTION_LINES = 80
+
+
+def test_no_function_is_longer_than_80_lines_outside_training_code():
+    long = [
+        f"{_module_name(path)}.{node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for path in SOURCES
+        if _module_name(path) not in TRAINING_CODE
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
+    ]
+    assert not long, f"split these into functions of at most {MAX_FUNCTION_LINES} lines: {long}"

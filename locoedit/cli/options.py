@@ -12,7 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 
 from locoedit.cli.errors import user_errors
@@ -20,6 +19,8 @@ from locoedit.core.params import flag_of, settings_of, shown_default
 from locoedit.models.names import request_for
 
 CONFIG = "config"
+TYPED = ("COMMANDLINE", "ENVIRONMENT", "PROMPT")  # parameter sources of a value the user gave (by name: typer
+# may bring its own copy of click's ParameterSource)
 CONFIG_HELP = (
     "JSON or TOML file of this command's settings (flags typed win over it; it wins over the model's presets)."
 )
@@ -65,7 +66,7 @@ def given_values(ctx: typer.Context, request_class, values: dict[str, Any]) -> d
     return {
         name: tuple(value) if isinstance(value, list) else value
         for name, value in values.items()
-        if name in fields and ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)
+        if name in fields and getattr(ctx.get_parameter_source(name), "name", None) in TYPED
     }
 
 

@@ -36,12 +36,6 @@ def to_plain(value):
     return value
 
 
-def field_default(record_class, name: str):
-    """The default of a request field: the one place defaults are decided; the CLI's --help and the web app's forms
-    show it."""
-    return next(f.default for f in dataclasses.fields(record_class) if f.name == name)
-
-
 def _wrong(where: str, expected: str, value) -> LocoeditError:
     return LocoeditError(f"{where} should be {expected}, got {type(value).__name__} {value!r:.60}")
 

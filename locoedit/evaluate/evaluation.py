@@ -181,6 +181,31 @@ def evaluate(
     generation_s = time.perf_counter() - started
 
     started = time.perf_counter()
+    scored, features = _score(scorer, suite, items, before, after)
+    metrics = Metrics.of(scored, scorer, suite.concept, features)
+    timings = {"generation_s": generation_s, "scoring_s": time.perf_counter() - started}
+    result = EvaluationResult(
+        suite,
+        settings,
+        scorer.spec,
+        DeltaSummary.of(delta, delta_path),
+        scored,
+        metrics,
+        curve,
+        timings,
+        before=before,
+        after=after,
+    )
+    if folder is not None:
+        folder.write(result)
+    return result
+
+
+def _score(
+    scorer: ConceptScorer, suite: EvaluationSuite, items: list, before: torch.Tensor, after: torch.Tensor
+) -> tuple[list[EvaluationItem], tuple | None]:
+    """Every item scored before and after (concept score, similarity, attributes read, whether neighbours and
+    unrelated images still show their prompt), and the scorer's image features of both sets (None without)."""
     scores_before = torch.empty(len(items))
     scores_after = torch.empty(len(items))
     for concept in suite.concepts:
@@ -211,23 +236,7 @@ def evaluate(
         )
         for i, item in enumerate(items)
     ]
-    metrics = Metrics.of(scored, scorer, suite.concept, features)
-    timings = {"generation_s": generation_s, "scoring_s": time.perf_counter() - started}
-    result = EvaluationResult(
-        suite,
-        settings,
-        scorer.spec,
-        DeltaSummary.of(delta, delta_path),
-        scored,
-        metrics,
-        curve,
-        timings,
-        before=before,
-        after=after,
-    )
-    if folder is not None:
-        folder.write(result)
-    return result
+    return scored, features
 
 
 def evaluate_from_request(

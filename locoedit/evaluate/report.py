@@ -52,7 +52,25 @@ def _metric_rows(result: EvaluationResult) -> list[tuple[str, str, str, str, str
                     target(name),
                 )
             )
-    specificity = metrics.specificity
+    rows += _specificity_rows(metrics.specificity, target)
+    quality = metrics.quality
+    if quality.frechet_distance is not None:
+        rows.append(
+            (
+                f"quality: Frechet distance before vs after ({quality.features})",
+                "",
+                number(quality.frechet_distance),
+                "",
+                "",
+            )
+        )
+    return rows
+
+
+def _specificity_rows(specificity, target) -> list[tuple[str, str, str, str, str]]:
+    """The specificity rows: per group, own-concept score, attributes and similarity; the share of images still
+    showing their prompt; identity; other attributes of the concept prompts."""
+    rows = []
     for group, entry in (("neighbours", specificity.neighbours), ("unrelated", specificity.unrelated)):
         if entry is None:
             continue
@@ -97,17 +115,6 @@ def _metric_rows(result: EvaluationResult) -> list[tuple[str, str, str, str, str
         ignored = ", ".join(other.ignored) or "none"
         rows.append(
             (f"other attributes unchanged on concept prompts (ignoring {ignored})", "", percent(other.rate), "", "")
-        )
-    quality = metrics.quality
-    if quality.frechet_distance is not None:
-        rows.append(
-            (
-                f"quality: Frechet distance before vs after ({quality.features})",
-                "",
-                number(quality.frechet_distance),
-                "",
-                "",
-            )
         )
     return rows
 

@@ -10,8 +10,10 @@ import logging
 import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from html import escape
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,25 +27,22 @@ except ImportError:
 
 from PIL import Image
 
-from locoedit.core.formats import field_default
 from locoedit.core.io import to_uint8
+from locoedit.core.params import settings_of
 from locoedit.core.progress import ProgressCallback
-from locoedit.core.seeds import parse_seeds, seeds_text
 from locoedit.delta import EditDelta, export_with_card
-from locoedit.edit import EditRequest
-from locoedit.edit.request import TOKEN_CHOICES, parse_layers
-from locoedit.edit.templates import KINDS
+from locoedit.edit import EDIT_METHODS, EditRequestCore
 from locoedit.evaluate import TARGETS, EvaluationRequest, EvaluationResult, shipped_suites
-from locoedit.localize import LocalizationRequest, LocalizationResult, parse_window
+from locoedit.localize import LocalizationRequest, LocalizationResult
+from locoedit.models.names import request_for
 from locoedit.report.html import effect_plot_svg
+from locoedit.web.forms import build_form, form_settings, given_values
 from locoedit.web.jobs import Job, failure_line
 from locoedit.web.workbench import Workbench
 from locoedit.workflows.requests import GenerationRequest
 
 logger = logging.getLogger(__name__)
 
-L, E, G = LocalizationRequest, EditRequest, GenerationRequest
-MODEL_DEFAULT_TOKEN = "the model's default"
 SUITE_FOR_DELTA = "the shipped suite for the delta's concept"
 SHOWN_SIDE = 128  # small images (the toy world's 32 x 32) are enlarged to this many pixels, without smoothing
 
@@ -58,24 +57,6 @@ def shown_errors() -> Iterator[None]:
         if user_message(error) is None:
             logger.error("unexpected error", exc_info=error)
         raise gr.Error(failure_line(error), duration=None, print_exception=False) from None
-
-
-def lines(text: str) -> tuple[str, ...]:
-    """A text box's non-empty lines: one prompt (or concept) per line."""
-    return tuple(line.strip() for line in (text or "").splitlines() if line.strip())
-
-
-def optional_int(name: str, text: str) -> int | None:
-    """A whole number typed in a box; an empty box is None (the library's default)."""
-    text = (text or "").strip()
-    if not text:
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise LocoeditError(
-            f"{name} {text!r} is not a whole number; type one, or leave the box empty for the default"
-        ) from None
 
 
 def progress_bar(progress: gr.Progress) -> ProgressCallback:
@@ -183,320 +164,266 @@ def evaluation_galleries(result: EvaluationResult):
     )
 
 
+@dataclass
+class Forms:
+    """The components one tab hands another: the Localize tab fills the Edit tab's layers, the Edit tab the
+    Evaluate tab's delta file."""
+
+    model: Any
+    edit_layers: Any = None
+    evaluate_delta: Any = None
+
+
+def localize_tab(workbench: Workbench, forms: Forms):
+    """The Localize tab: every LocoGen setting, a run folder, and the chosen window's plot and grid. Returns the
+    wiring to run once the Edit tab (whose layers it fills in) exists."""
+    names = form_settings(LocalizationRequest)
+    with gr.Tab("Localize", id="localize"), gr.Row():
+        with gr.Column(scale=1):
+            widgets = build_form(LocalizationRequest, "l", names[:7])
+            with gr.Accordion("More settings", open=False):
+                widgets |= build_form(LocalizationRequest, "l", names[7:])
+            out = gr.Textbox(
+                label="Run folder",
+                info="as `locoedit localize --out`; empty: a new one under the runs folder",
+                elem_id="l-out",
+            )
+            run = gr.Button("Localize", variant="primary", elem_id="l-run")
+            with gr.Row():
+                open_folder = gr.Textbox(label="Open an existing run folder", scale=3, elem_id="l-open-folder")
+                open_button = gr.Button("Open", scale=1, elem_id="l-open")
+        with gr.Column(scale=2):
+            summary = gr.Markdown(elem_id="localize-summary")
+            plot = gr.HTML()
+            grid = gr.Gallery(
+                label="Images: original, target, then each window",
+                columns=4,
+                elem_id="localize-grid",
+                object_fit="contain",
+                height="auto",
+            )
+
+    def run_localization(model, *values, progress=gr.Progress()):
+        *settings, folder_text = values
+        with shown_errors():
+            given = {"model": model.strip(), **given_values(LocalizationRequest, names, settings)}
+            request = request_for(LocalizationRequest, "localize", given)
+            folder = Path(folder_text.strip()) if folder_text.strip() else workbench.fresh_folder("localize")
+            result = workbench.localize(request, folder, progress_bar(progress))
+            shown = localization_view(result, folder, workbench.runs)
+        return (*shown, str(folder))
+
+    def open_run(folder):
+        with shown_errors():
+            folder = Path(folder.strip())
+            shown = localization_view(LocalizationResult.load(folder), folder, workbench.runs)
+        return (*shown, str(folder))
+
+    def wire() -> None:
+        outputs = [summary, plot, grid, forms.edit_layers]
+        run.click(run_localization, [forms.model, *widgets.values(), out], outputs)
+        open_button.click(open_run, [open_folder], outputs)
+
+    return wire
+
+
+def edit_settings_form(prefix: str = "e") -> tuple[Any, dict[str, tuple[type, list[str], dict[str, Any]]]]:
+    """The method choice, the settings every edit method shares, and each method's own settings in an accordion:
+    method name -> (request class, setting names, widgets)."""
+    method = gr.Radio(list(EDIT_METHODS), value="locoedit", label="Method", elem_id=f"{prefix}-method")
+    core = form_settings(EditRequestCore)
+    shared = build_form(EditRequestCore, prefix, core[:6])
+    with gr.Accordion("Localization and loading", open=False):
+        shared |= build_form(EditRequestCore, prefix, core[6:])
+    per_method = {}
+    for name, edit_method in EDIT_METHODS.items():
+        own = [n for n in form_settings(edit_method.request) if n not in core]
+        with gr.Accordion(f"{name} settings", open=False):
+            widgets = build_form(edit_method.request, prefix, own)
+        per_method[name] = (edit_method.request, [*core, *own], shared | widgets)
+    return method, per_method
+
+
+def edit_tab(workbench: Workbench, forms: Forms):
+    """The Edit tab: any edit method's settings, before/after images of your prompts, the strength slider, LoRA
+    export at that strength. Returns the wiring to run once the Evaluate tab (which its edits fill in) exists."""
+    with gr.Tab("Edit", id="edit"), gr.Row():
+        with gr.Column(scale=1):
+            method, per_method = edit_settings_form()
+            forms.edit_layers = per_method["locoedit"][2]["layers"]
+            preview_names = ["prompts", "seeds", "steps"]
+            gr.Markdown("Your prompts to see before and after the edit:")
+            preview = build_form(GenerationRequest, "g", preview_names)
+            out = gr.Textbox(
+                label="Delta file (.safetensors)", info="empty: a new one under the runs folder", elem_id="e-out"
+            )
+            run = gr.Button("Compute the edit", variant="primary", elem_id="e-run")
+        with gr.Column(scale=2):
+            summary = gr.Markdown(elem_id="edit-summary")
+            strength = gr.Slider(
+                0,
+                1,
+                value=1,
+                step=0.05,
+                label="Strength",
+                elem_id="strength",
+                info="scales the update: 0 = the original model, 1 = the edit (LoRA exports use it too)",
+            )
+            before = gr.Gallery(label="Before", columns=8, elem_id="before", object_fit="contain", height="auto")
+            after = gr.Gallery(label="After", columns=8, elem_id="after", object_fit="contain", height="auto")
+            delta_file = gr.File(label="Delta file", elem_id="delta-file")
+            with gr.Row():
+                export_buttons = {f: gr.Button(f"Export LoRA ({f})", elem_id=f"e-{f}") for f in ("kohya", "peft")}
+            lora_file = gr.File(label="LoRA file", elem_id="lora-file")
+    state = gr.State(None)  # {"delta": path of the delta file, "images": the GenerationRequest shown}
+    widgets = {name: w for _, _, ws in per_method.values() for name, w in ws.items()}
+    order = list(widgets)
+
+    def compute(model, method_name, *values, progress=gr.Progress()):
+        edit_values, preview_values, out_text = values[: len(order)], values[len(order) : -1], values[-1]
+        request_class, names, _ = per_method[method_name]
+        by_name = dict(zip(order, edit_values))
+        with shown_errors():
+            given = {"model": model.strip(), **given_values(request_class, names, [by_name[n] for n in names])}
+            request = request_for(request_class, EDIT_METHODS[method_name].command, given)
+            images = request_for(
+                GenerationRequest,
+                "generate",
+                {"model": model.strip(), **given_values(GenerationRequest, preview_names, preview_values)},
+            )
+            path = Path(out_text.strip()) if out_text.strip() else workbench.fresh_folder("edit") / "edit.safetensors"
+            bar = progress_bar(progress)
+            delta = workbench.edit(request, path, bar)
+            shown = [workbench.generate(images, progress=bar), workbench.generate(images, delta, 1.0, bar)]
+        columns = gallery_columns(len(images.seeds))
+        galleries = [gr.Gallery(generated_gallery(pictures, images), columns=columns) for pictures in shown]
+        return (
+            edit_summary(delta, path),
+            *galleries,
+            1.0,
+            str(path),
+            {"delta": str(path), "images": images},
+            str(path),
+        )
+
+    def wire() -> None:
+        run.click(
+            compute,
+            [forms.model, method, *widgets.values(), *preview.values(), out],
+            [summary, before, after, strength, delta_file, state, forms.evaluate_delta],
+        )
+        strength.release(rescale(workbench), [strength, state], [after])
+        for lora_format, button in export_buttons.items():
+            button.click(export_lora_file(lora_format), [state, strength], [lora_file])
+
+    return wire
+
+
+def edit_summary(delta: EditDelta, path: Path) -> str:
+    layers = [layer["index"] for layer in delta.layers]
+    if delta.method == "neurons":
+        count = sum(len(item["neurons"]) for item in delta.settings["chosen_neurons"])
+        return f"Replaced {count} neurons in layers {layers}. Delta file `{path}`."
+    return (
+        f"Edited layers {layers}: {len(delta.parameters)} matrices ({len(delta.factors)} stored as low-rank "
+        f"factors), {delta.settings['concept_rows']} concept rows. Delta file `{path}`."
+    )
+
+
+def rescale(workbench: Workbench):
+    def handler(strength, state, progress=gr.Progress()):
+        with shown_errors():
+            if state is None:
+                raise LocoeditError("compute an edit first; the strength scales its update")
+            after = workbench.generate(
+                state["images"], EditDelta.load(state["delta"]), strength, progress_bar(progress)
+            )
+        return generated_gallery(after, state["images"])
+
+    return handler
+
+
+def export_lora_file(lora_format: str):
+    def handler(state, strength):
+        with shown_errors():
+            if state is None:
+                raise LocoeditError("compute an edit first, then export it as a LoRA")
+            delta = Path(state["delta"])
+            out = delta.parent / f"lora-{lora_format}" / delta.name
+            export_with_card(delta, lora_format, out, strength=strength)
+        return str(out)
+
+    return handler
+
+
+def evaluate_tab(workbench: Workbench, forms: Forms) -> None:
+    """The Evaluate tab: every evaluation setting (the suite among the shipped ones), the metrics and images."""
+    names = form_settings(EvaluationRequest)
+    with gr.Tab("Evaluate", id="evaluate"), gr.Row():
+        with gr.Column(scale=1):
+            widgets = build_form(EvaluationRequest, "v", ["edit"])
+            widgets["suite"] = gr.Dropdown(
+                [SUITE_FOR_DELTA, *shipped_suites()],
+                value=SUITE_FOR_DELTA,
+                label="Suite",
+                elem_id="v-suite",
+                allow_custom_value=True,
+                info=settings_of(EvaluationRequest)["suite"][1].help,
+            )
+            with gr.Accordion("More settings", open=False):
+                widgets |= build_form(EvaluationRequest, "v", [n for n in names if n not in widgets])
+            out = gr.Textbox(label="Evaluation folder", info="empty: a new one under the runs folder", elem_id="v-out")
+            run = gr.Button("Evaluate", variant="primary", elem_id="v-run")
+        with gr.Column(scale=2):
+            link = gr.Markdown(elem_id="evaluate-link")
+            table = gr.Dataframe(
+                headers=["metric", "value", "target", "met"], label="Metrics", interactive=False, elem_id="metrics"
+            )
+            before = gr.Gallery(label="Before (concept prompts)", columns=8, object_fit="contain", height="auto")
+            after = gr.Gallery(label="After", columns=8, object_fit="contain", height="auto")
+    forms.evaluate_delta = widgets["edit"]
+    order = list(widgets)
+
+    def run_evaluation(model, *values, progress=gr.Progress()):
+        *settings, folder_text = values
+        with shown_errors():
+            chosen = [None if v == SUITE_FOR_DELTA else v for v in settings]
+            given = {"model": model.strip(), **given_values(EvaluationRequest, order, chosen)}
+            request = request_for(EvaluationRequest, "evaluate", given)
+            folder = Path(folder_text.strip()) if folder_text.strip() else workbench.fresh_folder("evaluate")
+            result = workbench.evaluate(request, folder, progress_bar(progress))
+        shown_before, shown_after = evaluation_galleries(result)
+        return (
+            f"Suite `{result.suite.name}`, {len(result.items)} images before and after; "
+            f"{report_link(folder, workbench.runs)}.",
+            metric_rows(result),
+            shown_before,
+            shown_after,
+        )
+
+    run.click(run_evaluation, [forms.model, *widgets.values(), out], [link, table, before, after])
+
+
 def build_app(workbench: Workbench, model: str) -> gr.Blocks:
-    runs = workbench.runs
     with gr.Blocks(title="locoedit", analytics_enabled=False) as blocks:
         gr.Markdown(
             "# locoedit\nLocalize a concept in a text-to-image model (LocoGen), edit it out in closed form "
             "(LocoEdit), and evaluate the edit."
         )
-        model_box = gr.Textbox(
-            model, label="Model", info="'toyworld', a local diffusers pipeline folder or a hub id", elem_id="model"
+        forms = Forms(
+            gr.Textbox(
+                model, label="Model", info="'toyworld', a local diffusers pipeline folder or a hub id", elem_id="model"
+            )
         )
         jobs = gr.Markdown(jobs_markdown([]), elem_id="jobs")
         gr.Timer(1.0).tick(
             lambda: jobs_markdown(workbench.queue.snapshot()), outputs=jobs, show_progress="hidden", queue=False
         )
-        edit_state = gr.State(None)  # {"delta": path of the delta file, "images": the GenerationRequest shown}
-
-        with gr.Tab("Localize", id="localize"), gr.Row():
-            with gr.Column(scale=1):
-                l_prompts = gr.Textbox(
-                    label="Prompt (one per line)",
-                    lines=2,
-                    placeholder="a red striped circle on black",
-                    elem_id="l-prompts",
-                )
-                l_targets = gr.Textbox(
-                    label="Target: the prompt with the concept removed (one per prompt)",
-                    lines=2,
-                    placeholder="a red circle on black",
-                    elem_id="l-targets",
-                )
-                l_concept = gr.Textbox(
-                    label="Concept to score", info="empty: the words the target drops", elem_id="l-concept"
-                )
-                with gr.Row():
-                    l_window = gr.Textbox(
-                        str(field_default(L, "window")), label="Window size (m or auto)", elem_id="l-window"
-                    )
-                    l_seeds = gr.Textbox(seeds_text(field_default(L, "seeds")), label="Seeds", elem_id="l-seeds")
-                    l_steps = gr.Textbox(label="Steps", info="empty: the model's", elem_id="l-steps")
-                l_scorer = gr.Textbox(
-                    label="Scorer", info="pixel, toyworld or clip:ID (empty: the model's)", elem_id="l-scorer"
-                )
-                l_out = gr.Textbox(
-                    label="Run folder",
-                    info="as `locoedit localize --out`; empty: a new one under the runs folder",
-                    elem_id="l-out",
-                )
-                l_run = gr.Button("Localize", variant="primary", elem_id="l-run")
-                with gr.Row():
-                    l_open_folder = gr.Textbox(label="Open an existing run folder", scale=3, elem_id="l-open-folder")
-                    l_open = gr.Button("Open", scale=1, elem_id="l-open")
-            with gr.Column(scale=2):
-                l_summary = gr.Markdown(elem_id="localize-summary")
-                l_plot = gr.HTML()
-                l_grid = gr.Gallery(
-                    label="Images: original, target, then each window",
-                    columns=4,
-                    elem_id="localize-grid",
-                    object_fit="contain",
-                    height="auto",
-                )
-
-        with gr.Tab("Edit", id="edit"), gr.Row():
-            with gr.Column(scale=1):
-                e_concepts = gr.Textbox(label="Concept (one per line)", placeholder="circle", elem_id="e-concepts")
-                e_targets = gr.Textbox(
-                    label="Target",
-                    info="what the concept becomes; empty: remove it",
-                    placeholder="square",
-                    elem_id="e-targets",
-                )
-                with gr.Row():
-                    e_kind = gr.Dropdown(list(KINDS), value=field_default(E, "kind"), label="Kind", elem_id="e-kind")
-                    e_token = gr.Dropdown(
-                        [MODEL_DEFAULT_TOKEN, *TOKEN_CHOICES],
-                        value=MODEL_DEFAULT_TOKEN,
-                        label="Token rows",
-                        elem_id="e-token",
-                    )
-                e_layers = gr.Textbox(
-                    str(field_default(E, "layers")),
-                    label="Layers",
-                    info="auto (LocoGen first), indices like 2,3,4, or a run folder (filled in by the Localize tab)",
-                    elem_id="e-layers",
-                )
-                e_templates = gr.Textbox(
-                    label="Prompt templates with {c} (one per line)",
-                    lines=2,
-                    info="empty: the model's or the kind's templates",
-                    elem_id="e-templates",
-                )
-                e_preserve = gr.Textbox(label="Preserve (one prompt per line)", lines=2, elem_id="e-preserve")
-                with gr.Row():
-                    e_preserve_scale = gr.Number(
-                        field_default(E, "preserve_scale"), label="Preservation weight", elem_id="e-preserve-scale"
-                    )
-                    e_lambda_key = gr.Number(field_default(E, "lambda_key"), label="λ keys", elem_id="e-lambda-key")
-                    e_lambda_value = gr.Number(
-                        field_default(E, "lambda_value"), label="λ values", elem_id="e-lambda-value"
-                    )
-                    e_window = gr.Textbox(
-                        str(field_default(E, "auto_window")), label="Window (auto)", elem_id="e-window"
-                    )
-                e_prompts = gr.Textbox(
-                    label="Your prompts to see before and after (one per line)",
-                    lines=2,
-                    placeholder="a blue circle on white",
-                    elem_id="e-prompts",
-                )
-                with gr.Row():
-                    e_seeds = gr.Textbox(seeds_text(field_default(G, "seeds")), label="Seeds", elem_id="e-seeds")
-                    e_steps = gr.Textbox(label="Steps", info="empty: the model's", elem_id="e-steps")
-                e_out = gr.Textbox(
-                    label="Delta file (.safetensors)",
-                    info="empty: a new one under the runs folder",
-                    elem_id="e-out",
-                )
-                e_run = gr.Button("Compute the edit", variant="primary", elem_id="e-run")
-            with gr.Column(scale=2):
-                e_summary = gr.Markdown(elem_id="edit-summary")
-                e_strength = gr.Slider(
-                    0,
-                    1,
-                    value=1,
-                    step=0.05,
-                    label="Strength",
-                    info="scales the update: 0 = the original model, 1 = the edit",
-                    elem_id="strength",
-                )
-                e_before = gr.Gallery(label="Before", columns=8, elem_id="before", object_fit="contain", height="auto")
-                e_after = gr.Gallery(label="After", columns=8, elem_id="after", object_fit="contain", height="auto")
-                e_file = gr.File(label="Delta file", elem_id="delta-file")
-                with gr.Row():
-                    e_kohya = gr.Button("Export LoRA (kohya)", elem_id="e-kohya")
-                    e_peft = gr.Button("Export LoRA (peft)", elem_id="e-peft")
-                e_lora = gr.File(label="LoRA file", elem_id="lora-file")
-
-        with gr.Tab("Evaluate", id="evaluate"), gr.Row():
-            with gr.Column(scale=1):
-                v_delta = gr.Textbox(label="Delta file", info="filled in by the Edit tab", elem_id="v-delta")
-                v_suite = gr.Dropdown(
-                    [SUITE_FOR_DELTA, *shipped_suites()], value=SUITE_FOR_DELTA, label="Suite", elem_id="v-suite"
-                )
-                v_seeds = gr.Textbox(label="Seeds", info="empty: the suite's", elem_id="v-seeds")
-                v_out = gr.Textbox(
-                    label="Evaluation folder", info="empty: a new one under the runs folder", elem_id="v-out"
-                )
-                v_run = gr.Button("Evaluate", variant="primary", elem_id="v-run")
-            with gr.Column(scale=2):
-                v_link = gr.Markdown(elem_id="evaluate-link")
-                v_table = gr.Dataframe(
-                    headers=["metric", "value", "target", "met"],
-                    label="Metrics",
-                    interactive=False,
-                    elem_id="metrics",
-                )
-                v_before = gr.Gallery(label="Before (concept prompts)", columns=8, object_fit="contain", height="auto")
-                v_after = gr.Gallery(label="After", columns=8, object_fit="contain", height="auto")
-
-        def run_localization(
-            model, prompts, targets, concept, window, seeds, steps, scorer, out, progress=gr.Progress()
-        ):
-            with shown_errors():
-                request = LocalizationRequest(
-                    model=model.strip(),
-                    prompts=lines(prompts),
-                    targets=lines(targets),
-                    concept=concept.strip(),
-                    scorer=scorer.strip() or None,
-                    window=parse_window(window.strip()),
-                    seeds=parse_seeds(seeds),
-                    steps=optional_int("steps", steps),
-                )
-                folder = Path(out.strip()) if out.strip() else workbench.fresh_folder("localize")
-                result = workbench.localize(request, folder, progress_bar(progress))
-                shown = localization_view(result, folder, runs)
-            return (*shown, str(folder))
-
-        def open_run(folder):
-            with shown_errors():
-                folder = Path(folder.strip())
-                shown = localization_view(LocalizationResult.load(folder), folder, runs)
-            return (*shown, str(folder))
-
-        l_run.click(
-            run_localization,
-            [model_box, l_prompts, l_targets, l_concept, l_window, l_seeds, l_steps, l_scorer, l_out],
-            [l_summary, l_plot, l_grid, e_layers],
-        )
-        l_open.click(open_run, [l_open_folder], [l_summary, l_plot, l_grid, e_layers])
-
-        def compute_edit(
-            model,
-            concepts,
-            targets,
-            kind,
-            token,
-            layers,
-            templates,
-            preserve,
-            preserve_scale,
-            lambda_key,
-            lambda_value,
-            window,
-            prompts,
-            seeds,
-            steps,
-            out,
-            progress=gr.Progress(),
-        ):
-            with shown_errors():
-                request = EditRequest(
-                    model=model.strip(),
-                    concepts=lines(concepts),
-                    targets=lines(targets) or ("",),
-                    kind=kind,
-                    prompts=lines(templates),
-                    layers=parse_layers(layers),
-                    preserve=lines(preserve),
-                    preserve_scale=preserve_scale,
-                    lambda_key=lambda_key,
-                    lambda_value=lambda_value,
-                    token=None if token == MODEL_DEFAULT_TOKEN else token,
-                    auto_window=parse_window(window.strip() or "auto"),
-                )
-                images = GenerationRequest(
-                    model.strip(), lines(prompts), parse_seeds(seeds), optional_int("steps", steps)
-                )
-                path = Path(out.strip()) if out.strip() else workbench.fresh_folder("edit") / "edit.safetensors"
-                bar = progress_bar(progress)
-                delta = workbench.edit(request, path, bar)
-                before = workbench.generate(images, progress=bar)
-                after = workbench.generate(images, delta, 1.0, bar)
-            summary = (
-                f"Edited layers {[layer['index'] for layer in delta.layers]}: {len(delta.parameters)} "
-                f"matrices ({len(delta.factors)} stored as low-rank factors), "
-                f"{delta.settings['concept_rows']} concept rows. Delta file `{path}`."
-            )
-            columns = gallery_columns(len(images.seeds))
-            return (
-                summary,
-                gr.Gallery(generated_gallery(before, images), columns=columns),
-                gr.Gallery(generated_gallery(after, images), columns=columns),
-                1.0,
-                str(path),
-                {"delta": str(path), "images": images},
-                str(path),
-            )
-
-        def rescale(strength, state, progress=gr.Progress()):
-            with shown_errors():
-                if state is None:
-                    raise LocoeditError("compute an edit first; the strength scales its update")
-                after = workbench.generate(
-                    state["images"], EditDelta.load(state["delta"]), strength, progress_bar(progress)
-                )
-            return generated_gallery(after, state["images"])
-
-        def export(state, format):
-            with shown_errors():
-                if state is None:
-                    raise LocoeditError("compute an edit first, then export it as a LoRA")
-                delta = Path(state["delta"])
-                out = delta.parent / f"lora-{format}" / delta.name
-                export_with_card(delta, format, out)
-            return str(out)
-
-        e_run.click(
-            compute_edit,
-            [
-                model_box,
-                e_concepts,
-                e_targets,
-                e_kind,
-                e_token,
-                e_layers,
-                e_templates,
-                e_preserve,
-                e_preserve_scale,
-                e_lambda_key,
-                e_lambda_value,
-                e_window,
-                e_prompts,
-                e_seeds,
-                e_steps,
-                e_out,
-            ],
-            [e_summary, e_before, e_after, e_strength, e_file, edit_state, v_delta],
-        )
-        e_strength.release(rescale, [e_strength, edit_state], [e_after])
-        e_kohya.click(lambda state: export(state, "kohya"), [edit_state], [e_lora])
-        e_peft.click(lambda state: export(state, "peft"), [edit_state], [e_lora])
-
-        def run_evaluation(model, delta, suite, seeds, out, progress=gr.Progress()):
-            with shown_errors():
-                request = EvaluationRequest(
-                    model=model.strip(),
-                    edit=delta.strip(),
-                    suite=None if suite == SUITE_FOR_DELTA else suite,
-                    seeds=parse_seeds(seeds) if seeds.strip() else (),
-                )
-                folder = Path(out.strip()) if out.strip() else workbench.fresh_folder("evaluate")
-                result = workbench.evaluate(request, folder, progress_bar(progress))
-            before, after = evaluation_galleries(result)
-            return (
-                f"Suite `{result.suite.name}`, {len(result.items)} images before and after; "
-                f"{report_link(folder, runs)}.",
-                metric_rows(result),
-                before,
-                after,
-            )
-
-        v_run.click(run_evaluation, [model_box, v_delta, v_suite, v_seeds, v_out], [v_link, v_table, v_before, v_after])
-
+        wire_localize = localize_tab(workbench, forms)
+        wire_edit = edit_tab(workbench, forms)
+        evaluate_tab(workbench, forms)
+        wire_localize()  # each tab hands the next one a path: wired once every tab exists
+        wire_edit()
     # Every job reaches the workbench's queue at once, which runs them one at a time per model and lists them.
     blocks.queue(default_concurrency_limit=None)
     return blocks

@@ -118,59 +118,9 @@ def run_demo(
         )
         chosen = localization.chosen.layers
         request = replace(request, layers=tuple(chosen))
-        num_layers = len(adapter.layers)
-        variants: dict[str, tuple[list[int], EditDelta]] = {"localized": (chosen, compute_edit(adapter, request))}
-        if case["controls"]:
-            variants["all layers"] = (
-                list(range(num_layers)),
-                compute_edit(adapter, replace(request, layers=tuple(range(num_layers)))),
-            )
-            random_window = _random_window(num_layers, len(chosen), chosen, seed=len(rows))
-            variants["random window"] = (
-                random_window,
-                compute_edit(adapter, replace(request, layers=tuple(random_window))),
-            )
-        if case["neurons"]:
-            # The neutral prompts are the edit's target prompts: the same scenes without the concept.
-            neurons = NeuronRequest(
-                model=model,
-                concepts=request.concepts,
-                neutral=tuple(p.target_prompt for p in request.pairs() if p.target_prompt),
-                kind=request.kind,
-                prompts=request.prompts,
-                layers=tuple(chosen),
-                token=request.token,
-            )
-            variants["neurons"] = (chosen, compute_edit(adapter, neurons))
+        variants = _variants(adapter, request, chosen, case, seed=len(rows))
         case_sections = [localization_section(localization, image_root=f"{case_dir.name}/localize/")]
-        for suite_name in case["suites"]:
-            suite = replace(EvaluationSuite.load(suite_name).split("test"), seeds=evaluation_seeds)
-            unedited = None  # every variant is compared with the same unedited images
-            for variant, (layers, delta) in variants.items():
-                folder = variant.replace(" ", "-") + ("" if len(case["suites"]) == 1 else f"-{suite_name}")
-                delta.save(case_dir / f"{variant.replace(' ', '-')}.safetensors")
-                result = evaluate(
-                    adapter,
-                    delta,
-                    suite,
-                    scorer,
-                    out=case_dir / folder,
-                    progress=progress,
-                    reuse=unedited,
-                    localization=case_dir / "localize",
-                )
-                unedited = unedited or result
-                rows.append(
-                    DemoRow(name, variant, layers, result.headline, f"{case_dir.name}/{folder}/report.html", suite_name)
-                )
-                if variant == "localized":
-                    case_sections.append(
-                        evaluation_section(
-                            result,
-                            image_root=f"{case_dir.name}/{folder}/",
-                            data_link=f"{case_dir.name}/{folder}/evaluation.json",
-                        )
-                    )
+        case_sections += _evaluate_case(adapter, case, case_dir, variants, scorer, evaluation_seeds, rows, progress)
         concepts = ", ".join(request.concepts)
         sections.append(f"<section id='{case_dir.name}'><h1>{name}: {concepts}</h1>{''.join(case_sections)}</section>")
     summary = DemoRecord(
@@ -182,6 +132,76 @@ def run_demo(
     summary.write(out / "demo.json")
     write_text(out / "report.html", page("locoedit demo", summary_table_html(rows) + "".join(sections)))
     return rows
+
+
+def _evaluate_case(
+    adapter, case: dict, case_dir: Path, variants, scorer, evaluation_seeds, rows, progress
+) -> list[str]:
+    """Each variant of a case evaluated on each of its suites (the unedited images shared); its row appended to
+    ``rows``; the report sections of the localized edit returned."""
+    case_sections = []
+    name = case["name"]
+    for suite_name in case["suites"]:
+        suite = replace(EvaluationSuite.load(suite_name).split("test"), seeds=evaluation_seeds)
+        unedited = None  # every variant is compared with the same unedited images
+        for variant, (layers, delta) in variants.items():
+            folder = variant.replace(" ", "-") + ("" if len(case["suites"]) == 1 else f"-{suite_name}")
+            delta.save(case_dir / f"{variant.replace(' ', '-')}.safetensors")
+            result = evaluate(
+                adapter,
+                delta,
+                suite,
+                scorer,
+                out=case_dir / folder,
+                progress=progress,
+                reuse=unedited,
+                localization=case_dir / "localize",
+            )
+            unedited = unedited or result
+            rows.append(
+                DemoRow(name, variant, layers, result.headline, f"{case_dir.name}/{folder}/report.html", suite_name)
+            )
+            if variant == "localized":
+                case_sections.append(
+                    evaluation_section(
+                        result,
+                        image_root=f"{case_dir.name}/{folder}/",
+                        data_link=f"{case_dir.name}/{folder}/evaluation.json",
+                    )
+                )
+    return case_sections
+
+
+def _variants(
+    adapter: Adapter, request: EditRequest, chosen: list[int], case: dict, seed: int
+) -> dict[str, tuple[list[int], EditDelta]]:
+    """The edits a demo case evaluates: the localized one and, as the case asks, the paper's controls (every layer;
+    a random window of the same size) and a neuron-level edit of the same layers."""
+    num_layers = len(adapter.layers)
+    variants: dict[str, tuple[list[int], EditDelta]] = {"localized": (chosen, compute_edit(adapter, request))}
+    if case["controls"]:
+        variants["all layers"] = (
+            list(range(num_layers)),
+            compute_edit(adapter, replace(request, layers=tuple(range(num_layers)))),
+        )
+        random_window = _random_window(num_layers, len(chosen), chosen, seed=seed)
+        variants["random window"] = (
+            random_window,
+            compute_edit(adapter, replace(request, layers=tuple(random_window))),
+        )
+    if case["neurons"]:
+        # The neutral prompts are the edit's target prompts: the same scenes without the concept.
+        neurons = NeuronRequest(
+            model=request.model,
+            concepts=request.concepts,
+            neutral=tuple(p.target_prompt for p in request.pairs() if p.target_prompt),
+            kind=request.kind,
+            prompts=request.prompts,
+            layers=tuple(chosen),
+            token=request.token,
+        )
+        variants["neurons"] = (chosen, compute_edit(adapter, neurons))
+    return variants
 
 
 def _percent(value) -> str:

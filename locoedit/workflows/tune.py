@@ -143,24 +143,8 @@ def tune(
             request.lambdas,
         )
     )
-    task = ProgressTask(progress, f"tuning on {validation.name}", len(grid), unit="variant")
     settings = adapter.settings(suite.steps, suite.guidance, suite.size, suite.size)
-    unedited: EvaluationResult | None = None
-    variants = []
-    for index, (layers, token, neighbours, general, lam) in enumerate(grid):
-        record = out / "variants" / f"{index:03d}.json"
-        if record.is_file():
-            variants.append(Variant.read(record))
-            task.advance()
-            continue
-        edit = request.edit_request(tuple(layers), token, neighbours, general, lam)
-        delta = compute_edit(adapter, edit)
-        result = evaluate(adapter, delta, validation, scorer, settings=settings, reuse=unedited)
-        unedited = unedited or result
-        variant = Variant(index, list(layers), token, neighbours, general, lam, result.headline)
-        variant.write(record)
-        variants.append(variant)
-        task.advance()
+    variants = _evaluate_grid(request, grid, adapter, validation, scorer, settings, out, progress)
     chosen = choose(variants)
     delta = compute_edit(
         adapter,
@@ -193,6 +177,29 @@ def tune(
     result.write(out / "tune.json")
     write_text(out / "report.html", tune_report_html(result))
     return result
+
+
+def _evaluate_grid(request, grid, adapter, validation, scorer, settings, out: Path, progress) -> list[Variant]:
+    """Every variant of the grid evaluated on the validation split (one shared set of unedited images); a variant
+    already recorded in ``out/variants`` is read back, so an interrupted tune resumes."""
+    task = ProgressTask(progress, f"tuning on {validation.name}", len(grid), unit="variant")
+    unedited: EvaluationResult | None = None
+    variants = []
+    for index, (layers, token, neighbours, general, lam) in enumerate(grid):
+        record = out / "variants" / f"{index:03d}.json"
+        if record.is_file():
+            variants.append(Variant.read(record))
+            task.advance()
+            continue
+        edit = request.edit_request(tuple(layers), token, neighbours, general, lam)
+        delta = compute_edit(adapter, edit)
+        result = evaluate(adapter, delta, validation, scorer, settings=settings, reuse=unedited)
+        unedited = unedited or result
+        variant = Variant(index, list(layers), token, neighbours, general, lam, result.headline)
+        variant.write(record)
+        variants.append(variant)
+        task.advance()
+    return variants
 
 
 def _first(request: TuneRequest) -> tuple:

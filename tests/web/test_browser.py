@@ -136,8 +136,8 @@ def test_localize_edit_and_evaluate_in_the_browser(server, browser, tmp_path):
     assert len(result.seeds) == 2 and f"Chosen window: layers {result.chosen.layers}" in summary
     page.locator("#e-concepts textarea").fill("circle")
     page.locator("#e-targets textarea").fill("square")
-    page.locator("#e-prompts textarea").fill("a red circle on black\na blue circle on white")
-    page.locator("#e-seeds textarea").fill("0,1")
+    page.locator("#g-prompts textarea").fill("a red circle on black\na blue circle on white")
+    page.locator("#g-seeds textarea").fill("0,1")
     page.locator("#e-run").click()
     page.wait_for_function("document.querySelectorAll('#after img').length == 4")
     before, after = _sources(page, "before"), _sources(page, "after")
@@ -166,7 +166,7 @@ def test_localize_edit_and_evaluate_in_the_browser(server, browser, tmp_path):
 
     # Evaluate the edit with its shipped suite, one seed, while a second tab watches the job list.
     page.get_by_role("tab", name="Evaluate").click()
-    assert EditDelta.load(runs.parent / page.locator("#v-delta textarea").input_value()).digest() == delta.digest()
+    assert EditDelta.load(runs.parent / page.locator("#v-edit textarea").input_value()).digest() == delta.digest()
     page.locator("#v-seeds textarea").fill("0")
     page.locator("#v-run").click()
     watcher = browser.new_page()

@@ -7,6 +7,9 @@
 - CLI: ``typer.main.get_command(locoedit.cli.app)`` walked recursively: every command and group with its usage,
   help and every parameter (name, flags, type, default, help) on ``reference/cli.md``.
 
+- Home: ``index.md`` is the README with its links into ``docs/`` made relative to the site, so the two never drift
+  apart; the generated references are linked at its end.
+
 Module and command names are never written down here, so the pages follow the code as it is renamed.
 """
 
@@ -16,6 +19,7 @@ import importlib
 import importlib.util
 import inspect
 import pkgutil
+import re
 import sys
 from pathlib import Path
 
@@ -226,11 +230,23 @@ def cli_reference() -> tuple[str, list[str]]:
     return "\n".join(out + body) + "\n", found
 
 
+# --------------------------------------------------------------------------------------------------------- home
+def home_page(readme: str) -> str:
+    """The README as the site's home page: ``](docs/x.md)`` becomes ``](x.md)``; links to the references added."""
+    text = re.sub(r"\]\(docs/", "](", readme)
+    return (
+        text.rstrip()
+        + f"\n\nGenerated from the code at build time: the [CLI reference]({CLI_PAGE}) and the [API reference]({API_INDEX}).\n"
+    )
+
+
 # --------------------------------------------------------------------------------------------------------- hook
 def on_files(files, config):
     _use_this_checkout(config)
     modules = public_modules()
-    generated = {_api_uri(m): _api_page(m) for m in modules}
+    readme = Path(config.config_file_path).resolve().parent / "README.md"
+    generated = {"index.md": home_page(readme.read_text(encoding="utf-8"))}
+    generated.update({_api_uri(m): _api_page(m) for m in modules})
     generated[API_INDEX] = _api_index(modules)
     generated[CLI_PAGE] = cli_reference()[0]
     for uri, content in generated.items():

@@ -2,7 +2,8 @@
 
 The package's docstrings write tensor shapes and indexing as ``[rows][columns]`` or ``[n][in]`` in running text,
 which Markdown (and mkdocs-autorefs) reads as a reference link to a page named ``columns``. Outside code spans and
-code blocks, ``][`` is escaped to ``]\\[`` so it renders as written. The source is not changed.
+code blocks, ``][`` is escaped to ``]\\[`` so it renders as written. Sphinx roles (``:class:`Name` ``) would show
+their role name; they become plain code (``Name``). The source is not changed.
 """
 
 from __future__ import annotations
@@ -12,6 +13,17 @@ import re
 import griffe
 
 _CODE_SPAN = re.compile(r"(`+).+?\1", re.DOTALL)
+_ROLE = re.compile(r":(?:py:)?(?:class|func|meth|attr|mod|data|obj|exc|const):`(~?)([^`]+)`")
+
+
+def drop_sphinx_roles(text: str) -> str:
+    """``:class:`a.B` `` -> ``a.B`` in code; ``:class:`~a.B` `` -> ``B`` (the last part, as Sphinx shows it)."""
+
+    def code(match: re.Match) -> str:
+        name = match.group(2)
+        return f"`{name.rsplit('.', 1)[-1] if match.group(1) else name}`"
+
+    return _ROLE.sub(code, text)
 
 
 def escape_reference_links(text: str) -> str:
@@ -34,8 +46,8 @@ def escape_reference_links(text: str) -> str:
 
 
 class EscapeShapeBrackets(griffe.Extension):
-    """Escape ``][`` in every docstring the API reference renders."""
+    """Drop Sphinx roles and escape ``][`` in every docstring the API reference renders."""
 
     def on_instance(self, *, obj: griffe.Object, **kwargs) -> None:
         if obj.docstring is not None:
-            obj.docstring.value = escape_reference_links(obj.docstring.value)
+            obj.docstring.value = escape_reference_links(drop_sphinx_roles(obj.docstring.value))

@@ -6,7 +6,6 @@
   under the entry that points at ``reference/api/index.md``.
 - CLI: ``typer.main.get_command(locoedit.cli.app)`` walked recursively: every command and group with its usage,
   help and every parameter (name, flags, type, default, help) on ``reference/cli.md``.
-
 - Home: ``index.md`` is the README with its links into ``docs/`` made relative to the site, so the two never drift
   apart; the generated references are linked at its end.
 

@@ -162,7 +162,7 @@ def non_negative_int(name: str, value):
 def texts(name: str, values):
     """Every item is text with something besides whitespace."""
     if any(not isinstance(v, str) or not v.strip() for v in values):
-        raise LocoeditError(f"{name} holds an empty or non-text item; every {_flag(name)} needs text")
+        raise LocoeditError(f"an item of {name} is empty or not text; every {_flag(name)} needs text")
     return values
 
 

@@ -47,7 +47,7 @@ def check_evaluation(evaluation: EvaluationResult, delta: EditDelta) -> None:
     summary = evaluation.delta
     if (summary.method, summary.layers, list(summary.parameters)) != (delta.method, delta.layers, delta.parameters):
         raise LocoeditError(
-            f"the evaluation given is of another edit ({summary.path}); give the folder `locoedit evaluate "
+            f"the evaluation given evaluates another edit ({summary.path}); give the folder `locoedit evaluate "
             "--edit` wrote for this delta"
         )
 

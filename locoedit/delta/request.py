@@ -5,12 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from locoedit.core.errors import LocoeditError
-from locoedit.core.params import Request, one_of, positive_int, setting, unit_interval
+from locoedit.core.params import Request, positive_int, setting, unit_interval
 
 LORA_FORMATS = ("kohya", "peft")
 DELTA_HELP = "Delta file written by `locoedit edit` or `locoedit neurons`."
 EVALUATION_HELP = "A `locoedit evaluate` folder of this edit: its headline goes into the model card."
 STRENGTH_HELP = "How much of the edit to write: 0 = the original model, 1 = the edit."
+
+
+def _lora_format(name: str, value: str) -> str:
+    if value not in LORA_FORMATS:
+        raise LocoeditError(f"unknown LoRA format {value!r}; use one of {', '.join(LORA_FORMATS)} (--format)")
+    return value
 
 
 def _delta_file(name: str, path: str) -> str:
@@ -38,7 +44,7 @@ class ExportRequest(Request):
     format: str = setting(
         "kohya",
         "kohya (A1111, ComfyUI; diffusers converts it) or peft (diffusers' own layout).",
-        check=one_of(*LORA_FORMATS),
+        check=_lora_format,
         choices=LORA_FORMATS,
     )
     rank: int | None = setting(

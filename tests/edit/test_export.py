@@ -27,6 +27,7 @@ from locoedit.edit import (
     compute_edit,
 )
 from locoedit.edit.closed_form import edit_factors
+from locoedit.evaluate import read_evaluation
 from locoedit.models import adapter_for, load_adapter, real_configs
 from locoedit.models.layers import list_cross_attention_layers
 from locoedit.testing import TINY_PIPELINES
@@ -228,7 +229,7 @@ def test_bad_options_exit_2_and_write_nothing(tmp_path):
     out = tmp_path / "out"
     for args, message in [
         (["--format", "a1111"], "unknown LoRA format 'a1111'"),
-        (["--format", "peft", "--rank", "0"], "--rank 0 must be at least 1"),
+        (["--format", "peft", "--rank", "0"], "rank must be a positive integer, got 0 (--rank)"),
     ]:
         result = run("export", delta, *args, "--out", out / "l.safetensors")
         assert result.exit_code == 2 and message in result.output, result.output
@@ -350,7 +351,7 @@ def test_model_card_records_the_edit_and_the_evaluation_headline(tmp_path):
     assert result.exit_code == 0, result.output
     evaluation = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     exported, card_path = export_with_card(
-        delta_path, "peft", tmp_path / "lora" / "l.safetensors", evaluation=tmp_path / "eval"
+        delta_path, "peft", tmp_path / "lora" / "l.safetensors", evaluation=read_evaluation(tmp_path / "eval")
     )
     card = ModelCard.load(card_path)
     record = card.data.locoedit
@@ -376,7 +377,7 @@ def test_model_card_records_the_edit_and_the_evaluation_headline(tmp_path):
             other.save(tmp_path / "other.safetensors"),
             "peft",
             tmp_path / "o" / "l.safetensors",
-            evaluation=tmp_path / "eval",
+            evaluation=read_evaluation(tmp_path / "eval"),
         )
     assert not (tmp_path / "o").exists()
 

@@ -135,7 +135,7 @@ def test_neutral_prompts_default_to_the_target_in_the_concepts_place(tmp_path):
         (dict(concepts=()), "concepts is empty"),
         (dict(neutral=(), targets=()), "no neutral prompts"),
         (dict(neutral=("",)), "is empty"),
-        (dict(top_k=0), "top_k 0 must be an integer >= 1"),
+        (dict(top_k=0), r"top_k must be a positive integer, got 0 \(--top-k\)"),
         (dict(layers=()), "must be non-empty"),
         (dict(token="middle"), "token 'middle' is unknown"),
         (dict(layers="auto", targets=()), "needs a --target"),

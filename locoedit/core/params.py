@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from locoedit.core.dtypes import DTYPE_NAMES
 from locoedit.core.errors import LocoeditError
+from locoedit.core.seeds import check_seeds, parse_seeds, seeds_text
 
 Check = Callable[[str, Any], Any]  # (field name, value) -> the value, normalised; raises LocoeditError
 
@@ -51,6 +53,30 @@ class Setting:
 def setting(default: Any = dataclasses.MISSING, help: str = "", **how) -> Any:
     """A request field with its front-end description; ``how`` holds :class:`Setting`'s other fields."""
     return dataclasses.field(default=default, metadata={"setting": Setting(help, **how)})
+
+
+# ---- settings most requests share ----
+
+MODEL_HELP = "A hub id, a local diffusers pipeline folder, or 'toyworld'."
+DEVICE_HELP = "cpu, cuda, cuda:1, ... (default: cuda if available)."
+
+
+def model_setting() -> Any:
+    return setting(help=MODEL_HELP)
+
+
+def device_setting(help: str = DEVICE_HELP) -> Any:
+    return setting(None, help)
+
+
+def dtype_setting(default: str | None = "float32", help: str = "float32, float16 or bfloat16.") -> Any:
+    return setting(default, help, check=one_of(*DTYPE_NAMES, optional=default is None), choices=DTYPE_NAMES)
+
+
+def seeds_setting(default: tuple[int, ...], help: str, **how) -> Any:
+    """Seeds, typed as ``0-3`` or ``0,5,7``."""
+    how.setdefault("check", lambda name, value: check_seeds(value, name))
+    return setting(default, help, parse=parse_seeds, show=seeds_text, **how)
 
 
 def settings_of(request_class) -> dict[str, tuple[dataclasses.Field, Setting, Any]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from locoedit.core.errors import LocoeditError
-from locoedit.core.params import Request, positive_int, setting, unit_interval
+from locoedit.core.params import Request, device_setting, model_setting, positive_int, setting, unit_interval
 
 LORA_FORMATS = ("kohya", "peft")
 DELTA_HELP = "Delta file written by `locoedit edit` or `locoedit neurons`."
@@ -29,11 +29,11 @@ def _delta_file(name: str, path: str) -> str:
 class ApplyRequest(Request):
     """A delta written into its model, saved as a full diffusers pipeline folder with a model card."""
 
-    model: str = setting(help="A hub id, a local diffusers pipeline folder, or 'toyworld'.")
+    model: str = model_setting()
     delta: str = setting("", DELTA_HELP, check=_delta_file, positional=True)
     strength: float = setting(1.0, STRENGTH_HELP, check=unit_interval)
     evaluation: str | None = setting(None, EVALUATION_HELP)
-    device: str | None = setting(None, "cpu, cuda, cuda:1, ... (default: the CPU).")
+    device: str | None = device_setting("cpu, cuda, cuda:1, ... (default: the CPU).")
 
 
 @dataclass(frozen=True)

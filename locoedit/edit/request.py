@@ -10,20 +10,22 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from locoedit.core.dtypes import DTYPE_NAMES
 from locoedit.core.errors import LocoeditError
 from locoedit.core.formats import JsonRecord
 from locoedit.core.params import (
     Request,
+    device_setting,
+    dtype_setting,
     fraction,
+    model_setting,
     non_negative,
     one_of,
     positive,
     positive_int,
+    seeds_setting,
     setting,
     texts,
 )
-from locoedit.core.seeds import check_seeds, parse_seeds, seeds_text
 from locoedit.edit.templates import KINDS, prompt_templates
 from locoedit.localize.request import LocalizationRequest, parse_window
 
@@ -82,19 +84,13 @@ def check_target_texts(name: str, targets):
     return targets
 
 
-def seeds_setting(default: tuple[int, ...], help: str, **how):
-    return setting(
-        default, help, check=lambda name, value: check_seeds(value, name), parse=parse_seeds, show=seeds_text, **how
-    )
-
-
 @dataclass(frozen=True)
 class EditRequestCore(Request):
     """What every edit method asks: the concepts, their targets, the prompts and token rows the edit reads, and
     the layers it changes (indices, a LocoGen run folder, or ``auto``: LocoGen on the edit's own prompt pairs with
     the ``auto_*`` settings, see :meth:`localization`)."""
 
-    model: str = setting(help="A hub id, a local diffusers pipeline folder, or 'toyworld'.")
+    model: str = model_setting()
     concepts: tuple[str, ...] = setting(
         (), "Concept text to edit (repeat for several).", flag="--concept", check=check_concepts
     )
@@ -145,8 +141,8 @@ class EditRequestCore(Request):
     )
     auto_seeds: tuple[int, ...] = seeds_setting((0, 1, 2, 3), "LocoGen seeds for --layers auto, e.g. 0-3.")
     auto_scorer: str | None = setting(None, "LocoGen scorer for --layers auto (default: the model's concept scorer).")
-    dtype: str = setting("float32", "float32, float16 or bfloat16.", check=one_of(*DTYPE_NAMES), choices=DTYPE_NAMES)
-    device: str | None = setting(None, "cpu, cuda, cuda:1, ... (default: cuda if available).")
+    dtype: str = dtype_setting()
+    device: str | None = device_setting()
 
     @property
     def all_targets(self) -> tuple[str, ...]:

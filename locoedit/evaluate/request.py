@@ -5,10 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from locoedit.core.checks import check_guidance
-from locoedit.core.dtypes import DTYPE_NAMES
 from locoedit.core.errors import LocoeditError
-from locoedit.core.params import Request, one_of, positive_int, setting
-from locoedit.core.seeds import check_seeds, parse_seeds, seeds_text
+from locoedit.core.params import (
+    Request,
+    device_setting,
+    dtype_setting,
+    model_setting,
+    positive_int,
+    seeds_setting,
+    setting,
+)
+from locoedit.core.seeds import check_seeds
 
 
 def _suite_seeds(name: str, seeds):
@@ -19,7 +26,7 @@ def _suite_seeds(name: str, seeds):
 class EvaluationRequest(Request):
     """The CLI's ``evaluate``: model, delta file, suite, and overrides. Validates on construction."""
 
-    model: str = setting(help="A hub id, a local diffusers pipeline folder, or 'toyworld'.")
+    model: str = model_setting()
     edit: str = setting("", "Delta file written by `locoedit edit` or `locoedit neurons`.")
     suite: str | None = setting(
         None,
@@ -32,20 +39,13 @@ class EvaluationRequest(Request):
     localization: str | None = setting(
         None, "A `locoedit localize` run folder: adds its per-layer effect curve to the report."
     )
-    seeds: tuple[int, ...] = setting(
-        (), "Override the suite's seeds, e.g. 0-7.", check=_suite_seeds, parse=parse_seeds, show=seeds_text
-    )
+    seeds: tuple[int, ...] = seeds_setting((), "Override the suite's seeds, e.g. 0-7.", check=_suite_seeds)
     steps: int | None = setting(None, "Denoising steps (default: the suite's, else the model's).", check=positive_int)
     guidance: float | None = setting(None, "Classifier-free guidance scale.")
     size: int | None = setting(None, "Image height and width in pixels.", check=positive_int)
     batch_size: int = setting(16, "Images per denoising loop.", check=positive_int)
-    dtype: str | None = setting(
-        None,
-        "float32, float16 or bfloat16 (default: the delta's).",
-        check=one_of(*DTYPE_NAMES, optional=True),
-        choices=DTYPE_NAMES,
-    )
-    device: str | None = setting(None, "cpu, cuda, cuda:1, ... (default: cuda if available).")
+    dtype: str | None = dtype_setting(None, "float32, float16 or bfloat16 (default: the delta's).")
+    device: str | None = device_setting()
 
     def validate(self) -> None:
         if not self.edit:

@@ -6,11 +6,18 @@ import difflib
 from dataclasses import dataclass
 
 from locoedit.core.checks import check_guidance, check_positive_int
-from locoedit.core.dtypes import DTYPE_NAMES
 from locoedit.core.errors import LocoeditError
 from locoedit.core.formats import JsonRecord
-from locoedit.core.params import Request, fraction, one_of, positive_int, setting
-from locoedit.core.seeds import check_seeds, parse_seeds, seeds_text
+from locoedit.core.params import (
+    Request,
+    dtype_setting,
+    fraction,
+    model_setting,
+    one_of,
+    positive_int,
+    seeds_setting,
+    setting,
+)
 
 MODES = ("exact", "batched")
 
@@ -64,7 +71,7 @@ class LocalizationRequest(Request, JsonRecord):
 
     FORMAT = "locoedit.localization-request/2"  # 2 added screen; version 1 files read with screen None
 
-    model: str = setting(help="A hub id, a local diffusers pipeline folder, or 'toyworld'.")
+    model: str = model_setting()
     prompts: tuple[str, ...] = setting((), "Original prompt (repeatable).", flag="--prompt", short="-p")
     targets: tuple[str, ...] = setting(
         (), "The prompt with the concept removed (one per --prompt).", flag="--target", short="-t"
@@ -87,13 +94,7 @@ class LocalizationRequest(Request, JsonRecord):
         flag="--threshold",
         check=fraction,
     )
-    seeds: tuple[int, ...] = setting(
-        (0, 1, 2, 3),
-        "Seeds, e.g. 0,1,2,3 or 0-15.",
-        check=lambda name, value: check_seeds(value, name),
-        parse=parse_seeds,
-        show=seeds_text,
-    )
+    seeds: tuple[int, ...] = seeds_setting((0, 1, 2, 3), "Seeds, e.g. 0,1,2,3 or 0-15.")
     steps: int | None = setting(None, "Denoising steps (default: the model's).", check=positive_int)
     guidance: float | None = setting(None, "Classifier-free guidance scale.")
     height: int | None = setting(None, "Image height and width in pixels.", flag="--size", check=positive_int)
@@ -103,7 +104,7 @@ class LocalizationRequest(Request, JsonRecord):
         "batched", "exact (one loop per window, as the paper) or batched.", check=one_of(*MODES), choices=MODES
     )
     chunk: int = setting(8, "Windows per denoising loop in batched mode.", check=positive_int)
-    dtype: str = setting("float32", "float32, float16 or bfloat16.", check=one_of(*DTYPE_NAMES), choices=DTYPE_NAMES)
+    dtype: str = dtype_setting()
     device: str | None = setting(
         None, "cpu, cuda, cuda:1, ... (default: cuda if available; under a launcher, each process's own)."
     )

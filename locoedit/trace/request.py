@@ -5,11 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from locoedit.core.checks import check_guidance
-from locoedit.core.dtypes import DTYPE_NAMES
 from locoedit.core.errors import LocoeditError
 from locoedit.core.formats import JsonRecord
-from locoedit.core.params import Request, non_negative, one_of, positive_int, setting
-from locoedit.core.seeds import check_seeds, parse_seeds, seeds_text
+from locoedit.core.params import (
+    Request,
+    device_setting,
+    dtype_setting,
+    model_setting,
+    non_negative,
+    one_of,
+    positive_int,
+    seeds_setting,
+    setting,
+)
+from locoedit.core.seeds import check_seeds
 
 PARTS = ("denoiser", "text_encoder")
 RESTORED_TOKENS = ("last", "all")
@@ -23,7 +32,7 @@ class TraceRequest(Request, JsonRecord):
 
     FORMAT = "locoedit.trace-request/1"
 
-    model: str = setting(help="A hub id, a local diffusers pipeline folder, or 'toyworld'.")
+    model: str = model_setting()
     prompts: tuple[str, ...] = setting((), "Prompt that shows the concept (repeatable).", flag="--prompt", short="-p")
     concept: str = setting("", "Words of the prompts to corrupt; also the text the scorer scores.")
     scorer: str | None = setting(
@@ -36,13 +45,7 @@ class TraceRequest(Request, JsonRecord):
         "Seed of the corruption noise (the same draw for every row and run).",
         check=lambda name, value: check_seeds((value,), name)[0],
     )
-    seeds: tuple[int, ...] = setting(
-        (0, 1, 2, 3),
-        "Seeds, e.g. 0,1,2,3 or 0-15.",
-        check=lambda name, value: check_seeds(value, name),
-        parse=parse_seeds,
-        show=seeds_text,
-    )
+    seeds: tuple[int, ...] = seeds_setting((0, 1, 2, 3), "Seeds, e.g. 0,1,2,3 or 0-15.")
     parts: tuple[str, ...] = setting(PARTS, "denoiser and/or text_encoder (repeat).", flag="--part", choices=PARTS)
     sites: tuple[str, ...] = setting((), "Only these sites (pipeline paths; see `locoedit sites`).", flag="--site")
     restore_tokens: str = setting(
@@ -56,8 +59,8 @@ class TraceRequest(Request, JsonRecord):
     height: int | None = setting(None, "Image height and width in pixels.", flag="--size", check=positive_int)
     width: int | None = setting(None, "Image width (default: the height).", check=positive_int, front_end=False)
     chunk: int = setting(8, "Sites per denoising loop.", check=positive_int)
-    dtype: str = setting("float32", "float32, float16 or bfloat16.", check=one_of(*DTYPE_NAMES), choices=DTYPE_NAMES)
-    device: str | None = setting(None, "cpu, cuda, cuda:1, ... (default: cuda if available).")
+    dtype: str = dtype_setting()
+    device: str | None = device_setting()
 
     def validate(self) -> None:
         if self.width is None and self.height is not None:

@@ -5,20 +5,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from locoedit.core.checks import check_guidance
-from locoedit.core.dtypes import DTYPE_NAMES
 from locoedit.core.errors import LocoeditError
 from locoedit.core.formats import JsonRecord
-from locoedit.core.params import Request, one_of, positive_int, setting
-from locoedit.core.seeds import check_seeds, parse_seeds, seeds_text
+from locoedit.core.params import (
+    Request,
+    device_setting,
+    dtype_setting,
+    model_setting,
+    one_of,
+    positive_int,
+    seeds_setting,
+    setting,
+)
 from locoedit.edit.request import TOKEN_CHOICES, EditRequest, check_concepts, check_window
 from locoedit.edit.templates import KINDS
 from locoedit.localize.request import parse_window
 
 MAX_VARIANTS = 200
-
-
-def _seeds(name: str, seeds):
-    return check_seeds(seeds, name)
 
 
 @dataclass(frozen=True)
@@ -27,16 +30,14 @@ class GenerationRequest(Request, JsonRecord):
 
     FORMAT = "locoedit.generation-request/1"
 
-    model: str = setting(help="A hub id, a local diffusers pipeline folder, or 'toyworld'.")
+    model: str = model_setting()
     prompts: tuple[str, ...] = setting((), "Prompt (repeatable).", flag="--prompt", short="-p")
-    seeds: tuple[int, ...] = setting(
-        (0, 1, 2, 3), "Seeds, e.g. 0-15.", check=_seeds, parse=parse_seeds, show=seeds_text
-    )
+    seeds: tuple[int, ...] = seeds_setting((0, 1, 2, 3), "Seeds, e.g. 0-15.")
     steps: int | None = setting(None, "Denoising steps (default: the model's).", check=positive_int)
     guidance: float | None = setting(None, "Classifier-free guidance scale.")
     size: int | None = setting(None, "Image height and width in pixels.", check=positive_int)
-    dtype: str = setting("float32", "float32, float16 or bfloat16.", check=one_of(*DTYPE_NAMES), choices=DTYPE_NAMES)
-    device: str | None = setting(None, "cpu, cuda, cuda:1, ... (default: cuda if available).")
+    dtype: str = dtype_setting()
+    device: str | None = device_setting()
 
     def validate(self) -> None:
         if not self.prompts or not all(isinstance(p, str) and p.strip() for p in self.prompts):
@@ -63,7 +64,7 @@ class TuneRequest(Request, JsonRecord):
 
     FORMAT = "locoedit.tune-request/1"
 
-    model: str = setting(help="A hub id, a local diffusers pipeline folder, or 'toyworld'.")
+    model: str = model_setting()
     concepts: tuple[str, ...] = setting(
         (), "Concept text to edit (repeat for several).", flag="--concept", check=check_concepts
     )
@@ -88,11 +89,9 @@ class TuneRequest(Request, JsonRecord):
     lambdas: tuple[float, ...] = setting(
         (0.1, 1.0), "Lambdas to try, keys and values alike (repeat).", flag="--lambda", check=_grid
     )
-    localize_seeds: tuple[int, ...] = setting(
-        (0, 1, 2, 3), "LocoGen seeds, e.g. 0-3.", check=_seeds, parse=parse_seeds, show=seeds_text
-    )
-    dtype: str = setting("float32", "float32, float16 or bfloat16.", check=one_of(*DTYPE_NAMES), choices=DTYPE_NAMES)
-    device: str | None = setting(None, "cpu, cuda, cuda:1, ... (default: cuda if available).")
+    localize_seeds: tuple[int, ...] = seeds_setting((0, 1, 2, 3), "LocoGen seeds, e.g. 0-3.")
+    dtype: str = dtype_setting()
+    device: str | None = device_setting()
 
     def validate(self) -> None:
         if self.variants > MAX_VARIANTS:

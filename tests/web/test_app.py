@@ -6,13 +6,14 @@ gr = pytest.importorskip("gradio", reason="the web app needs gradio (pip install
 
 from locoedit.core.errors import LocoeditError
 from locoedit.localize import LocalizationRequest
-from locoedit.web.app import gallery_columns, jobs_markdown, lines, optional_int, shown_errors
+from locoedit.web.app import gallery_columns, jobs_markdown, shown_errors
+from locoedit.web.forms import given_values
 from locoedit.web.jobs import Job
 
 
 def test_a_user_error_is_shown_as_the_cli_line():
     with pytest.raises(gr.Error) as caught, shown_errors():
-        LocalizationRequest(model="toyworld", prompts=lines(""), targets=lines("a red circle on black"))
+        LocalizationRequest(model="toyworld", prompts=(), targets=("a red circle on black",))
     assert caught.value.message == "error: prompts is empty; give at least one original prompt (--prompt)"
 
 
@@ -24,10 +25,12 @@ def test_a_bug_is_one_line_without_a_traceback():
 
 
 def test_boxes_parse_to_request_fields():
-    assert lines(" a red circle \n\n a blue square\n") == ("a red circle", "a blue square")
-    assert optional_int("steps", "  ") is None and optional_int("steps", "12") == 12
-    with pytest.raises(LocoeditError, match="steps 'many' is not a whole number"):
-        optional_int("steps", "many")
+    names = ["prompts", "steps", "window", "seeds", "scorer"]
+    given = given_values(LocalizationRequest, names, [" a red circle \n\n a blue square\n", 12.0, "3", "0,1", " "])
+    assert given == {"prompts": ("a red circle", "a blue square"), "steps": 12, "window": 3, "seeds": (0, 1)}
+    assert given_values(LocalizationRequest, names[1:], [None, "2", "0-3", ""]) == {}  # empty or as shown: not given
+    with pytest.raises(LocoeditError, match="window 'many' is neither an integer nor 'auto'"):
+        given_values(LocalizationRequest, ["window"], ["many"])
 
 
 def test_the_job_list_and_grids():

@@ -285,6 +285,7 @@ def edit_tab(workbench: Workbench, forms: Forms):
         by_name = dict(zip(order, edit_values))
         with shown_errors():
             given = {"model": model.strip(), **given_values(request_class, names, [by_name[n] for n in names])}
+            given.setdefault("targets", ("",))  # an empty target box removes the concept (the CLI's --target '')
             request = request_for(request_class, EDIT_METHODS[method_name].command, given)
             images = request_for(
                 GenerationRequest,
@@ -370,6 +371,7 @@ def evaluate_tab(workbench: Workbench, forms: Forms) -> None:
                 allow_custom_value=True,
                 info=settings_of(EvaluationRequest)["suite"][1].help,
             )
+            widgets |= build_form(EvaluationRequest, "v", ["seeds"])
             with gr.Accordion("More settings", open=False):
                 widgets |= build_form(EvaluationRequest, "v", [n for n in names if n not in widgets])
             out = gr.Textbox(label="Evaluation folder", info="empty: a new one under the runs folder", elem_id="v-out")

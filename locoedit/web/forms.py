@@ -14,6 +14,7 @@ from typing import Any
 
 import gradio as gr
 
+from locoedit.core.errors import LocoeditError
 from locoedit.core.params import settings_of, shown_default
 
 DEFAULT_CHOICE = "(default)"  # a dropdown's entry for "not given"
@@ -48,11 +49,24 @@ def setting_widget(prefix: str, name: str, field: dataclasses.Field, declared, k
         return gr.Dropdown(choices, value=value, label=label, info=declared.help, elem_id=elem_id)
     if kind is bool:
         return gr.Checkbox(bool(default), label=label, info=declared.help, elem_id=elem_id)
-    if _number(kind) and declared.parse is None:
+    if _number(kind) and declared.parse is None and default is not None:
         return gr.Number(default, label=label, info=declared.help, elem_id=elem_id)
+    # Text for the rest, optional numbers included: an empty box is "not given" (a browser's number box sends 0).
     shown = _shown(default)
     lines = 2 if _is_list(kind) and declared.parse is None else 1
     return gr.Textbox(shown, label=label, info=declared.help, lines=lines, elem_id=elem_id)
+
+
+def _number_typed(name: str, kind, text: str) -> int | float:
+    """A number typed in a text box, as the setting's type (an integer setting refuses 2.5 in its own check)."""
+    options = typing.get_args(kind) if _optional(kind) else (kind,)
+    try:
+        return int(text) if int in options else float(text)
+    except ValueError:
+        raise LocoeditError(
+            f"{name} {text!r} is not a {'whole ' if int in options else ''}number; type one, or leave the box empty "
+            "for the default"
+        ) from None
 
 
 def _shown(default) -> str:
@@ -89,7 +103,9 @@ def given_values(request_class, names: list[str], values: list[Any]) -> dict[str
                 value = value.strip()
                 if not value and field.default in (None, "", ()):
                     continue
-                value = setting.read(value)
+                value = (
+                    _number_typed(name, kind, value) if _number(kind) and setting.parse is None else setting.read(value)
+                )
         elif isinstance(value, float) and (kind is int or (_optional(kind) and int in typing.get_args(kind))):
             value = int(value) if value.is_integer() else value  # a number box gives floats; checks refuse 2.5
         given[name] = value

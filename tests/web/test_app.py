@@ -29,8 +29,11 @@ def test_boxes_parse_to_request_fields():
     given = given_values(LocalizationRequest, names, [" a red circle \n\n a blue square\n", 12.0, "3", "0,1", " "])
     assert given == {"prompts": ("a red circle", "a blue square"), "steps": 12, "window": 3, "seeds": (0, 1)}
     assert given_values(LocalizationRequest, names[1:], [None, "2", "0-3", ""]) == {}  # empty or as shown: not given
+    assert given_values(LocalizationRequest, ["steps", "guidance"], ["12", "7.5"]) == {"steps": 12, "guidance": 7.5}
     with pytest.raises(LocoeditError, match="window 'many' is neither an integer nor 'auto'"):
         given_values(LocalizationRequest, ["window"], ["many"])
+    with pytest.raises(LocoeditError, match="steps 'many' is not a whole number; type one, or leave the box empty"):
+        given_values(LocalizationRequest, ["steps"], ["many"])
 
 
 def test_the_job_list_and_grids():

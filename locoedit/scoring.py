@@ -91,7 +91,7 @@ class ClipScorer(ConceptScorer):
 
         self.spec = f"clip:{model_id}"
         try:
-            self.model = CLIPModel.from_pretrained(model_id).to(device).eval()
+            self.model = CLIPModel.from_pretrained(model_id).to(device).eval()  # type: ignore[arg-type]  # transformers' @wraps(Module.to)
             self.tokenizer = AutoTokenizer.from_pretrained(model_id)
         except (OSError, ValueError) as error:
             raise LocoeditError(

@@ -11,7 +11,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
 import typer
 
@@ -147,7 +147,8 @@ def _trace(ctx: typer.Context, request: TraceRequest, out: Path) -> None:
     if result.note:
         typer.echo(result.note)
     for name in ("denoiser", "text_encoder"):
-        ranked = sorted((s for s in result.sites if s.part == name and s.effect is not None), key=lambda s: -s.effect)
+        measured = (s for s in result.sites if s.part == name and s.effect is not None)
+        ranked = sorted(measured, key=lambda s: -cast(float, s.effect))  # measured: effect is not None
         for site_effect in ranked[:5]:
             typer.echo(f"  {name:<12} {site_effect.effect:+.3f} +- {site_effect.effect_std:.3f}  {site_effect.name}")
     typer.echo(f"wrote {out / 'trace.json'} and {out / 'report.html'}")
@@ -316,7 +317,7 @@ def _export(ctx: typer.Context, request: ExportRequest, out: Path) -> None:
         f"model card -> {card}"
     )
     if request.rank is not None:
-        worst = max(exported.errors, key=exported.errors.get)
+        worst = max(exported.errors, key=exported.errors.__getitem__)
         typer.echo(
             f"rank {exported.rank} of {exported.stored_rank}: relative error (Frobenius) of the truncation "
             f"max {exported.max_error:.4g} ({worst})"

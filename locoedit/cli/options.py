@@ -40,6 +40,7 @@ def _option_type(kind, parses: bool):
 def option_parameters(request_class) -> list[inspect.Parameter]:
     """One keyword parameter per front-end setting of ``request_class``; ``model`` is the positional argument."""
     parameters = []
+    default: Any  # inspect.Parameter.empty or the shown default
     for name, (field, declared, kind) in settings_of(request_class).items():
         if name == "model" or declared.positional:
             info: Any = typer.Argument(help=declared.help)

@@ -67,7 +67,7 @@ def from_plain(kind, value, where: str):
                 given[f.name] = from_plain(hints[f.name], value[f.name], f"{where}.{f.name}")
             elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise LocoeditError(f"{where} lacks the field {f.name!r}")
-        return kind(**given)
+        return typing.cast(type, kind)(**given)  # a dataclass type: annotations are types, not instances
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
             raise _wrong(where, "a list", value)

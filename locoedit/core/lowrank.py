@@ -16,7 +16,7 @@ from locoedit.core.errors import LocoeditError
 _BLOCK_BYTES = 1 << 22  # float64 rows per block: about 4 MiB, so a block stays in cache
 
 
-def rows_per_block(shape: tuple[int, int]) -> int:
+def rows_per_block(shape: tuple[int, ...]) -> int:
     """How many rows of an [out, in] matrix make one cache-sized float64 block."""
     out_features, in_features = shape
     return max(1, min(out_features, _BLOCK_BYTES // (8 * in_features)))

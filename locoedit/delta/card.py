@@ -24,8 +24,10 @@ class EvaluationResult(Protocol):
 
     delta: Any  # which edit it evaluated: method, layers, parameters, path
     suite: Any  # its name
-    scorer: str | None
-    headline: Any  # the figures
+    scorer: str
+
+    @property
+    def headline(self) -> Any: ...  # the figures (a property of the evaluation, read only)
 
 
 _SETTINGS = (

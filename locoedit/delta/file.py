@@ -39,7 +39,7 @@ from locoedit.models import Adapter, Intervention, adapter_for
 
 FORMAT = "locoedit-delta/2"
 FORMAT_V1 = "locoedit-delta/1"  # dense new values only; read, never written
-_METADATA_KEYS = {
+_METADATA_KEYS: dict[str, tuple[str, ...]] = {
     FORMAT_V1: (
         "format",
         "locoedit_version",

@@ -13,7 +13,7 @@ def with_model_defaults(request, adapter: Adapter):
     locoedit's: the token rows (``last-subject``, the paper's) and, without ``prompts``, templates: those of the
     neighbour group that holds the concept (a colour is written where a shape is not), else those of the kind."""
     recommended = adapter.recommended.edit or EditDefaults()
-    changes = {}
+    changes: dict[str, object] = {}
     if request.token is None:
         changes["token"] = recommended.token or DEFAULT_TOKEN
     if not request.prompts:

@@ -19,6 +19,7 @@ stored as factors when k < min(out, in); a changed bias is stored as its new val
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -83,6 +84,7 @@ def neuron_edit(adapter: Adapter, request: NeuronRequest, layers: list[CrossAtte
         [concept_positions(adapter, item, request.token) for item in concept_items],
     )
     neutral_rows = encode_rows(adapter, neutral_prompts, [_neutral_positions(adapter, p) for p in neutral_prompts])
+    chosen: list[dict[str, Any]]
     tensors, factors, originals, chosen = {}, {}, {}, []
     for layer in layers:
         x_concept, x_neutral = concept_rows.at(layer), neutral_rows.at(layer)  # [n, in]

@@ -68,7 +68,7 @@ def concept_prompts(concepts, prompts) -> list[ConceptPrompt]:
             raise LocoeditError(
                 f"prompt {prompt!r} contains none of the concepts {list(concepts)}; write {{c}} where the concept goes"
             )
-    found = []
+    found: list[ConceptPrompt] = []
     for concept in (c.strip() for c in concepts):
         before = len(found)
         for prompt in prompts:
@@ -119,7 +119,7 @@ def _concept_span(tokens: PromptTokens, item: ConceptPrompt) -> list[int]:
     return tokens.phrase_positions(item.concept, item.start)
 
 
-def _select(span: list[int], rows: int, token: str) -> list[int]:
+def _select(span: list[int], rows: int, token: str | None) -> list[int]:
     """What ``token`` (any choice but ``eos``) selects, given a phrase's token span and the padded length."""
     if token == "last-subject":
         return [span[-1]]
@@ -130,7 +130,7 @@ def _select(span: list[int], rows: int, token: str) -> list[int]:
     raise ValueError(f"token {token!r} is not a row choice; resolve the request's defaults first (with_model_defaults)")
 
 
-def concept_positions(adapter: Adapter, item: ConceptPrompt, token: str) -> list[int]:
+def concept_positions(adapter: Adapter, item: ConceptPrompt, token: str | None) -> list[int]:
     """The token positions of ``item.prompt`` that ``token`` selects for its concept."""
     tokens = adapter.tokenize(item.prompt)
     if token == "eos":
@@ -138,7 +138,7 @@ def concept_positions(adapter: Adapter, item: ConceptPrompt, token: str) -> list
     return _select(_concept_span(tokens, item), tokens.rows, token)
 
 
-def aligned_positions(adapter: Adapter, pair: PromptPair, token: str) -> tuple[list[int], list[int]]:
+def aligned_positions(adapter: Adapter, pair: PromptPair, token: str | None) -> tuple[list[int], list[int]]:
     """Token positions in the concept prompt (those of :func:`concept_positions`) and, aligned one to one, in the
     target prompt."""
     tokens, target = adapter.tokenize(pair.prompt), adapter.tokenize(pair.target_prompt)

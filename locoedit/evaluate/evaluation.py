@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+import typing
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -103,6 +104,7 @@ class EvaluationFolder(RunFolder):
     images of finished batches under progress/ while it runs."""
 
     def write(self, result: EvaluationResult) -> None:
+        assert result.before is not None and result.after is not None  # written by evaluate(), images in memory
         for item, before, after in zip(result.items, result.before, result.after):
             write_png(self.path / item.before, before)
             write_png(self.path / item.after, after)
@@ -173,7 +175,7 @@ def evaluate(
     loops = (1 if reuse is not None else 2) * -(-len(items) // batch_size)
     task = ProgressTask(progress, f"evaluating {suite.name}", loops * settings.num_inference_steps)
     before = (
-        reuse.before
+        typing.cast(torch.Tensor, reuse.before)  # _check_reuse refuses a result that holds no images
         if reuse is not None
         else _generate(adapter, encoded, rows, seeds, settings, batch_size, task, folder, "before")
     )

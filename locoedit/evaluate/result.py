@@ -68,10 +68,14 @@ class EvaluationItem:
             **scores,
         )
 
+    def _attribute_pair(self) -> tuple[dict[str, str], dict[str, str]]:
+        """The attributes before and after; only for images of a scorer that reads them."""
+        assert self.attributes_before is not None and self.attributes_after is not None
+        return self.attributes_before, self.attributes_after
+
     def unchanged(self, ignore: frozenset[str] = frozenset()) -> bool:
-        return all(
-            self.attributes_before[a] == self.attributes_after[a] for a in self.attributes_before if a not in ignore
-        )
+        before, after = self._attribute_pair()
+        return all(before[a] == after[a] for a in before if a not in ignore)
 
 
 @dataclass(frozen=True)
@@ -188,12 +192,13 @@ class OtherAttributes:
     def of(cls, items: list[EvaluationItem], ignore: frozenset[str]) -> OtherAttributes | None:
         if not items:
             return None
-        attributes = [a for a in items[0].attributes_before if a not in ignore]
+        pairs = [i._attribute_pair() for i in items]
+        attributes = [a for a in pairs[0][0] if a not in ignore]
         return cls(
             len(items),
             sorted(ignore),
             sum(i.unchanged(ignore) for i in items) / len(items),
-            {a: sum(i.attributes_before[a] == i.attributes_after[a] for i in items) / len(items) for a in attributes},
+            {a: sum(before[a] == after[a] for before, after in pairs) / len(items) for a in attributes},
         )
 
 
@@ -260,11 +265,13 @@ class Metrics:
         elif threshold is not None:
             identity = sum((i.score_before >= threshold) == (i.score_after >= threshold) for i in others) / len(others)
             identity_basis = "each neighbour / unrelated image's own concept is present or absent as before"
+        neighbours, unrelated = (
+            GroupSpecificity.of(group[g], threshold, with_attributes) if group[g] else None
+            for g in ("neighbours", "unrelated")
+        )
         specificity = SpecificityMetrics(
-            *(
-                GroupSpecificity.of(group[g], threshold, with_attributes) if group[g] else None
-                for g in ("neighbours", "unrelated")
-            ),
+            neighbours,
+            unrelated,
             _mean_std([i.ssim for i in others])[0],
             _mean_std([i.psnr for i in others])[0],
             rate,
@@ -290,8 +297,10 @@ class Metrics:
                 frechet_distance(before[unedited], after[unedited]) if unedited.sum() >= 2 else None,
                 len(items),
             )
+        efficacy = ConceptMetrics.of(group["concept"], threshold)
+        assert efficacy is not None  # a suite has concept prompts and seeds
         return cls(
-            ConceptMetrics.of(group["concept"], threshold),
+            efficacy,
             ConceptMetrics.of(group["paraphrases"], threshold),
             specificity,
             quality,

@@ -10,7 +10,7 @@ Causal tracing restores a clean run's states into a corrupted run this way.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -48,7 +48,7 @@ def _with_tensor(output, tensor: torch.Tensor):
 
 
 @contextmanager
-def _forward_hooks(adapter: Adapter, hooks: dict[str, object]) -> Iterator[None]:
+def _forward_hooks(adapter: Adapter, hooks: dict[str, Callable[..., object]]) -> Iterator[None]:
     handles = [site_module(adapter, name).register_forward_hook(hook) for name, hook in hooks.items()]
     try:
         yield

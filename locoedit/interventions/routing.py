@@ -8,9 +8,11 @@ so the attention arithmetic stays diffusers' own.
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -128,16 +130,17 @@ def routed_processors(
 ) -> Iterator[RoutingController]:
     """Install routed processors on ``layers``; restore the previous processors on exit, even after an error.
     (:meth:`TextRouting.verify` then checks that they ran.)"""
-    previous = denoiser.attn_processors
+    attention = typing.cast(Any, denoiser)  # a diffusers model: attn_processors, set_attn_processor
+    previous = attention.attn_processors
     installed = dict(previous)
     for layer in layers:
         key = f"{layer.name}.processor"
         installed[key] = RoutedAttnProcessor(previous[key], layer.index, controller)
-    denoiser.set_attn_processor(installed)
+    attention.set_attn_processor(installed)
     try:
         yield controller
     finally:
-        denoiser.set_attn_processor(previous)
+        attention.set_attn_processor(previous)
 
 
 class TextRouting(Intervention):
@@ -151,7 +154,7 @@ class TextRouting(Intervention):
         self.routing = routing
         self.target = target
         self._controller: RoutingController | None = None
-        self._added_text = None
+        self._added_text: AbstractContextManager[None] | None = None
 
     def prepare(self, adapter: Adapter, prompts: EncodedPrompts) -> EncodedPrompts:
         batch = prompts.conditional.embeds.shape[0]
@@ -179,11 +182,9 @@ class TextRouting(Intervention):
         self._added_text = None
 
     def verify(self) -> None:
-        silent = [
-            i
-            for i in range(len(self._controller.calls))
-            if self._controller.selected[i].any() and self._controller.calls[i] == 0
-        ]
+        controller = self._controller
+        assert controller is not None  # verify runs after installed(), which sets it
+        silent = [i for i in range(len(controller.calls)) if controller.selected[i].any() and controller.calls[i] == 0]
         if silent:
             raise RuntimeError(
                 f"routed cross-attention layers {silent} never ran: their attention processors were replaced during "

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+import typing
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -185,7 +186,7 @@ class LocoGen:
         stored = self.run.load_tensors(name) if self.run else None
         if stored is not None and set(groups) <= set(stored):
             return stored
-        rows = [(group, p, seed) for group in groups for p, seed in budget.rows(len(self.request.prompts))]
+        rows: list[Row] = [(group, p, seed) for group in groups for p, seed in budget.rows(len(self.request.prompts))]
         mine = self.processes.share(rows)
         task = ProgressTask(
             self.progress,
@@ -225,22 +226,24 @@ class LocoGen:
                 paths = (
                     self.run.write_images(window_key(window), images, self.request) if self.run and not stage else []
                 )
-                results[window] = WindowResult(list(window), mean, std, effects.tolist(), paths)
+                result = WindowResult(list(window), mean, std, effects.tolist(), paths)
+                results[window] = result
                 if self.run:
-                    self.run.record(results[window], stage)
+                    self.run.record(result, stage)
                 logger.info("window %s%s: effect %.4f +- %.4f", list(window), f" ({stage})" if stage else "", mean, std)
         self.processes.wait()
         for window in pending:
             if window not in mine:
+                assert self.run is not None  # only a shared run has windows of other processes, and it has a folder
                 results[window] = self.run.finished(window_key(window), stage)
-        return [results[w] for w in windows]
+        return [typing.cast(WindowResult, results[w]) for w in windows]  # every process has recorded its windows
 
     def run_all(self) -> LocalizationResult:
         started = time.perf_counter()
         request, num_layers = self.request, len(self.adapter.layers)
         ranking = self.screening or self.full  # the budget every window gets
         references = self._references(ranking, (ORIGINAL, TARGET))
-        sizes = [request.window] if request.window != "auto" else range(1, num_layers + 1)
+        sizes = [request.window] if isinstance(request.window, int) else range(1, num_layers + 1)  # int or "auto"
         ranked: list[tuple[int, list[WindowResult]]] = []
         for size in sizes:
             windows = self._run_windows(
@@ -259,6 +262,7 @@ class LocoGen:
             sweeps = [Sweep(size, windows) for size, windows in ranked]
         else:
             screen = request.screen
+            assert screen is not None  # self.screening is set exactly when the request screens
             screenings = [
                 Screening(screen.steps, list(self.screening.seeds), screen.top_k, full_swap, windows)
                 for _, windows in ranked
@@ -295,7 +299,7 @@ def checked(
     """The request with its scorer resolved (recorded in the result), and the scorer; refuses what this model cannot
     run (window, concept, prompt lengths, settings, screening budget) before any work is done."""
     num_layers = len(adapter.layers)
-    if request.window != "auto" and request.window > num_layers:
+    if isinstance(request.window, int) and request.window > num_layers:  # an int or "auto"
         raise LocoeditError(
             f"window {request.window} is larger than the model's {num_layers} cross-attention layers; "
             f"give --window between 1 and {num_layers}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import typing
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, ExitStack, nullcontext
@@ -28,12 +29,13 @@ class TextConditioning:
     def take(self, rows: list[int]) -> TextConditioning:
         index = torch.tensor(rows, dtype=torch.long, device=self.embeds.device)
         pick = lambda t: None if t is None else t.index_select(0, index)
-        return TextConditioning(pick(self.embeds), pick(self.mask), pick(self.pooled))
+        return TextConditioning(self.embeds.index_select(0, index), pick(self.mask), pick(self.pooled))
 
     def where(self, rows: torch.Tensor, other: TextConditioning) -> TextConditioning:
         """This conditioning, with ``other``'s pooled embedding in the selected rows ([batch] bool)."""
         if self.pooled is None:
             return self
+        assert other.pooled is not None  # both sides come from one pipeline's encoder, which pools for both
         rows = rows.to(self.pooled.device)[:, None]
         return replace(self, pooled=torch.where(rows, other.pooled, self.pooled))
 
@@ -198,11 +200,11 @@ class Adapter(ABC):
 
     @property
     def device(self) -> torch.device:
-        return self.denoiser.device
+        return typing.cast(torch.device, self.denoiser.device)  # diffusers' ModelMixin property
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.denoiser.dtype
+        return typing.cast(torch.dtype, self.denoiser.dtype)  # diffusers' ModelMixin property
 
     def default_settings(self) -> GenerationSettings:
         if self.recommended.generation is not None:
@@ -211,7 +213,9 @@ class Adapter(ABC):
         return GenerationSettings(self.default_steps, self.default_guidance, side, side)
 
     # Image sides must be multiples of this (diffusers' pipelines check multiples of 8; PixArt also its patches).
-    size_multiple: int = 8
+    @property
+    def size_multiple(self) -> int:
+        return 8
 
     def settings(
         self,
@@ -316,7 +320,7 @@ class Adapter(ABC):
         settings: GenerationSettings,
         on_step: StepCallback | None,
     ) -> torch.Tensor:  # [batch, 3, H, W] in [0, 1], any device and dtype
-        step = {}
+        step: dict[str, Callable[..., object]] = {}
         if on_step is not None and self.legacy_step_callback:
             step = {"callback": lambda index, timestep, latents: on_step()}
         elif on_step is not None:

@@ -31,7 +31,7 @@ ADAPTERS: dict[str, type[Adapter]] = {
 }
 
 # Components that are not needed to generate and that would otherwise be fetched or warn offline.
-_LOAD_OPTIONS = {
+_LOAD_OPTIONS: dict[str, dict[str, object]] = {
     "StableDiffusionPipeline": {"safety_checker": None, "requires_safety_checker": False},
     "StableDiffusionXLPipeline": {"add_watermarker": False},
     "IFPipeline": {"safety_checker": None, "watermarker": None, "requires_safety_checker": False},

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,7 +34,7 @@ VAE_CONFIG = dict(
     mid_block_add_attention=False,
 )
 
-TEXT_CONFIG = dict(
+TEXT_CONFIG: dict[str, Any] = dict(
     hidden_size=64,
     intermediate_size=128,
     num_hidden_layers=3,
@@ -69,7 +70,7 @@ SCHEDULER_CONFIG = dict(
     prediction_type="epsilon",
 )
 
-DEFAULTS = {"num_inference_steps": 20, "guidance_scale": 3.0, "height": 32, "width": 32}
+DEFAULTS: dict[str, Any] = {"num_inference_steps": 20, "guidance_scale": 3.0, "height": 32, "width": 32}
 # What an exported pipeline folder's ``locoedit.json`` says (read by ``locoedit.models`` as ``locoedit.model/1``):
 # sample with DEFAULTS, read concepts with the probe, edit with EDIT_TEMPLATES and from-concept rows.
 # Edits read the concept and every row after it (the toy CLIP's later rows carry the concept), with templates in the

@@ -17,6 +17,7 @@ Concepts (phrases of the vocabulary):
 from __future__ import annotations
 
 import json
+import typing
 from pathlib import Path
 
 import torch
@@ -77,7 +78,8 @@ class ToyworldProbe:
         from safetensors.torch import save_file
 
         state = {k: v.detach().contiguous().cpu() for k, v in self.net.state_dict().items()}
-        meta = {"values": json.dumps(self.values), "width": str(self.net.body[0][0].out_channels)}
+        first_block = typing.cast(torch.nn.Sequential, self.net.body[0])  # ProbeNet's body opens with a conv block
+        meta = {"values": json.dumps(self.values), "width": str(first_block[0].out_channels)}
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         save_file(state, str(path), metadata=meta)
 

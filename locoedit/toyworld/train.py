@@ -26,6 +26,7 @@ import os
 import shutil
 import signal
 import time
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -221,7 +222,9 @@ def train_probe(args, vae, stopper: Stopper) -> tuple[ToyworldProbe, bool]:
         x = (x + torch.randn_like(x) * torch.rand(x.shape[0], 1, 1, 1, device=x.device) * 0.05).clamp(0, 1)
         targets = scene_targets(scenes, probe.values)
         logits = net(x)
-        loss = sum(F.cross_entropy(logits[a], targets[a].to(args.device)) for a in ATTRIBUTES)
+        loss = typing.cast(
+            torch.Tensor, sum(F.cross_entropy(logits[a], targets[a].to(args.device)) for a in ATTRIBUTES)
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -281,7 +284,7 @@ def make_pipeline(vae, text_encoder, tokenizer, unet):
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    pipe.set_progress_bar_config(disable=True)
+    pipe.set_progress_bar_config(disable=True)  # type: ignore[attr-defined]  # diffusers types its pipelines as its dummies
     return pipe
 
 

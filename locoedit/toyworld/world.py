@@ -221,10 +221,11 @@ _COMBO = ("color", "texture", "shape", "background")
 @functools.lru_cache(maxsize=1)
 def held_out_combos() -> frozenset[tuple[str, str, str, str]]:
     """(color, texture, shape, background) combinations never captioned in full in training."""
-    combos = set()
+    combos: set[tuple[str, str, str, str]] = set()
     for caption in load_vocab().held_out:
         attrs = parse_caption(caption)
-        combos.add(tuple(attrs[a] for a in _COMBO))
+        color, texture, shape, background = (attrs[a] for a in _COMBO)
+        combos.add((color, texture, shape, background))
     return frozenset(combos)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,7 +59,7 @@ class TraceResult(JsonRecord):
 
     def best(self, part: str) -> SiteEffect | None:
         measured = [s for s in self.sites if s.part == part and s.effect is not None]
-        return max(measured, key=lambda s: s.effect) if measured else None
+        return max(measured, key=lambda s: typing.cast(float, s.effect)) if measured else None  # measured: not None
 
     @classmethod
     def load(cls, folder_or_file: str | Path) -> TraceResult:

@@ -82,8 +82,8 @@ def text_encoder_sites(adapter: Adapter) -> list[Site]:
                 continue
             for suffix, kind in _ENCODER_PARTS.items():
                 head, _, tail = path.rpartition(f".{suffix}")
-                if not tail and _ENCODER_LAYER.fullmatch(head):
-                    layers.setdefault(int(_ENCODER_LAYER.fullmatch(head).group(1)), []).append((path, kind))
+                if not tail and (layer := _ENCODER_LAYER.fullmatch(head)):
+                    layers.setdefault(int(layer.group(1)), []).append((path, kind))
         order = {"encoder_attention": 0, "encoder_mlp": 1, "encoder_layer": 2}
         for number in sorted(layers):
             for path, kind in sorted(layers[number], key=lambda item: order[item[1]]):

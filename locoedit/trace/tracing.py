@@ -66,6 +66,7 @@ class Tracer:
     def presence(self, images: torch.Tensor) -> torch.Tensor:  # [rows]
         if isinstance(self.scorer, ConceptScorer):
             return self.scorer.score(images, self.request.concept).double()
+        assert self.clean_images is not None  # run() generates the clean images before it scores anything
         return -(images.double() - self.clean_images.double()).abs().flatten(1).mean(1)
 
     def run(self, sites: list[Site]) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -236,12 +237,12 @@ def trace(
         if best is not None:
             result.images.restored[best.name] = _images_of(f"restored/{best.name}", request)
     if out is not None:
-        for group, paths in (
+        for group, group_paths in (
             ("clean", result.images.clean),
             ("corrupted", result.images.corrupted),
             *result.images.restored.items(),
         ):
-            for path, image in zip(paths, images[group]):
+            for path, image in zip(group_paths, images[group]):
                 write_png(out / path, image)
         result.write(out / RESULT_FILE)
         write_text(out / "report.html", trace_report_html(result))

@@ -156,6 +156,7 @@ def metric_rows(result: EvaluationResult) -> list[list[str]]:
 
 def evaluation_galleries(result: EvaluationResult):
     """The concept prompts' images before and after the edit (what efficacy counts), at most 8 of each."""
+    assert result.before is not None and result.after is not None  # a result just computed holds its images
     shown = [i for i, item in enumerate(result.items) if item.group == "concept"][:8]
     captions = [f"{result.items[i].prompt} (seed {result.items[i].seed})" for i in shown]
     return (

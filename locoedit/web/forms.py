@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import gradio as gr
@@ -85,7 +85,7 @@ def build_form(request_class, prefix: str, names: Iterable[str]) -> dict[str, An
     return {name: setting_widget(prefix, name, *declared[name]) for name in names}
 
 
-def given_values(request_class, names: list[str], values: list[Any]) -> dict[str, Any]:
+def given_values(request_class, names: list[str], values: Sequence[Any]) -> dict[str, Any]:
     """What the widgets of ``names`` hold, as request values; empty boxes and "(default)" are left out."""
     declared = settings_of(request_class)
     given: dict[str, Any] = {}

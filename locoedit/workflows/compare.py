@@ -4,6 +4,7 @@ layers (LocoGen's numbering, execution order)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
 from pathlib import Path
@@ -66,7 +67,7 @@ def _trace_curve(run: str, result: TraceResult) -> LayerCurve:
     )
 
 
-def compare(runs: list[str | Path], out: str | Path) -> Comparison:
+def compare(runs: Sequence[str | Path], out: str | Path) -> Comparison:
     """Read each run folder (``locoedit localize`` or ``locoedit trace``), check they are of one model's layers, and
     write ``compare.json`` and ``compare.html`` into ``out``."""
     if not runs:
@@ -81,11 +82,11 @@ def compare(runs: list[str | Path], out: str | Path) -> Comparison:
                 (f"{run.name}: target", [f"{run}/{p}" for p in result.images.target]),
             ]
         elif (run / TRACE_FILE).is_file():
-            result = TraceResult.load(run)
-            curve, names = _trace_curve(str(run), result), [layer.name for layer in result.layers]
+            traced = TraceResult.load(run)
+            curve, names = _trace_curve(str(run), traced), [layer.name for layer in traced.layers]
             images += [
-                (f"{run.name}: clean", [f"{run}/{p}" for p in result.images.clean]),
-                (f"{run.name}: corrupted", [f"{run}/{p}" for p in result.images.corrupted]),
+                (f"{run.name}: clean", [f"{run}/{p}" for p in traced.images.clean]),
+                (f"{run.name}: corrupted", [f"{run}/{p}" for p in traced.images.corrupted]),
             ]
         else:
             raise LocoeditError(
@@ -98,6 +99,7 @@ def compare(runs: list[str | Path], out: str | Path) -> Comparison:
             )
         layer_names = names
         curves.append(curve)
+    assert layer_names is not None  # runs is not empty
     comparison = Comparison(layer_names, curves)
     out = Path(out)
     comparison.write(out / "compare.json")

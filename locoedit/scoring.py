@@ -68,6 +68,15 @@ class ConceptScorer(Scorer):
         scores = torch.stack([self.score(images, candidate) for candidate in candidates], 1)  # [batch, candidates]
         return [candidates[best] == concept for best, concept in zip(scores.argmax(1).tolist(), concepts)]
 
+    def reads_target(self, target: str) -> bool:
+        """Whether :meth:`adopts` can tell ``target`` in an image."""
+        return bool(target.strip())
+
+    def adopts(self, images: Images, target: str, concept: str) -> list[bool]:
+        """Per image: does it show the edit's ``target`` rather than its ``concept``? Here: the target's score beats
+        the concept's (zero-shot between the two)."""
+        return (self.score(images, target) > self.score(images, concept)).tolist()
+
     def effect(self, reference: Images, images: Images, concept: str) -> torch.Tensor:
         return self.score(reference, concept) - self.score(images, concept)
 
@@ -182,6 +191,27 @@ class ToyworldScorer(ConceptScorer):
             all(seen.get(attribute) == value for attribute, value in parse_caption(prompt).items() if attribute in seen)
             for seen, prompt in zip(predicted, prompts)
         ]
+
+    @staticmethod
+    def _target_attributes(target: str) -> dict[str, str] | None:
+        """What a target states, as the probe reads it (a fact: its look); None for text outside the toy world."""
+        from locoedit.toyworld import parse_caption
+
+        try:
+            stated = parse_caption(target)
+        except ValueError:
+            return None
+        stated.pop("fact", None)
+        return stated or None
+
+    def reads_target(self, target: str) -> bool:
+        return self._target_attributes(target) is not None
+
+    def adopts(self, images: Images, target: str, concept: str) -> list[bool]:
+        """Per image: every attribute the target states (a fact target: its colour, shape and texture) is read as
+        stated."""
+        wanted = self._target_attributes(target) or {}
+        return [all(seen.get(a) == v for a, v in wanted.items()) for seen in self.predict(images)]
 
     def features(self, images: Images) -> torch.Tensor:  # [batch, 128]
         return self.probe.features(images)

@@ -355,8 +355,10 @@ def _evaluate(ctx: typer.Context, request: EvaluationRequest, out: Path, screens
         return "-" if value is None else (f"{100 * value:.1f}%" if percent else f"{value:.4g}")
 
     typer.echo(
-        f"  efficacy {show(headline.efficacy)}  generalization {show(headline.generalization)}  "
-        f"specificity {show(headline.specificity)}  identity {show(headline.identity)}  "
+        f"  efficacy {show(headline.efficacy)}  target adoption {show(headline.adoption)}  "
+        f"generalization {show(headline.generalization)}  "
+        f"specificity {show(headline.specificity)}  look-alikes {show(headline.lookalikes)}  "
+        f"identity {show(headline.identity)}  "
         f"other attributes {show(headline.other_attributes)}"
     )
     typer.echo(

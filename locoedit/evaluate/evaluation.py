@@ -183,7 +183,7 @@ def evaluate(
     generation_s = time.perf_counter() - started
 
     started = time.perf_counter()
-    scored, features = _score(scorer, suite, items, before, after)
+    scored, features = _score(scorer, suite, items, before, after, edit_target(delta, scorer))
     metrics = Metrics.of(scored, scorer, suite.concept, features)
     timings = {"generation_s": generation_s, "scoring_s": time.perf_counter() - started}
     result = EvaluationResult(
@@ -203,11 +203,27 @@ def evaluate(
     return result
 
 
+def edit_target(delta: EditDelta, scorer: ConceptScorer) -> str | None:
+    """The one target the edit gives its concepts, when the scorer can tell it in an image; None for a removal, an
+    edit with several targets, or a target the scorer cannot read (target adoption is then not measured)."""
+    targets = {str(t).strip() for t in delta.settings.get("targets", [])}
+    if len(targets) != 1:
+        return None
+    target = targets.pop()
+    return target if scorer.reads_target(target) else None
+
+
 def _score(
-    scorer: ConceptScorer, suite: EvaluationSuite, items: list, before: torch.Tensor, after: torch.Tensor
+    scorer: ConceptScorer,
+    suite: EvaluationSuite,
+    items: list,
+    before: torch.Tensor,
+    after: torch.Tensor,
+    target: str | None = None,
 ) -> tuple[list[EvaluationItem], tuple | None]:
     """Every item scored before and after (concept score, similarity, attributes read, whether neighbours and
-    unrelated images still show their prompt), and the scorer's image features of both sets (None without)."""
+    unrelated images still show their prompt, whether concept images show the edit's ``target``), and the scorer's
+    image features of both sets (None without)."""
     scores_before = torch.empty(len(items))
     scores_after = torch.empty(len(items))
     for concept in suite.concepts:
@@ -216,13 +232,18 @@ def _score(
         scores_after[index] = scorer.score(after[index], concept).float()
     similarity, peak = ssim(before, after), psnr(before, after)
     attributes_before, attributes_after = scorer.predict(before), scorer.predict(after)
-    others = [i for i, item in enumerate(items) if item.group in ("neighbours", "unrelated")]
+    others = [i for i, item in enumerate(items) if item.group in ("neighbours", "unrelated", "lookalikes")]
     follows = {}
     if others:
         other_prompts, other_concepts = [items[i].prompt for i in others], [items[i].concept for i in others]
         for name, images in (("follows_before", before), ("follows_after", after)):
             shown = scorer.follows(images[others], other_prompts, other_concepts, suite.concepts)
             follows[name] = dict(zip(others, shown))
+    shows_concept = [i for i, item in enumerate(items) if item.group in ("concept", "paraphrases")]
+    if target is not None and shows_concept:
+        for name, images in (("adopted_before", before), ("adopted_after", after)):
+            adopted = scorer.adopts(images[shows_concept], target, suite.concept)
+            follows[name] = dict(zip(shows_concept, adopted))
     features_before = scorer.features(before)
     features = None if features_before is None else (features_before, scorer.features(after))
     scored = [

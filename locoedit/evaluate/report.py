@@ -13,6 +13,7 @@ _GROUP_TITLES = {
     "paraphrases": "Paraphrases (generalization)",
     "neighbours": "Neighbouring concepts (specificity)",
     "unrelated": "Unrelated prompts (specificity)",
+    "lookalikes": "Look-alikes: prompts entangled with the concept (specificity)",
 }
 
 
@@ -50,6 +51,16 @@ def _metric_rows(result: EvaluationResult) -> list[tuple[str, str, str, str, str
                     percent(entry.absent_after),
                     "",
                     target(name),
+                )
+            )
+        if entry.adopted_after is not None:
+            rows.append(
+                (
+                    f"target adoption: the edit's target shown ({label})",
+                    percent(entry.adopted_before),
+                    percent(entry.adopted_after),
+                    "",
+                    target("adoption") if name == "efficacy" else "",
                 )
             )
     rows += _specificity_rows(metrics.specificity, target)
@@ -104,6 +115,16 @@ def _specificity_rows(specificity, target) -> list[tuple[str, str, str, str, str
                 percent(specificity.follows_after),
                 f"{percent(specificity.rate)} of before" if specificity.rate is not None else "",
                 target("specificity"),
+            )
+        )
+    if specificity.lookalikes_rate is not None:
+        rows.append(
+            (
+                "specificity: look-alike images (prompts entangled with the concept) showing what their prompt asks",
+                "",
+                "",
+                f"{percent(specificity.lookalikes_rate)} of before",
+                target("lookalikes"),
             )
         )
     if specificity.identity is not None:

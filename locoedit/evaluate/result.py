@@ -2,6 +2,9 @@
 
 Efficacy and generalization: the edited concept's score on the concept prompts and on paraphrases, before and
 after; with a scorer that tells presence (``presence_threshold``) also the share of images where it is absent.
+Target adoption: for an edit with one target, the share of those images that show it (``ConceptScorer.adopts``: on
+the toy world every attribute the target states, read by the probe; otherwise the target beats the concept in CLIP's
+zero-shot choice between the two); efficacy stays "the concept is gone".
 Specificity (the headline): the share of neighbour and unrelated images that still show what their prompt asks
 (``ConceptScorer.follows``: on the toy world every attribute the prompt states, read by the probe; otherwise the
 image's own concept wins CLIP's zero-shot classification among the suite's concepts), after the edit relative to
@@ -21,12 +24,19 @@ from locoedit.core.formats import JsonRecord, to_plain
 from locoedit.core.versions import versions
 from locoedit.delta.file import EditDelta
 from locoedit.evaluate.metrics import frechet_distance
-from locoedit.evaluate.suite import EvaluationSuite, SuiteItem
+from locoedit.evaluate.suite import GROUPS, EvaluationSuite, SuiteItem
 from locoedit.localize import LocalizationResult
 from locoedit.models import GenerationSettings
 from locoedit.scoring import ConceptScorer
 
-TARGETS = {"efficacy": 0.95, "generalization": 0.90, "specificity": 0.97, "identity": 0.90}
+TARGETS = {
+    "efficacy": 0.95,
+    "generalization": 0.90,
+    "specificity": 0.97,
+    "identity": 0.90,
+    "adoption": 0.90,
+    "lookalikes": 0.90,
+}
 INCEPTION_NOTE = (
     "not computed: Inception FID needs torchvision and Inception weights, which locoedit does not depend "
     "on; the Frechet distance in the table uses the scorer's own image features"
@@ -53,6 +63,8 @@ class EvaluationItem:
     attributes_after: dict[str, str] | None = None
     follows_before: bool | None = None  # shows what its prompt asks (neighbour and unrelated images)
     follows_after: bool | None = None
+    adopted_before: bool | None = None  # shows the edit's target (concept and paraphrase images of an edit with one)
+    adopted_after: bool | None = None
 
     @classmethod
     def of(cls, item: SuiteItem, **scores) -> EvaluationItem:
@@ -106,6 +118,8 @@ class ConceptMetrics:
     score: ScoreChange
     absent_before: float | None = None  # share of images where the concept is absent (scorers with a threshold)
     absent_after: float | None = None
+    adopted_before: float | None = None  # share of images showing the edit's target (see EvaluationItem)
+    adopted_after: float | None = None
 
     @property
     def rate(self) -> float | None:
@@ -115,14 +129,21 @@ class ConceptMetrics:
     def of(cls, items: list[EvaluationItem], threshold: float | None) -> ConceptMetrics | None:
         if not items:
             return None
+        adoption = {}
+        if items[0].adopted_after is not None:
+            adoption = {
+                "adopted_before": sum(bool(i.adopted_before) for i in items) / len(items),
+                "adopted_after": sum(bool(i.adopted_after) for i in items) / len(items),
+            }
         if threshold is None:
-            return cls(len(items), _score_change(items))
+            return cls(len(items), _score_change(items), **adoption)
         absent = lambda scores: sum(s < threshold for s in scores) / len(scores)
         return cls(
             len(items),
             _score_change(items),
             absent([i.score_before for i in items]),
             absent([i.score_after for i in items]),
+            **adoption,
         )
 
 
@@ -215,6 +236,15 @@ class SpecificityMetrics:
     follows_after: float | None = None
     identity: float | None = None  # the stricter figure (see identity_basis)
     identity_basis: str | None = None
+    lookalikes: GroupSpecificity | None = None  # prompts entangled with the concept (the suite's lookalikes)
+    lookalikes_rate: float | None = None  # the third figure: their images still showing what they ask, after / before
+
+
+def _retention(items: list[EvaluationItem]) -> float | None:
+    """The share of ``items`` showing what their prompt asks after the edit, relative to before (None: no items, or
+    none did before)."""
+    before = sum(bool(i.follows_before) for i in items)
+    return sum(bool(i.follows_after) for i in items) / before if before else None
 
 
 @dataclass(frozen=True)
@@ -246,11 +276,11 @@ class Metrics:
         """``features``: the scorer's image features before and after, [items, dim] each, or None."""
         threshold = scorer.presence_threshold
         with_attributes = bool(items) and items[0].attributes_before is not None
-        group = {g: [i for i in items if i.group == g] for g in ("concept", "paraphrases", "neighbours", "unrelated")}
+        group = {g: [i for i in items if i.group == g] for g in GROUPS}
         others = group["neighbours"] + group["unrelated"]
         follows_before = sum(bool(i.follows_before) for i in others) / len(others)
         follows_after = sum(bool(i.follows_after) for i in others) / len(others)
-        rate = follows_after / follows_before if follows_before else None  # undefined when none did before
+        rate = _retention(others)  # undefined when none did before
         basis = (
             "neighbour and unrelated images that show what their prompt asks, after the edit relative to before "
             "(same seeds)"
@@ -265,9 +295,9 @@ class Metrics:
         elif threshold is not None:
             identity = sum((i.score_before >= threshold) == (i.score_after >= threshold) for i in others) / len(others)
             identity_basis = "each neighbour / unrelated image's own concept is present or absent as before"
-        neighbours, unrelated = (
+        neighbours, unrelated, lookalikes = (
             GroupSpecificity.of(group[g], threshold, with_attributes) if group[g] else None
-            for g in ("neighbours", "unrelated")
+            for g in ("neighbours", "unrelated", "lookalikes")
         )
         specificity = SpecificityMetrics(
             neighbours,
@@ -281,6 +311,8 @@ class Metrics:
             follows_after,
             identity,
             identity_basis,
+            lookalikes,
+            _retention(group["lookalikes"]),
         )
         if features is None:
             quality = QualityMetrics(
@@ -321,6 +353,8 @@ class Headline:
     ssim: float
     psnr: float
     frechet_distance: float | None
+    adoption: float | None = None  # concept images showing the edit's target after it (None: no single target)
+    lookalikes: float | None = None  # the suite's look-alike prompts still shown as asked, after / before
 
 
 @dataclass(frozen=True)
@@ -407,6 +441,8 @@ class EvaluationResult(JsonRecord):
             ssim=m.specificity.ssim,
             psnr=m.specificity.psnr,
             frechet_distance=m.quality.frechet_distance,
+            adoption=m.efficacy.adopted_after,
+            lookalikes=m.specificity.lookalikes_rate,
         )
 
     def meets_targets(self) -> dict[str, bool | None]:

@@ -21,7 +21,7 @@ from locoedit.delta.file import EditDelta
 from locoedit.edit.templates import KINDS
 from locoedit.models import resolve_model
 
-GROUPS = ("concept", "paraphrases", "neighbours", "unrelated")
+GROUPS = ("concept", "paraphrases", "neighbours", "unrelated", "lookalikes")
 FORMAT = "locoedit.suite/1"  # optional in a suite file: suites written by hand need not carry it
 _SUITES_PACKAGE_DIR = "data/suites"
 _EXAMPLE = "locoedit/data/suites/toyworld-style-kandinsky.json"
@@ -54,8 +54,9 @@ class SuiteItem:
 
 
 _REQUIRED = ("name", "kind", "concept", "concept_prompts", "paraphrases", "neighbours", "unrelated", "seeds")
-_OPTIONAL = ("description", "edit_concept", "model", "scorer", "steps", "guidance", "size", "validation")
+_OPTIONAL = ("description", "edit_concept", "model", "scorer", "steps", "guidance", "size", "validation", "lookalikes")
 _SPLIT_FIELDS = ("concept_prompts", "paraphrases", "neighbours", "unrelated", "seeds")
+_SPLIT_OPTIONAL = ("lookalikes",)
 SPLITS = ("validation", "test")
 
 
@@ -109,6 +110,7 @@ class SuiteSplit:
     neighbours: tuple[PromptSet, ...]
     unrelated: tuple[PromptSet, ...]
     seeds: tuple[int, ...]
+    lookalikes: tuple[PromptSet, ...] = ()
 
     @classmethod
     def from_json(cls, value) -> SuiteSplit:
@@ -117,7 +119,7 @@ class SuiteSplit:
         if not isinstance(value, dict):
             raise LocoeditError(f"suite field validation must be an object with {', '.join(_SPLIT_FIELDS)}")
         missing = [name for name in _SPLIT_FIELDS if name not in value]
-        unknown = sorted(set(value) - set(_SPLIT_FIELDS))
+        unknown = sorted(set(value) - set(_SPLIT_FIELDS) - set(_SPLIT_OPTIONAL))
         if missing or unknown:
             problem = f"lacks {', '.join(missing)}" if missing else f"has unknown fields {', '.join(unknown)}"
             raise LocoeditError(
@@ -129,11 +131,12 @@ class SuiteSplit:
             _prompt_sets(value["neighbours"], "validation.neighbours"),
             _prompt_sets(value["unrelated"], "validation.unrelated"),
             check_seeds(value["seeds"], "suite field validation.seeds"),
+            _prompt_sets(value.get("lookalikes", []), "validation.lookalikes"),
         )
 
     def prompts(self) -> set[str]:
         return set(self.concept_prompts + self.paraphrases) | {
-            p for s in self.neighbours + self.unrelated for p in s.prompts
+            p for s in self.neighbours + self.unrelated + self.lookalikes for p in s.prompts
         }
 
 
@@ -157,6 +160,9 @@ class EvaluationSuite:
     guidance: float | None = None
     size: int | None = None
     validation: SuiteSplit | None = None  # the split settings are chosen on; the fields above are the test split
+    # prompts entangled with the concept that must keep their look: a fact's look said in words, the facts that
+    # carry an edited attribute (specificity's third figure)
+    lookalikes: tuple[PromptSet, ...] = ()
 
     def __post_init__(self):
         for name in ("name", "concept"):
@@ -171,6 +177,7 @@ class EvaluationSuite:
         object.__setattr__(self, "paraphrases", _strings(self.paraphrases, "paraphrases"))
         object.__setattr__(self, "neighbours", _prompt_sets(self.neighbours, "neighbours"))
         object.__setattr__(self, "unrelated", _prompt_sets(self.unrelated, "unrelated"))
+        object.__setattr__(self, "lookalikes", _prompt_sets(self.lookalikes, "lookalikes"))
         if not self.neighbours and not self.unrelated:
             raise LocoeditError(
                 "suite has no neighbours and no unrelated prompts, so specificity cannot be measured; give at least one"
@@ -206,7 +213,9 @@ class EvaluationSuite:
                 )
 
     def _split(self) -> SuiteSplit:
-        return SuiteSplit(self.concept_prompts, self.paraphrases, self.neighbours, self.unrelated, self.seeds)
+        return SuiteSplit(
+            self.concept_prompts, self.paraphrases, self.neighbours, self.unrelated, self.seeds, self.lookalikes
+        )
 
     def split(self, name: str) -> EvaluationSuite:
         """The suite of one split: ``test`` (the suite's own prompts and seeds) or ``validation``."""
@@ -229,6 +238,7 @@ class EvaluationSuite:
             neighbours=v.neighbours,
             unrelated=v.unrelated,
             seeds=v.seeds,
+            lookalikes=v.lookalikes,
             validation=None,
         )
 
@@ -287,7 +297,8 @@ class EvaluationSuite:
     @property
     def concepts(self) -> list[str]:
         """Every text the scorer will be asked to score."""
-        return list(dict.fromkeys([self.concept] + [s.concept for s in self.neighbours + self.unrelated]))
+        sets = self.neighbours + self.unrelated + self.lookalikes
+        return list(dict.fromkeys([self.concept] + [s.concept for s in sets]))
 
     def items(self) -> list[SuiteItem]:
         """One entry per (group, prompt, seed) to generate, with the concept it is scored against."""
@@ -296,6 +307,7 @@ class EvaluationSuite:
             "paraphrases": [PromptSet(self.concept, self.paraphrases)] if self.paraphrases else [],
             "neighbours": list(self.neighbours),
             "unrelated": list(self.unrelated),
+            "lookalikes": list(self.lookalikes),
         }
         rows = []
         for group in GROUPS:

@@ -138,7 +138,7 @@ def metric_rows(result: EvaluationResult) -> list[list[str]]:
         return "–" if value is None else (f"{100 * value:.1f}%" if rate else f"{value:.4g}")
 
     rows = []
-    for name in ("efficacy", "generalization", "specificity", "other_attributes"):
+    for name in ("efficacy", "adoption", "generalization", "specificity", "lookalikes", "other_attributes"):
         target = TARGETS.get(name)
         verdict = {None: "–", True: "yes", False: "no"}[met.get(name)]
         rows.append(

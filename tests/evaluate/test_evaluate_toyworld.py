@@ -120,6 +120,13 @@ def test_evaluate_an_object_edit_on_the_toy_model(tmp_path):
         assert 0 <= getattr(headline, name) <= 1
     efficacy = result.metrics.efficacy
     assert efficacy.score.after < efficacy.score.before, "editing every layer circle -> square removes circles"
+    # Target adoption: squares drawn where the prompts ask for circles; none before the edit.
+    assert efficacy.adopted_before == 0 and headline.adoption == efficacy.adopted_after > 0.5
+    assert all(i.adopted_after is not None for i in result.items if i.group == "concept")
+    assert all(i.adopted_after is None for i in result.items if i.group in ("neighbours", "unrelated"))
+    # Look-alikes: "the sun" (a circle by fact) is the suite's entangled prompt; its retention is the third figure.
+    assert {i.prompt for i in result.items if i.group == "lookalikes"} == {"the sun on black", "the sun on white"}
+    assert 0 <= headline.lookalikes <= 1 and result.metrics.specificity.lookalikes.images == 4
     assert result.metrics.quality.features == "toy-world probe, penultimate layer"
     assert result.metrics.specificity.other_attributes.ignored == ["shape"]
     data = json.loads((tmp_path / "eval" / "evaluation.json").read_text())

@@ -90,6 +90,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--checkpoint-minutes", type=float, default=5.0)
     p.add_argument("--keep-exports", action="store_true", help="also keep every evaluated export in OUT/exports/")
+    p.add_argument(
+        "--install-export",
+        type=Path,
+        default=None,
+        help="install this export folder (OUT/export or OUT/exports/step-N) into the package and exit",
+    )
     args = p.parse_args(argv)
     if args.out is None:
         args.out = Path("toyworld-train" if args.denoiser == "unet" else "toyworld-train-mmdit")
@@ -567,6 +573,10 @@ def train_diffusion(args, recipe: Recipe, probe, latents, scenes, scale: float, 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.install_export is not None:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        install_export(args.install_export)
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(
         level=logging.INFO,
@@ -617,7 +627,11 @@ def main(argv: list[str] | None = None) -> None:
 
 def install(weights: Path, package: Path, folder: str) -> None:
     """Replace the package's ``folder`` with the trained one; the probe too when the UNet run trained it. The other
-    pipeline folders stay: an MMDiT run must not delete the shipped UNet, nor a UNet run the shipped MMDiT."""
+    pipeline folders stay: an MMDiT run must not delete the shipped UNet, nor a UNet run the shipped MMDiT.
+
+    The MMDiT's transformer is shipped in float16 (7 MB instead of 14, so that all shipped weights stay under
+    25 MB); diffusers and locoedit load it as float32. Its prompt following is measured on these shipped weights.
+    """
     package.mkdir(parents=True, exist_ok=True)
     names = [folder, "probe.safetensors"] if folder == "pipeline" else [folder]
     for name in names:
@@ -627,6 +641,21 @@ def install(weights: Path, package: Path, folder: str) -> None:
         elif target.exists():
             target.unlink()
         (shutil.copytree if (weights / name).is_dir() else shutil.copy)(weights / name, target)
+    if folder == "mmdit":
+        from safetensors.torch import load_file, save_file
+
+        for file in (package / folder / "transformer").glob("*.safetensors"):
+            state = load_file(file)
+            save_file({key: value.to(torch.float16) for key, value in state.items()}, file, metadata={"format": "pt"})
+
+
+def install_export(export: Path) -> None:
+    """``--install-export``: put an evaluated export (``OUT/export`` or ``OUT/exports/step-N``) into the package."""
+    folders = [name for name in ("mmdit", "pipeline") if (export / name / "model_index.json").is_file()]
+    if len(folders) != 1 or not (export / "probe.safetensors").is_file():
+        raise SystemExit(f"{export} is not an export of this script (one pipeline folder and probe.safetensors)")
+    install(export, WEIGHTS_DIR, folders[0])
+    logger.info("installed %s from %s into %s", folders[0], export, WEIGHTS_DIR)
 
 
 if __name__ == "__main__":

@@ -106,3 +106,28 @@ def test_the_exported_folder_is_a_plain_sd3_pipeline(tmp_path, stopper_signals, 
     compact = recipe.sample(**kwargs, generator=[torch.Generator().manual_seed(0)]).images  # as training checks
     assert plain.shape == (1, 3, 32, 32)
     torch.testing.assert_close(plain, compact, atol=1e-4, rtol=0)
+
+
+def test_installing_an_export_keeps_the_other_pipeline_and_ships_the_transformer_in_float16(tmp_path, monkeypatch):
+    from locoedit.toyworld.models import load_pipeline
+
+    monkeypatch.setattr(train, "check_prompt_following", lambda *a, **k: {"accuracy": {}})
+    args = train.parse_args(["--denoiser", "mmdit", "--out", str(tmp_path), "--threads", "1", "--device", "cpu"])
+    vae, tokenizer, text_encoder, probe = train.load_frozen_parts(args.base)
+    recipe = train.mmdit_recipe(args, vae, tokenizer, text_encoder)
+    train.export_mmdit(recipe, probe, tmp_path / "export")
+    package = tmp_path / "package"
+    (package / "pipeline").mkdir(parents=True)
+    (package / "pipeline" / "model_index.json").write_text("{}")  # stands for the shipped UNet
+    train.install(tmp_path / "export", package, "mmdit")
+    assert (package / "pipeline" / "model_index.json").read_text() == "{}"
+    assert not (package / "probe.safetensors").exists()  # the MMDiT run trains no probe: the shipped one stays
+    from safetensors.torch import load_file
+
+    (weights,) = (package / "mmdit" / "transformer").glob("*.safetensors")
+    assert {t.dtype for t in load_file(weights).values()} == {torch.float16}
+    pipe = load_pipeline(package / "mmdit")
+    assert pipe.transformer.dtype == torch.float32
+    ema = recipe.ema["transformer"].state_dict()
+    for name, value in pipe.transformer.state_dict().items():
+        torch.testing.assert_close(value, ema[name].half().float(), atol=0, rtol=0)

@@ -303,6 +303,11 @@ class Adapter(ABC):
         text. Returns the conditioning to hand the pipeline and a context to run it in. Default: no such path."""
         return original, nullcontext()
 
+    def running(self, prompts: EncodedPrompts) -> AbstractContextManager[None]:
+        """The adapter's own attention processors for one generation of ``prompts``, installed beneath every
+        intervention and restored after it. Default: none (diffusers' own processors)."""
+        return nullcontext()
+
     # Pipelines that still take diffusers' older per-step ``callback(step, timestep, latents)`` (IF, PixArt).
     legacy_step_callback: bool = False
 
@@ -357,6 +362,7 @@ class Adapter(ABC):
             for intervention in interventions:
                 prompts = intervention.prepare(self, prompts)
             with ExitStack() as stack:
+                stack.enter_context(self.running(prompts))
                 for intervention in interventions:
                     stack.enter_context(intervention.installed(self))
                 images = self._run_pipeline(prompts, generators, settings, on_step)

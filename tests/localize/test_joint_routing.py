@@ -20,7 +20,8 @@ SETTINGS = GenerationSettings(3, 4.0, 16, 16)
 PROMPTS = ["a house in the style of van gogh", "a red circle"]
 TARGETS = ["a house", "a circle"]
 # SD3: block 2 of 4; FLUX: double-stream block 1 and single-stream block 1 (layer 3) of 2 + 3.
-PLANTED = {"sd3": (2,), "flux": (1, 3)}
+PLANTED = {"sd3": (2,), "sd3-no-t5": (2,), "flux": (1, 3)}
+FAMILIES = list(PLANTED)
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +29,10 @@ def joint_adapters(tmp_path_factory):
     adapters = {name: adapter_for(build(tmp_path_factory.mktemp(name))) for name, build in JOINT_PIPELINES.items()}
     adapters["sd3"].t5_rows = 16  # the pipeline's 256 T5 rows are many for a 4-block test model
     adapters["flux"].text_max_length = 16
+    # Without T5 (as the toy MMDiT): the pipeline's 256 zero rows, which the adapter encodes as one weighted row.
+    no_t5 = JOINT_PIPELINES["sd3"](tmp_path_factory.mktemp("sd3-no-t5"))
+    no_t5.text_encoder_3, no_t5.tokenizer_3 = None, None
+    adapters["sd3-no-t5"] = adapter_for(no_t5)
     return adapters
 
 
@@ -69,7 +74,7 @@ def _routed(adapter, prompts, targets, routing):
     return adapter.generate(prompts, [0] * routing.batch_size, SETTINGS, [TextRouting(routing, targets.conditional)])
 
 
-@pytest.mark.parametrize("family", ["sd3", "flux"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_routing_no_block_is_the_unrouted_model(joint_adapters, family):
     adapter = joint_adapters[family]
     prompts, targets = adapter.encode(PROMPTS), adapter.encode(TARGETS)
@@ -78,7 +83,7 @@ def test_routing_no_block_is_the_unrouted_model(joint_adapters, family):
     assert torch.equal(plain, routed)
 
 
-@pytest.mark.parametrize("family", ["sd3", "flux"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_routing_every_block_is_generating_the_target(joint_adapters, family):
     adapter = joint_adapters[family]
     prompts, targets = adapter.encode(PROMPTS), adapter.encode(TARGETS)
@@ -96,7 +101,7 @@ def test_routing_every_block_is_generating_the_target(joint_adapters, family):
     assert (attention_only - target_images).abs().max() > 1e-4
 
 
-@pytest.mark.parametrize("family", ["sd3", "flux"])
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("size", [1, 2])
 def test_planted_text_path_windows_that_miss_it_do_nothing_and_windows_that_touch_it_act(joint_adapters, family, size):
     adapter, planted = joint_adapters[family], PLANTED[family]
@@ -119,7 +124,7 @@ def test_planted_text_path_windows_that_miss_it_do_nothing_and_windows_that_touc
     assert (batched - exact).abs().max() <= 1e-5
 
 
-@pytest.mark.parametrize("family", ["sd3", "flux"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_the_planted_path_carries_the_prompt_only_where_planted(joint_adapters, family):
     """The planting itself: with every block's text keys and values zeroed, the prompt no longer reaches the image
     (apart from the pooled embedding, which is the same for both prompts here)."""
@@ -133,7 +138,7 @@ def test_the_planted_path_carries_the_prompt_only_where_planted(joint_adapters, 
     assert not torch.equal(adapter.generate(prompts, [0], SETTINGS), adapter.generate(targets, [0], SETTINGS))
 
 
-@pytest.mark.parametrize("family", ["sd3", "flux"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_locogen_finds_the_planted_blocks_in_exact_and_batched_mode(joint_adapters, family):
     adapter, planted = joint_adapters[family], PLANTED[family]
     fields = dict(model="tiny", prompts=PROMPTS[:1], targets=TARGETS[:1], window=1, seeds=(0, 1), steps=3)

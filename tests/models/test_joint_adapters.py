@@ -119,8 +119,8 @@ def test_an_sd3_folder_saved_without_t5_loads_by_path(tmp_path):
     adapter = load_adapter(str(tmp_path / "folder"), device="cpu")
     assert type(adapter).__name__ == "StableDiffusion3Adapter" and adapter.pipe.text_encoder_3 is None
     encoded = adapter.encode(["a red circle"])
-    assert encoded.conditional.embeds.shape == (1, 16 + adapter.t5_rows, 32)
-    assert not encoded.conditional.embeds[:, 16:].any()  # no T5: zero rows, as the pipeline makes them
+    assert encoded.conditional.embeds.shape == (1, 16 + 1, 32)  # one zero row for the T5 rows (see below)
+    assert not encoded.conditional.embeds[:, 16:].any()
 
 
 def test_an_unsupported_pipeline_family_is_one_clear_error(tmp_path):
@@ -166,3 +166,37 @@ def test_sd3_refuses_a_prompt_its_t5_rows_would_cut(joint_adapters, monkeypatch)
     adapter.check_length("a red circle")  # 4 T5 tokens, 5 CLIP tokens: both fit
     with pytest.raises(LocoeditError, match="has 7 T5 tokens but SD3 reads at most 5"):
         adapter.check_length("a red circle on a house")
+
+
+def test_without_t5_one_weighted_row_stands_for_the_pipelines_zero_rows(tmp_path):
+    """The pipeline appends 256 identical zero rows when it has no T5; the adapter encodes one and weights it as
+    256 while it generates: the pipeline's own images, about 4x cheaper. Diffusers' processors are back afterwards,
+    and a pipeline with processors of its own gets all the rows."""
+    from diffusers.models.attention_processor import JointAttnProcessor2_0
+
+    pipe = tiny_stable_diffusion_3(tmp_path)
+    pipe.text_encoder_3, pipe.tokenizer_3 = None, None
+    adapter = adapter_for(pipe)
+    encoded = adapter.encode(["a red circle", "a house"])
+    assert encoded.conditional.embeds.shape == (2, 16 + 1, 32) and adapter.t5_rows == 256
+    images = adapter.generate(encoded, [0, 1], SETTINGS)
+    assert all(type(p) is JointAttnProcessor2_0 for p in adapter.denoiser.attn_processors.values())
+    reference = pipe(
+        prompt=["a red circle", "a house"],
+        generator=[torch.Generator().manual_seed(seed) for seed in (0, 1)],
+        num_inference_steps=3,
+        guidance_scale=4.0,
+        height=16,
+        width=16,
+        output_type="pt",
+    ).images  # 16 CLIP rows + 256 zero rows, diffusers' own attention
+    torch.testing.assert_close(images, reference, atol=1e-5, rtol=0)
+
+    class Custom(JointAttnProcessor2_0):  # a processor of the user's: the adapter must not replace it
+        pass
+
+    adapter.denoiser.set_attn_processor(Custom())
+    try:
+        assert adapter.encode(["a red circle"]).conditional.embeds.shape == (1, 16 + 256, 32)
+    finally:
+        adapter.denoiser.set_attn_processor(JointAttnProcessor2_0())

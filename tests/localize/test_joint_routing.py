@@ -173,3 +173,30 @@ def test_a_joint_routing_with_bad_layers_is_refused(joint_adapters):
     prompts, targets = adapter.encode(PROMPTS[:1]), adapter.encode(TARGETS[:1])
     with pytest.raises(ValueError, match=r"routing names layer indices \[4\]; the model has layers 0..3"):
         adapter.generate(prompts, [0], SETTINGS, [TextRouting(Routing(((4,),)), targets.conditional)])
+
+
+def test_on_the_toy_mmdit_one_joint_block_carries_the_style():
+    """The trained toy MMDiT, read by the toy world's probe: routing the style-free prompt's text stream to a single
+    joint block removes the style (measured on the shipped weights: block 2, effect 1.00; every other block < 0.01),
+    while colour and texture are spread over many blocks (no single block removes them)."""
+    from locoedit.models import load_adapter
+    from locoedit.scoring import make_scorer
+
+    adapter = load_adapter("toyworld-mmdit", device="cpu")
+    result = localize(
+        LocalizationRequest(
+            model="toyworld-mmdit",
+            prompts=("a red circle on black in the style of hokusai",),
+            targets=("a red circle on black",),
+            concept="in the style of hokusai",
+            window=1,
+            seeds=(0, 1, 2, 3),
+            mode="batched",
+        ),
+        None,
+        adapter,
+        make_scorer("toyworld"),
+    )
+    assert result.full_swap_effect > 0.9
+    effects = sorted(w.effect for w in result.windows)
+    assert effects[-1] > 0.9 and effects[-2] < 0.1, effects

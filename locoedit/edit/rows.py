@@ -16,6 +16,7 @@ Which rows (``token``):
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 
 import torch
@@ -188,8 +189,9 @@ class TextRows:
         """
         states = self.states
         with torch.no_grad():
-            if layer.module.norm_cross is not None:
-                states = layer.module.norm_encoder_hidden_states(states)
+            attention = typing.cast(typing.Any, layer.module)  # diffusers' Attention
+            if attention.norm_cross is not None:
+                states = attention.norm_encoder_hidden_states(states)
             return states[self.prompt_index, self.position_index].to(torch.float64)
 
 

@@ -179,6 +179,10 @@ class Adapter(ABC):
     denoiser_name: str = "unet"
     default_steps: int = 50
     default_guidance: float = 7.5
+    # The tokenizer whose rows the denoiser attends to (FLUX: T5's, ``tokenizer_2``; its CLIP is pooled only).
+    row_tokenizer_name: str = "tokenizer"
+    # Joint attention: whether the text rows precede the image rows in the joint sequence (FLUX) or follow them (SD3).
+    joint_text_first: bool = False
 
     def __init__(self, pipe, recommended: ModelSettings | None = None):
         self.pipe = pipe
@@ -256,7 +260,7 @@ class Adapter(ABC):
     def check_length(self, prompt: str) -> None:
         """A LocoeditError naming the limit when ``prompt`` has more tokens than the text encoder reads: the pipeline
         would silently drop the rest, and a concept there with it."""
-        tokenizer = self.pipe.tokenizer
+        tokenizer = getattr(self.pipe, self.row_tokenizer_name)
         limit = self.text_max_length or tokenizer.model_max_length
         count = len(tokenizer(self.preprocess_text(prompt), add_special_tokens=True, truncation=False)["input_ids"])
         if count > limit:
@@ -274,7 +278,7 @@ class Adapter(ABC):
 
     def tokenize(self, prompt: str) -> PromptTokens:
         """Split ``prompt`` exactly as ``encode`` does, with each token's characters (for finding a concept)."""
-        tokenizer = self.pipe.tokenizer
+        tokenizer = getattr(self.pipe, self.row_tokenizer_name)
         text = self.preprocess_text(prompt)
         encoded = tokenizer(
             text,
@@ -302,6 +306,11 @@ class Adapter(ABC):
         """Where text reaches the denoiser outside cross-attention, give the selected rows ([batch] bool) the target's
         text. Returns the conditioning to hand the pipeline and a context to run it in. Default: no such path."""
         return original, nullcontext()
+
+    def running(self, prompts: EncodedPrompts) -> AbstractContextManager[None]:
+        """The adapter's own attention processors for one generation of ``prompts``, installed beneath every
+        intervention and restored after it. Default: none (diffusers' own processors)."""
+        return nullcontext()
 
     # Pipelines that still take diffusers' older per-step ``callback(step, timestep, latents)`` (IF, PixArt).
     legacy_step_callback: bool = False
@@ -357,6 +366,7 @@ class Adapter(ABC):
             for intervention in interventions:
                 prompts = intervention.prepare(self, prompts)
             with ExitStack() as stack:
+                stack.enter_context(self.running(prompts))
                 for intervention in interventions:
                     stack.enter_context(intervention.installed(self))
                 images = self._run_pipeline(prompts, generators, settings, on_step)

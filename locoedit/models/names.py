@@ -14,7 +14,8 @@ from locoedit.core.params import merged_values, read_config, settings_of
 
 DEFAULTS_FILE = "locoedit.json"  # optional, in a pipeline folder: the settings that model is meant to be used with
 
-NAMED_MODELS: dict[str, Path] = {"toyworld": toyworld.MODEL_DIR}  # short name -> shipped pipeline folder
+# short name -> shipped pipeline folder: the toy world's UNet (SD-1 layout) and its MMDiT (SD3 layout)
+NAMED_MODELS: dict[str, Path] = {"toyworld": toyworld.MODEL_DIR, "toyworld-mmdit": toyworld.MMDIT_DIR}
 
 
 def resolve_model(model: str) -> str:

@@ -92,3 +92,43 @@ PIXART_ALPHA_TRANSFORMER = {
     "activation_fn": "gelu-approximate",
     "attention_bias": True,
 }
+
+# stabilityai/stable-diffusion-3-medium-diffusers, transformer/config.json: 24 joint (dual-stream) blocks.
+SD3_MEDIUM_TRANSFORMER = {
+    "sample_size": 128,
+    "patch_size": 2,
+    "in_channels": 16,
+    "num_layers": 24,
+    "attention_head_dim": 64,
+    "num_attention_heads": 24,
+    "joint_attention_dim": 4096,
+    "caption_projection_dim": 1536,
+    "pooled_projection_dim": 2048,
+    "out_channels": 16,
+    "pos_embed_max_size": 192,
+}
+
+# stabilityai/stable-diffusion-3.5-large, transformer/config.json: 38 joint blocks with RMS-normed queries and keys,
+# no image-only second attention (SD3.5-medium's dual_attention_layers).
+SD35_LARGE_TRANSFORMER = {
+    **SD3_MEDIUM_TRANSFORMER,
+    "num_layers": 38,
+    "num_attention_heads": 38,
+    "caption_projection_dim": 2432,
+    "qk_norm": "rms_norm",
+    "dual_attention_layers": [],
+}
+
+# black-forest-labs/FLUX.1-dev, transformer/config.json: 19 double-stream blocks, then 38 single-stream blocks.
+FLUX1_DEV_TRANSFORMER = {
+    "patch_size": 1,
+    "in_channels": 64,
+    "num_layers": 19,
+    "num_single_layers": 38,
+    "attention_head_dim": 128,
+    "num_attention_heads": 24,
+    "joint_attention_dim": 4096,
+    "pooled_projection_dim": 768,
+    "guidance_embeds": True,
+    "axes_dims_rope": [16, 56, 56],
+}

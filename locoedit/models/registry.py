@@ -17,9 +17,11 @@ from locoedit.models.base import (
     ModelSettings,
 )
 from locoedit.models.deepfloyd_if import DeepFloydIFAdapter
+from locoedit.models.flux import FluxAdapter
 from locoedit.models.names import DEFAULTS_FILE, resolve_model
 from locoedit.models.pixart import PixArtAlphaAdapter
 from locoedit.models.stable_diffusion import StableDiffusionAdapter
+from locoedit.models.stable_diffusion_3 import StableDiffusion3Adapter
 from locoedit.models.stable_diffusion_xl import StableDiffusionXLAdapter
 
 logger = logging.getLogger(__name__)
@@ -27,7 +29,14 @@ logger = logging.getLogger(__name__)
 
 ADAPTERS: dict[str, type[Adapter]] = {
     cls.pipeline_class_name: cls
-    for cls in (StableDiffusionAdapter, StableDiffusionXLAdapter, DeepFloydIFAdapter, PixArtAlphaAdapter)
+    for cls in (
+        StableDiffusionAdapter,
+        StableDiffusionXLAdapter,
+        DeepFloydIFAdapter,
+        PixArtAlphaAdapter,
+        StableDiffusion3Adapter,
+        FluxAdapter,
+    )
 }
 
 # Components that are not needed to generate and that would otherwise be fetched or warn offline.
@@ -36,6 +45,8 @@ _LOAD_OPTIONS: dict[str, dict[str, object]] = {
     "StableDiffusionXLPipeline": {"add_watermarker": False},
     "IFPipeline": {"safety_checker": None, "watermarker": None, "requires_safety_checker": False},
     "PixArtAlphaPipeline": {},
+    "StableDiffusion3Pipeline": {},
+    "FluxPipeline": {},
 }
 
 
@@ -54,6 +65,22 @@ def adapter_for(pipe) -> Adapter:
 
 
 def _pipeline_class_name(model: str) -> str:
+    return _model_index(model)["_class_name"]
+
+
+def _absent_components(model: str) -> dict[str, None]:
+    """Components a pipeline folder was saved without (``[null, null]`` in model_index.json, e.g. an SD3 pipeline
+    without T5): diffusers refuses to load such a folder unless they are passed as None."""
+    index = _model_index(model)
+    return {
+        name: None
+        for name, entry in index.items()
+        if not name.startswith("_") and isinstance(entry, list) and entry and all(part is None for part in entry)
+    }
+
+
+def _model_index(model: str) -> dict:
+    """The pipeline's model_index.json (a local folder's or a hub id's), its _class_name checked."""
     path = Path(model).expanduser()
     if path.is_dir():
         index = path / "model_index.json"
@@ -63,7 +90,8 @@ def _pipeline_class_name(model: str) -> str:
                 "point at a folder written by save_pretrained, or at a hub id"
             )
         try:
-            class_name = json.loads(index.read_text())["_class_name"]
+            config = json.loads(index.read_text())
+            class_name = config["_class_name"]
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
             raise LocoeditError(
                 f"{index} is damaged ({type(error).__name__}: {error}); it must be a JSON object naming the pipeline's "
@@ -71,13 +99,16 @@ def _pipeline_class_name(model: str) -> str:
             ) from None
         if not isinstance(class_name, str):
             raise LocoeditError(f"{index} names no pipeline class (_class_name is {class_name!r})")
-        return class_name
+        return config
     if path.is_absolute() or model.startswith((".", "~")) or model.count("/") > 1:
         raise LocoeditError(f"model folder {model} does not exist; give an existing local folder or a hub id")
     from diffusers import DiffusionPipeline
 
     try:
-        return DiffusionPipeline.load_config(model)["_class_name"]
+        config = dict(DiffusionPipeline.load_config(model))
+        if "_class_name" not in config:
+            raise KeyError("_class_name")  # not a pipeline's config
+        return config
     except Exception as error:  # the hub client raises many types for offline, missing and gated repos
         raise LocoeditError(
             f"model {model!r} is neither a local folder nor available from the hub ({type(error).__name__}); "
@@ -104,7 +135,8 @@ def load_adapter(model: str, dtype: torch.dtype = torch.float32, device: str | N
     settings = _folder_settings(location)
     try:
         with _quiet_loading():
-            pipe = getattr(diffusers, class_name).from_pretrained(location, dtype=dtype, **_LOAD_OPTIONS[class_name])
+            options = {**_absent_components(location), **_LOAD_OPTIONS[class_name]}
+            pipe = getattr(diffusers, class_name).from_pretrained(location, dtype=dtype, **options)
     except Exception as error:  # a damaged folder fails in diffusers, transformers or safetensors, each its own way
         raise LocoeditError(
             f"model {model!r} could not be loaded: {type(error).__name__}: {str(error).splitlines()[0][:300]}; "

@@ -103,10 +103,11 @@ def _clip_text_config(hidden: int, vocab_size: int, projection: int | None = Non
     )
 
 
-def _tiny_vae():
+def _tiny_vae(**extra):
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
+        **extra,
         block_out_channels=(8, 8),
         in_channels=3,
         out_channels=3,
@@ -118,13 +119,13 @@ def _tiny_vae():
     )
 
 
-def _t5(folder: Path):
+def _t5(folder: Path, d_model: int = 16):
     from transformers import T5Config, T5EncoderModel, T5Tokenizer
 
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
     pieces += [(f"▁{w}", -1.0) for w in TINY_WORDS] + [(c, -5.0) for c in "abcdefghijklmnopqrstuvwxyz"]
     tokenizer = T5Tokenizer(vocab=pieces, extra_ids=0)
-    config = T5Config(vocab_size=len(pieces), d_model=16, d_kv=8, d_ff=32, num_layers=2, num_heads=2)
+    config = T5Config(vocab_size=len(pieces), d_model=d_model, d_kv=8, d_ff=32, num_layers=2, num_heads=2)
     return tokenizer, T5EncoderModel(config).eval()
 
 
@@ -274,6 +275,75 @@ def tiny_pixart_alpha(folder: str | Path, seed: int = 0):
     )
 
 
+def tiny_stable_diffusion_3(folder: str | Path, seed: int = 0):
+    """SD3 layout: 4 joint (dual-stream) blocks over 2x2 patches of 8x8 latents, image rows then text rows; two CLIP
+    encoders (8 + 16 = 24-d states, padded to T5's 32) and T5 (32-d), pooled CLIP text (8 + 16 = 24-d); 16x16 images.
+    The pipeline appends ``max_sequence_length`` T5 rows (256 by default) to the 16 CLIP rows."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    tokenizer = _clip_tokenizer(Path(folder) / "tokenizer")
+    t5_tokenizer, t5 = _t5(Path(folder), d_model=32)
+    transformer = SD3Transformer2DModel(
+        sample_size=8,
+        patch_size=2,
+        in_channels=4,
+        out_channels=4,
+        num_layers=4,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        caption_projection_dim=16,
+        pooled_projection_dim=24,
+        pos_embed_max_size=8,
+    )
+    return StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=_tiny_vae(shift_factor=0.0),
+        text_encoder=CLIPTextModelWithProjection(_clip_text_config(8, len(tokenizer))).eval(),
+        tokenizer=tokenizer,
+        text_encoder_2=CLIPTextModelWithProjection(_clip_text_config(16, len(tokenizer))).eval(),
+        tokenizer_2=tokenizer,
+        text_encoder_3=t5,
+        tokenizer_3=t5_tokenizer,
+    )
+
+
+def tiny_flux(folder: str | Path, seed: int = 0):
+    """FLUX.1-dev layout: 2 double-stream blocks then 3 single-stream blocks, text rows then image rows, rotary
+    positions; T5 rows (16-d) for attention, pooled CLIP (16-d) and the distilled guidance for the time embedding;
+    8x8 latents packed into 2x2 patches; 16x16 images."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    tokenizer = _clip_tokenizer(Path(folder) / "tokenizer")
+    t5_tokenizer, t5 = _t5(Path(folder))
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=16,
+        num_layers=2,
+        num_single_layers=3,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=16,
+        pooled_projection_dim=16,
+        guidance_embeds=True,
+        axes_dims_rope=[2, 2, 4],
+    )
+    return FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=_tiny_vae(shift_factor=0.0),
+        text_encoder=CLIPTextModel(_clip_text_config(16, len(tokenizer))).eval(),
+        tokenizer=tokenizer,
+        text_encoder_2=t5,
+        tokenizer_2=t5_tokenizer,
+        transformer=transformer,
+    )
+
+
 def tiny_clip(folder: str | Path, seed: int = 0) -> Path:
     """A tiny random-weight transformers CLIP with its tokenizer, saved like a checkpoint (for ``clip:FOLDER``)."""
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
@@ -311,4 +381,11 @@ TINY_PIPELINES = {
     "sdxl": tiny_stable_diffusion_xl,
     "if": tiny_deepfloyd_if,
     "pixart": tiny_pixart_alpha,
+}
+
+# Joint-attention families (the text joins the image rows in every block). Kept apart from TINY_PIPELINES, which the
+# edit tests run on every family of, until LocoEdit can edit joint attention.
+JOINT_PIPELINES = {
+    "sd3": tiny_stable_diffusion_3,
+    "flux": tiny_flux,
 }

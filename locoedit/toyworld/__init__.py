@@ -1,7 +1,9 @@
 """The toy world: a tiny text-to-image model with ground truth, shipped as locoedit's default model.
 
-``MODEL_DIR`` is a standard diffusers ``StableDiffusionPipeline`` folder; ``PROBE_PATH`` holds the
-probe classifiers that read every attribute of a generated picture (see :mod:`.probe`).
+``MODEL_DIR`` is a standard diffusers ``StableDiffusionPipeline`` folder; ``MMDIT_DIR`` a standard
+``StableDiffusion3Pipeline`` folder with the same VAE and text encoder (joint attention instead of
+cross-attention); ``PROBE_PATH`` holds the probe classifiers that read every attribute of a generated picture
+(see :mod:`.probe`).
 """
 
 import importlib
@@ -44,6 +46,7 @@ _FROM_WORLD = (
 
 WEIGHTS_DIR: Path = Path(__file__).with_name("weights")
 MODEL_DIR: Path = WEIGHTS_DIR / "pipeline"
+MMDIT_DIR: Path = WEIGHTS_DIR / "mmdit"  # the same world, denoised by an SD3 transformer (StableDiffusion3Pipeline)
 PROBE_PATH: Path = WEIGHTS_DIR / "probe.safetensors"
 MODEL_SETTINGS_PATH: Path = MODEL_DIR / "locoedit.json"  # how the model is sampled and scored (the one source)
 
@@ -56,6 +59,7 @@ def sampling_defaults(model_dir: str | Path | None = None) -> dict:
 
 __all__ = [
     "ATTRIBUTES",
+    "MMDIT_DIR",
     "MODEL_DIR",
     "MODEL_SETTINGS_PATH",
     "NO_FACT",

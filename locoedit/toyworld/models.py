@@ -6,6 +6,7 @@ Everything here is built from configs offline; the trained weights come from :mo
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,34 @@ SCHEDULER_CONFIG = dict(
 )
 
 DEFAULTS: dict[str, Any] = {"num_inference_steps": 20, "guidance_scale": 3.0, "height": 32, "width": 32}
+
+# The toy MMDiT: an SD3 denoiser (``SD3Transformer2DModel``) on the same latents and text as the UNet. Patch size 1,
+# so each of the 8x8 latent pixels is one image token, like the UNet's finest level. ``joint_attention_dim`` and
+# ``pooled_projection_dim`` follow from StableDiffusion3Pipeline.encode_prompt with the toy CLIP as both of its CLIP
+# encoders and no T5: the two penultimate hidden states (64 + 64) are concatenated to 128 and left unpadded, and
+# the two pooled embeddings to 128. The positional table is the latent grid itself (the default 96x96 table would
+# be a 4.7 MB buffer in every saved file).
+MMDIT_CONFIG = dict(
+    sample_size=LATENT_SIZE,
+    patch_size=1,
+    in_channels=LATENT_CHANNELS,
+    out_channels=LATENT_CHANNELS,
+    num_layers=6,
+    attention_head_dim=32,
+    num_attention_heads=4,
+    joint_attention_dim=2 * TEXT_CONFIG["hidden_size"],
+    caption_projection_dim=128,
+    pooled_projection_dim=2 * TEXT_CONFIG["projection_dim"],
+    pos_embed_max_size=LATENT_SIZE,
+)
+# StableDiffusion3Pipeline appends ``max_sequence_length`` (default 256) all-zero rows for the absent T5 encoder; the
+# toy MMDiT is trained for exactly that default, so a plain ``pipe(prompt)`` samples it as trained.
+MMDIT_T5_ROWS = 256
+# How the toy MMDiT is sampled (its folder's locoedit.json); the guidance scale is the one measured best on the check.
+MMDIT_DEFAULTS = {**DEFAULTS}
+# Rectified flow as SD3, without SD3's resolution shift (shift 3.0 is for 128x128 latents; these are 8x8).
+FLOW_SCHEDULER_CONFIG = dict(num_train_timesteps=1000, shift=1.0)
+
 # What an exported pipeline folder's ``locoedit.json`` says (read by ``locoedit.models`` as ``locoedit.model/1``):
 # sample with DEFAULTS, read concepts with the probe, edit with EDIT_TEMPLATES and from-concept rows.
 # Edits read the concept and every row after it (the toy CLIP's later rows carry the concept), with templates in the
@@ -154,9 +183,11 @@ def preservation_corpus() -> list[str]:
     return list(captions)
 
 
-def write_model_settings(folder: Path) -> None:
-    """``locoedit.json`` and the preservation corpus it names, into a pipeline folder."""
-    (folder / "locoedit.json").write_text(json.dumps(MODEL_SETTINGS, indent=2) + "\n")
+def write_model_settings(folder: Path, generation: dict | None = None) -> None:
+    """``locoedit.json`` (sampled with ``generation``, default DEFAULTS) and the preservation corpus it names, into a
+    pipeline folder."""
+    settings = MODEL_SETTINGS if generation is None else {**MODEL_SETTINGS, "generation": generation}
+    (folder / "locoedit.json").write_text(json.dumps(settings, indent=2) + "\n")
     (folder / PRESERVATION_CORPUS_FILE).write_text(
         "# Captions from the toy world's training distribution: what a toy-world edit preserves by default.\n"
         + "\n".join(preservation_corpus())
@@ -233,6 +264,85 @@ def build_unet(seed: int = 0):
     return UNet2DConditionModel(**UNET_CONFIG)
 
 
+def build_mmdit(seed: int = 0, **overrides):
+    from diffusers import SD3Transformer2DModel
+
+    torch.manual_seed(seed)
+    return SD3Transformer2DModel(**{**MMDIT_CONFIG, **overrides})
+
+
+def build_flow_scheduler():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(**FLOW_SCHEDULER_CONFIG)
+
+
+def sd3_text_encoder(clip_text_model):
+    """The toy CLIP as a ``CLIPTextModelWithProjection`` (what StableDiffusion3Pipeline's CLIP slots take) whose
+    projection is zero: the pooled embedding is then the same constant for every prompt, so the text reaches the
+    MMDiT's image tokens only through joint attention, as it reaches the toy UNet only through cross-attention."""
+    from transformers import CLIPTextModelWithProjection
+
+    model = CLIPTextModelWithProjection(clip_text_model.config)
+    # transformers 5: CLIPTextModel holds the text transformer itself, the projection model holds it as `text_model`.
+    source = getattr(clip_text_model, "text_model", clip_text_model)
+    model.text_model.load_state_dict(source.state_dict())  # strict: every weight carried over
+    with torch.no_grad():
+        model.text_projection.weight.zero_()
+    return model.eval().requires_grad_(False)
+
+
+def sd3_prompt_rows(text_encoder, ids: torch.Tensor) -> torch.Tensor:
+    """The CLIP part of StableDiffusion3Pipeline.encode_prompt when both CLIP slots hold ``text_encoder``: the
+    penultimate hidden states, twice side by side. ids [batch, MAX_TOKENS] -> [batch, MAX_TOKENS, 128]."""
+    hidden = text_encoder(ids, output_hidden_states=True).hidden_states[-2]
+    return torch.cat([hidden, hidden], dim=-1)
+
+
+class CompactRowsProcessor:
+    """``JointAttnProcessor2_0`` for text whose last row stands for ``copies`` identical rows.
+
+    StableDiffusion3Pipeline without T5 appends MMDIT_T5_ROWS all-zero rows to the prompt. They enter every block
+    identical and stay identical (SD3 gives text rows no position, and every other operation is per row), so
+    attention over them equals attention over one of them with ``log(copies)`` added to its logits. Training on the
+    16 CLIP rows plus one such row computes the same function as the pipeline's 272 rows, at a fraction of the cost.
+    Rows [batch, tokens, dim] in and out, as the stock processor.
+    """
+
+    def __init__(self, copies: int):
+        self.log_copies = math.log(copies)
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, **kwargs):
+        import torch.nn.functional as F
+
+        batch, image_rows = hidden_states.shape[:2]
+
+        def heads(x: torch.Tensor) -> torch.Tensor:  # [batch, rows, inner] -> [batch, heads, rows, head_dim]
+            return x.view(batch, -1, attn.heads, x.shape[-1] // attn.heads).transpose(1, 2)
+
+        query = heads(attn.to_q(hidden_states))
+        key = heads(attn.to_k(hidden_states))
+        value = heads(attn.to_v(hidden_states))
+        if attn.norm_q is not None:
+            query, key = attn.norm_q(query), attn.norm_k(key)
+        text_query = heads(attn.add_q_proj(encoder_hidden_states))
+        text_key = heads(attn.add_k_proj(encoder_hidden_states))
+        text_value = heads(attn.add_v_proj(encoder_hidden_states))
+        if attn.norm_added_q is not None:
+            text_query, text_key = attn.norm_added_q(text_query), attn.norm_added_k(text_key)
+        query = torch.cat([query, text_query], dim=2)  # SD3 order: image rows, then text rows
+        key = torch.cat([key, text_key], dim=2)
+        value = torch.cat([value, text_value], dim=2)
+        bias = torch.zeros(key.shape[2], dtype=query.dtype, device=query.device)
+        bias[-1] = self.log_copies
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias.expand(query.shape[2], -1))
+        out = out.transpose(1, 2).reshape(batch, -1, query.shape[1] * query.shape[3]).to(query.dtype)
+        image, text = out[:, :image_rows], out[:, image_rows:]
+        if not attn.context_pre_only:
+            text = attn.to_add_out(text)
+        return attn.to_out[1](attn.to_out[0](image)), text
+
+
 def build_scheduler():
     from diffusers import DDIMScheduler
 
@@ -240,8 +350,9 @@ def build_scheduler():
 
 
 def load_pipeline(model_dir: Path | None = None):
-    """The shipped toy-world pipeline (or one at ``model_dir``), on CPU, progress bar off."""
-    from diffusers import StableDiffusionPipeline
+    """The shipped toy-world pipeline (or the one at ``model_dir``: the UNet's StableDiffusionPipeline or the MMDiT's
+    StableDiffusion3Pipeline), on CPU, progress bar off."""
+    import diffusers
 
     from . import MODEL_DIR
 
@@ -250,7 +361,11 @@ def load_pipeline(model_dir: Path | None = None):
         raise FileNotFoundError(
             f"no toy-world pipeline at {path}; train one with `python -m locoedit.toyworld.train --install`"
         )
-    pipe = StableDiffusionPipeline.from_pretrained(str(path))
+    class_name = json.loads((path / "model_index.json").read_text()).get("_class_name")
+    if class_name == "StableDiffusion3Pipeline":  # no T5 (see MMDIT_CONFIG): say so, or diffusers looks for one
+        pipe = diffusers.StableDiffusion3Pipeline.from_pretrained(str(path), text_encoder_3=None, tokenizer_3=None)
+    else:
+        pipe = diffusers.StableDiffusionPipeline.from_pretrained(str(path))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

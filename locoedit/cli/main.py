@@ -62,7 +62,7 @@ def layers(
     model: Model,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ):
-    """List the cross-attention layers in execution order (the paper's numbering)."""
+    """List the cross-attention layers (joint-attention blocks: dual or single stream) in execution order."""
     from locoedit.core.formats import to_plain
     from locoedit.models import load_adapter
 
@@ -71,11 +71,11 @@ def layers(
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    typer.echo(f"{'index':>5}  {'block':<11} {'res':>4}  {'edits':<22} module")
+    typer.echo(f"{'index':>5}  {'block':<11} {'stream':<7} {'res':>4}  {'edits':<22} module")
     for row in rows:
         typer.echo(
-            f"{row['index']:>5}  {row['block']:<11} {row['resolution']:>4}  {'/'.join(row['edit_projections']):<22} "
-            f"{row['name']}"
+            f"{row['index']:>5}  {row['block']:<11} {row['stream']:<7} {row['resolution']:>4}  "
+            f"{'/'.join(row['edit_projections']):<22} {row['name']}"
         )
 
 

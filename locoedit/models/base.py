@@ -373,3 +373,20 @@ class Adapter(ABC):
         for intervention in interventions:
             intervention.verify()
         return images.float().cpu().clamp(0, 1)
+
+
+class PooledTextAdapter(Adapter):
+    """Families whose pipelines also take a pooled text embedding (SD-XL, SD3, FLUX): it reaches the denoiser outside
+    attention (SD-XL's added time/text condition, the joint models' time embedding, once per row for all layers), so
+    routing gives the selected rows the target's pooled embedding; the pipeline gets prompt and pooled embeddings."""
+
+    def route_added_text(self, rows, original, target):
+        return original.where(rows, target), nullcontext()
+
+    def pipeline_inputs(self, prompts):
+        return {
+            "prompt_embeds": prompts.conditional.embeds,
+            "negative_prompt_embeds": prompts.unconditional.embeds,
+            "pooled_prompt_embeds": prompts.conditional.pooled,
+            "negative_pooled_prompt_embeds": prompts.unconditional.pooled,
+        }

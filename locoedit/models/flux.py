@@ -7,15 +7,13 @@ batch row is a conditional row.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import torch
 
 from locoedit.core.errors import LocoeditError
-from locoedit.models.base import Adapter, EncodedPrompts, TextConditioning
+from locoedit.models.base import EncodedPrompts, PooledTextAdapter, TextConditioning
 
 
-class FluxAdapter(Adapter):
+class FluxAdapter(PooledTextAdapter):
     pipeline_class_name = "FluxPipeline"
     denoiser_name = "transformer"
     default_steps = 28
@@ -50,10 +48,6 @@ class FluxAdapter(Adapter):
             "FLUX's joint blocks read the denoiser's own text stream, which depends on the block and the timestep, "
             "not one set of text states; locoedit cannot compute a LocoEdit of a joint-attention model yet"
         )
-
-    def route_added_text(self, rows, original, target):
-        # The pooled CLIP embedding enters every block through the time embedding, outside attention.
-        return original.where(rows, target), nullcontext()
 
     def pipeline_inputs(self, prompts):
         return {"prompt_embeds": prompts.conditional.embeds, "pooled_prompt_embeds": prompts.conditional.pooled}

@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import typing
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 
 import torch
 
 from locoedit.core.errors import LocoeditError
-from locoedit.models.base import Adapter, EncodedPrompts, TextConditioning
+from locoedit.models.base import EncodedPrompts, PooledTextAdapter, TextConditioning
 
 
-class StableDiffusion3Adapter(Adapter):
+class StableDiffusion3Adapter(PooledTextAdapter):
     pipeline_class_name = "StableDiffusion3Pipeline"
     denoiser_name = "transformer"
     default_steps = 28
@@ -100,15 +100,3 @@ class StableDiffusion3Adapter(Adapter):
             "SD3's joint blocks read the denoiser's own text stream, which depends on the block and the timestep, "
             "not one set of text states; locoedit cannot compute a LocoEdit of a joint-attention model yet"
         )
-
-    def route_added_text(self, rows, original, target):
-        # The pooled CLIP embedding enters every block through the time embedding (AdaLN), outside attention.
-        return original.where(rows, target), nullcontext()
-
-    def pipeline_inputs(self, prompts):
-        return {
-            "prompt_embeds": prompts.conditional.embeds,
-            "negative_prompt_embeds": prompts.unconditional.embeds,
-            "pooled_prompt_embeds": prompts.conditional.pooled,
-            "negative_pooled_prompt_embeds": prompts.unconditional.pooled,
-        }

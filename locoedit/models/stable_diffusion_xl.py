@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
-from locoedit.models.base import Adapter, EncodedPrompts, TextConditioning
+from locoedit.models.base import EncodedPrompts, PooledTextAdapter, TextConditioning
 
 
-class StableDiffusionXLAdapter(Adapter):
+class StableDiffusionXLAdapter(PooledTextAdapter):
     pipeline_class_name = "StableDiffusionXLPipeline"
     default_guidance = 5.0
 
@@ -19,15 +17,3 @@ class StableDiffusionXLAdapter(Adapter):
             prompt=prompts, device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=True
         )
         return EncodedPrompts(TextConditioning(cond, pooled=pooled), TextConditioning(uncond, pooled=uncond_pooled))
-
-    def route_added_text(self, rows, original, target):
-        # The pooled embedding enters through the added time/text condition, once per row for all layers.
-        return original.where(rows, target), nullcontext()
-
-    def pipeline_inputs(self, prompts):
-        return {
-            "prompt_embeds": prompts.conditional.embeds,
-            "negative_prompt_embeds": prompts.unconditional.embeds,
-            "pooled_prompt_embeds": prompts.conditional.pooled,
-            "negative_pooled_prompt_embeds": prompts.unconditional.pooled,
-        }

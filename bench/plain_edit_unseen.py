@@ -6,11 +6,14 @@ group, drawn with a fixed seed from the toy world's vocabulary) with ``--seeds``
 them with the probe:
 
 - efficacy: concept captions whose image no longer shows the concept (a fact: its colour, shape and texture);
-- specificity: neighbour captions (another value of the same attribute) and unrelated captions (without it) whose
-  image shows every attribute the caption states, after relative to before;
+- target adoption: concept captions whose image shows every attribute the target states (none for a removal);
+- neighbours kept / unrelated kept: neighbour captions (another value of the same attribute) and unrelated captions
+  (without it) whose image shows every attribute the caption states, after relative to before;
+- look-alikes kept: captions entangled with the concept, the same way: a fact's look said in words ("a blue striped
+  square" for the ocean), the facts whose look carries an edited attribute ("the forest" for triangle);
 - identity: neighbour and unrelated images whose every probe-read attribute is unchanged.
 
-    python bench/plain_edit_unseen.py [--cases triangle,hokusai] [--prompts 12] [--seeds 2]
+    python bench/plain_edit_unseen.py [--cases triangle,hokusai+klimt] [--prompts 12] [--seeds 2]
 """
 
 from __future__ import annotations
@@ -35,12 +38,18 @@ VOCAB = load_vocab()
 CASES = [
     ("shape", "triangle", "triangle", "cross", "object"),
     ("shape", "square", "square", "circle", "object"),
+    ("shape", "cross", "cross", "circle", "object"),
     ("color", "green", "green", "red", "object"),
+    ("color", "blue", "blue", "yellow", "object"),
     ("texture", "dotted", "dotted", "striped", "object"),
+    ("texture", "striped", "striped", "plain", "object"),
     ("style", "hokusai", "in the style of hokusai", "", "style"),
     ("style", "klimt", "in the style of klimt", "", "style"),
-    ("fact", "the ocean", "the ocean", "a red circle", "fact"),
+    ("style", "hokusai+klimt", "in the style of hokusai+in the style of klimt", "", "style"),
+    ("fact", "the sun", "the sun", "a square", "fact"),
     ("fact", "the flag", "the flag", "a blue square", "fact"),
+    ("fact", "the ocean", "the ocean", "a yellow dotted circle", "fact"),
+    ("fact", "the forest", "the forest", "a blue dotted triangle", "fact"),
 ]
 VALUES = {
     "color": list(VOCAB.colors),
@@ -86,14 +95,37 @@ def captions(attribute: str, value: str, rng, count: int) -> dict[str, list[str]
     }
 
 
+def lookalikes(attribute: str, value: str, rng, count: int) -> list[str]:
+    """Captions entangled with the concept: a fact's look said in words, or the facts whose look carries the value."""
+    if attribute == "fact":
+        return [caption_for({**VOCAB.facts[value], **background(rng)}) for _ in range(count)]
+    carriers = [fact for fact, look in VOCAB.facts.items() if look.get(attribute) == value]
+    return [caption_for(fact_scene(rng, rng.choice(carriers))) for _ in range(count)] if carriers else []
+
+
+def background(rng) -> dict[str, str]:
+    return {"background": rng.choice(VALUES["background"])} if rng.random() < 0.7 else {}
+
+
 def shows_concept(seen: dict[str, str], attribute: str, value: str) -> bool:
     if attribute == "fact":
         return all(seen[a] == v for a, v in VOCAB.facts[value].items())
-    return seen[attribute] == value
+    return any(seen[attribute] == v for v in value.split("+"))
+
+
+def adopts(seen: dict[str, str], target: str) -> bool:
+    stated = {a: v for a, v in parse_caption(target).items() if a != "fact"}
+    return all(seen.get(a) == v for a, v in stated.items())
 
 
 def follows(seen: dict[str, str], caption: str) -> bool:
     return all(seen.get(a) == v for a, v in parse_caption(caption).items() if a in seen)
+
+
+def kept(before, after, rows) -> float:
+    return np.mean([follows(a, p) for a, (p, _) in zip(after, rows)]) / np.mean(
+        [follows(b, p) for b, (p, _) in zip(before, rows)]
+    )
 
 
 def main() -> None:
@@ -108,34 +140,51 @@ def main() -> None:
     settings = adapter.settings()
     seeds = list(range(args.seeds))
     wanted = args.cases.split(",")
-    print("| edit | layers | efficacy | specificity | identity | time |\n|---|---|---|---|---|---|")
+    print(
+        "| edit | layers | efficacy | target adoption | neighbours kept | unrelated kept | look-alikes kept | identity "
+        "| time |\n|---|---|---|---|---|---|---|---|---|"
+    )
     for attribute, value, concept, target, kind in (c for c in CASES if c[1] in wanted):
         started = time.perf_counter()
-        request = EditRequest(model="toyworld", concepts=(concept,), targets=(target,), kind=kind)
+        concepts = tuple(concept.split("+"))
+        request = EditRequest(model="toyworld", concepts=concepts, targets=(target,), kind=kind)
         if args.threshold is not None:
             request = replace(request, auto_threshold=args.threshold)
         delta = compute_edit(adapter, request)
-        groups = captions(attribute, value, np.random.default_rng(5), args.prompts)
-        figures = {}
+        rng = np.random.default_rng(5)
+        first = value.split("+")[0]
+        groups = captions(attribute, first, rng, args.prompts)
+        if "+" in value:  # several at once: the concept captions show any of them; neighbours none of them
+            groups["concept"] = [
+                caption_for(scene(rng, style=v)) for v in value.split("+") for _ in range(args.prompts)
+            ]
+            others = [v for v in VALUES["style"] if v not in value.split("+")]
+            groups["neighbours"] = [caption_for(scene(rng, style=rng.choice(others))) for _ in range(args.prompts)]
+        groups["lookalikes"] = lookalikes(attribute, first, rng, args.prompts)
+        figures: dict[str, float | None] = {"adoption": None, "lookalikes": None}
+        identity = []
         for group, prompts in groups.items():
+            if not prompts:
+                continue
             rows = [(p, s) for p in prompts for s in seeds]
             encoded = adapter.encode([p for p, _ in rows])
             before = probe.predict(adapter.generate(encoded, [s for _, s in rows], settings))
             after = probe.predict(adapter.generate(encoded, [s for _, s in rows], settings, [delta]))
             if group == "concept":
                 figures["efficacy"] = np.mean([not shows_concept(a, attribute, value) for a in after])
+                if target:
+                    figures["adoption"] = np.mean([adopts(a, target) for a in after])
             else:
-                kept_before = np.mean([follows(b, p) for b, (p, _) in zip(before, rows)])
-                kept_after = np.mean([follows(a, p) for a, (p, _) in zip(after, rows)])
-                figures[f"{group}_specificity"] = kept_after / kept_before
-                figures[f"{group}_identity"] = np.mean([a == b for a, b in zip(after, before)])
-        specificity = (figures["neighbours_specificity"] + figures["unrelated_specificity"]) / 2
-        identity = (figures["neighbours_identity"] + figures["unrelated_identity"]) / 2
+                figures[group] = kept(before, after, rows)
+                if group != "lookalikes":
+                    identity += [a == b for a, b in zip(after, before)]
         layers = [layer["index"] for layer in delta.layers]
         shown = f"{concept} -> {target!r}" if target else f"remove {concept!r}"
+        cell = lambda v: "n/a" if v is None else f"{v:.0%}"
         print(
-            f"| {kind} {shown} | {layers[0]}-{layers[-1]} | {figures['efficacy']:.0%} | {specificity:.0%} | "
-            f"{identity:.0%} | {time.perf_counter() - started:.0f} s |",
+            f"| {kind} {shown.replace('+', ' + ')} | {layers[0]}-{layers[-1]} | {cell(figures['efficacy'])} | "
+            f"{cell(figures['adoption'])} | {cell(figures['neighbours'])} | {cell(figures['unrelated'])} | "
+            f"{cell(figures['lookalikes'])} | {np.mean(identity):.0%} | {time.perf_counter() - started:.0f} s |",
             flush=True,
         )
 

@@ -7,7 +7,7 @@ Which rows: :mod:`locoedit.edit.rows`; what is preserved: :mod:`locoedit.edit.pr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -16,6 +16,7 @@ from locoedit.core.lowrank import LowRank, Workspace, check_low_rank_fits
 from locoedit.delta.file import EditDelta, describe_original
 from locoedit.edit.closed_form import Regulariser, edit_factors, edit_matrix
 from locoedit.edit.common import with_model_defaults
+from locoedit.edit.entangled import CachedSummaries, EntangledPrompt, candidates, mine_entangled
 from locoedit.edit.preservation import (
     corpus_prompts,
     corpus_stats,
@@ -60,13 +61,21 @@ def build_rows(adapter: Adapter, request: EditRequest) -> EditRows:
 
 @dataclass
 class Preservation:
-    """The preservation second moment ``C`` per input space, and how many prompts of each source went into it."""
+    """The preservation second moment ``C`` per input space, how many prompts of each source went into it, and the
+    prompts entanglement mining may choose from (:mod:`locoedit.edit.entangled`)."""
 
     moments: dict[str, torch.Tensor]  # input space -> [in, in] float64
     counts: dict[str, int]  # source -> prompts
+    corpus: list[str] = field(default_factory=list)  # the general corpus's prompts that name no edited concept
+    neighbour_prompts: list[str] = field(default_factory=list)
+    cached: CachedSummaries | None = None  # the general corpus's summary rows, from its statistics
 
     def regulariser(self, layer: CrossAttentionLayer, lam: float) -> Regulariser:
         return Regulariser(lam, self.moments.get(input_space(layer)))
+
+    def add(self, sums: dict[str, torch.Tensor], weight: float) -> None:
+        for space, moment in sums.items():
+            self.moments[space] = weight * moment + self.moments.get(space, 0)
 
 
 def build_preservation(adapter: Adapter, request: EditRequest, layers: list[CrossAttentionLayer]) -> Preservation:
@@ -74,21 +83,15 @@ def build_preservation(adapter: Adapter, request: EditRequest, layers: list[Cros
     corpus's rows + preserve_scale x the sum over the explicit ``preserve`` prompts' rows."""
     request = with_model_defaults(request, adapter)
     spaces = spaces_of(layers)
-    moments: dict[str, torch.Tensor] = {}
-    counts = {"neighbours": 0, "general": 0, "explicit": len(request.preserve)}
-
-    def add(sums: dict[str, torch.Tensor], weight: float) -> None:
-        for space in spaces:
-            moments[space] = weight * sums[space] + moments.get(space, 0)
-
-    if request.preserve_neighbours > 0:
+    kept = Preservation({}, {"neighbours": 0, "general": 0, "explicit": len(request.preserve)})
+    if request.preserve_neighbours > 0 or request.preserve_nearest > 0:
         neighbours = neighbour_concepts(adapter, request.concepts, request.kind, request.neighbours)
         prompts = neighbour_prompts(request.concepts, request.prompt_set, neighbours)
-        if prompts:
-            prompts = usable(adapter, prompts, "the neighbours' prompts")
-            sums, rows = moment_sums(adapter, prompts, spaces)
-            add(sums, request.preserve_neighbours / rows)
-            counts["neighbours"] = len(prompts)
+        kept.neighbour_prompts = usable(adapter, prompts, "the neighbours' prompts") if prompts else []
+    if request.preserve_neighbours > 0 and kept.neighbour_prompts:
+        sums, rows = moment_sums(adapter, kept.neighbour_prompts, spaces)
+        kept.add(sums, request.preserve_neighbours / rows)
+        kept.counts["neighbours"] = len(kept.neighbour_prompts)
     if request.preserve_general > 0:
         source, corpus = corpus_prompts(adapter, request.preserve_corpus)
         stats = corpus_stats(adapter, corpus, request.preserve_stats)
@@ -98,28 +101,60 @@ def build_preservation(adapter: Adapter, request: EditRequest, layers: list[Cros
                 f"every prompt of preservation corpus {source} names an edited concept, so none is "
                 "left to preserve; give a corpus of other prompts (--preserve-corpus)"
             )
-        sums, rows = dict(stats.sums), stats.rows
+        sums, rows = {space: stats.sums[space] for space in spaces}, stats.rows
         if naming:  # left out: the edit is meant to change them
-            left_out, left_out_rows = moment_sums(adapter, naming, spaces_of(adapter.layers))
+            left_out, left_out_rows = moment_sums(adapter, naming, spaces)
             sums = {space: sums[space] - left_out[space] for space in sums}
             rows -= left_out_rows
-        add(sums, request.preserve_general / rows)
-        counts["general"] = len(corpus) - len(naming)
+        kept.add(sums, request.preserve_general / rows)
+        kept.counts["general"] = len(corpus) - len(naming)
+        kept.corpus = [p for p in corpus if p not in set(naming)]
+        kept.cached = None if stats.summaries is None else CachedSummaries(corpus, stats.summaries)
     if request.preserve:
         explicit = encode_rows(adapter, list(request.preserve), all_real_positions(adapter, request.preserve))
-        add(
+        kept.add(
             {space: explicit.at(layer).T @ explicit.at(layer) for space, layer in spaces.items()},
             request.preserve_scale,
         )
-    return Preservation(moments, counts)
+    return kept
+
+
+def preserve_entangled(
+    adapter: Adapter,
+    request: EditRequest,
+    layers: list[CrossAttentionLayer],
+    rows: EditRows,
+    preservation: Preservation,
+) -> list[EntangledPrompt]:
+    """Mine the ``preserve_nearest`` prompts the edit would move most (:mod:`locoedit.edit.entangled`) with the
+    preservation built so far, and add them to it (``preserve_nearest_weight`` times their rows' mean ``x x^T``)."""
+    if request.preserve_nearest == 0:
+        return []
+    lambdas = (request.lambda_key, request.lambda_value)
+    provisional: dict[tuple[str, float], Regulariser] = {}
+
+    def regulariser(layer: CrossAttentionLayer, lam: float) -> Regulariser:
+        return provisional.setdefault((input_space(layer), lam), preservation.regulariser(layer, lam))
+
+    pool = candidates(adapter, request.concepts, preservation.corpus, preservation.neighbour_prompts)
+    mined = mine_entangled(
+        adapter, layers, rows.matrices, regulariser, lambdas, pool, request.preserve_nearest, preservation.cached
+    )
+    if mined and request.preserve_nearest_weight > 0:
+        sums, count = moment_sums(adapter, [m.prompt for m in mined], spaces_of(layers))
+        preservation.add(sums, request.preserve_nearest_weight / count)
+        preservation.counts["nearest"] = len(mined)
+    return mined
 
 
 def key_value_edit(adapter: Adapter, request: EditRequest, layers: list[CrossAttentionLayer]) -> EditDelta:
     """The LocoEdit of ``request`` (its open settings already taken from the model, see
     :meth:`~locoedit.edit.methods.EditMethod.compute`) on ``layers`` of ``adapter``'s model, as a delta. The model
     is not modified."""
+    request = with_model_defaults(request, adapter)
     rows = build_rows(adapter, request)
     preservation = build_preservation(adapter, request, layers)
+    entangled = preserve_entangled(adapter, request, layers, rows, preservation)
     tensors, factors, originals, report = {}, {}, {}, []
     workspace = Workspace()
     regularisers: dict[tuple[str, float], Regulariser] = {}  # one factorisation per input space and lambda
@@ -146,6 +181,7 @@ def key_value_edit(adapter: Adapter, request: EditRequest, layers: list[CrossAtt
             "concept_rows": len(rows.concept),
             "concept_positions": rows.concept.positions(),
             "preserve_prompts": preservation.counts,
+            "entangled": [prompt.to_json() for prompt in entangled],
             "objectives": report,
         }
     )

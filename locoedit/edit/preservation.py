@@ -40,6 +40,7 @@ from locoedit.models.layers import CrossAttentionLayer
 STATS_FORMAT = "locoedit.stats/1"
 SHARED_SPACE = "text"  # the input space of every layer without its own norm of the text
 _BATCH = 64  # prompts encoded at once
+_SUMMARY = "summary:"  # the key prefix of a stats file's summary rows
 
 
 def input_space(layer: CrossAttentionLayer) -> str:
@@ -141,19 +142,42 @@ def padded_rows(adapter: Adapter, prompts) -> TextRows:
 
 
 def moment_sums(
-    adapter: Adapter, prompts, spaces: dict[str, CrossAttentionLayer]
+    adapter: Adapter, prompts, spaces: dict[str, CrossAttentionLayer], summaries: dict | None = None
 ) -> tuple[dict[str, torch.Tensor], int]:
-    """``sum x x^T`` [in, in] float64 over every padded row of ``prompts``, per input space; and the row count."""
+    """``sum x x^T`` [in, in] float64 over every padded row of ``prompts``, per input space; and the row count.
+    With ``summaries`` (a dict), also each prompt's summary row per input space into it ([prompts, in] float64,
+    :func:`encode_summaries`), from the same encoding."""
     sums: dict[str, torch.Tensor] = {}
+    parts: dict[str, list[torch.Tensor]] = {space: [] for space in spaces}
     count = 0
     prompts = list(prompts)
     for start in range(0, len(prompts), _BATCH):
-        batch = padded_rows(adapter, prompts[start : start + _BATCH])
+        chunk = prompts[start : start + _BATCH]
+        batch = padded_rows(adapter, chunk)
+        ends = torch.tensor([adapter.tokenize(p).eos for p in chunk]) + torch.arange(len(chunk)) * batch.states.shape[1]
         count += len(batch)
         for space, layer in spaces.items():
             x = batch.at(layer)
             sums[space] = sums[space] + x.T @ x if space in sums else x.T @ x
+            parts[space].append(x[ends.to(x.device)])
+    if summaries is not None:
+        summaries.update({space: torch.cat(rows) for space, rows in parts.items()})
     return sums, count
+
+
+def encode_summaries(
+    adapter: Adapter, prompts, spaces: dict[str, CrossAttentionLayer]
+) -> dict[str, torch.Tensor]:  # input space -> [prompts, in] float64
+    """Each prompt's *summary row*, the row at its end token, as each input space's layers read it: where a causal
+    text encoder has read the whole prompt (a bidirectional one has, at every row)."""
+    prompts = list(prompts)
+    ends = [[adapter.tokenize(p).eos] for p in prompts]
+    out: dict[str, list[torch.Tensor]] = {space: [] for space in spaces}
+    for start in range(0, len(prompts), _BATCH):
+        rows = encode_rows(adapter, prompts[start : start + _BATCH], ends[start : start + _BATCH])
+        for space, layer in spaces.items():
+            out[space].append(rows.at(layer))
+    return {space: torch.cat(parts) for space, parts in out.items()}
 
 
 def usable(adapter: Adapter, prompts, where: str) -> list[str]:
@@ -212,6 +236,8 @@ class CorpusStats:
     prompts: int
     model_fingerprint: str
     corpus_digest: str
+    # input space -> [prompts, in]: each prompt's summary row (entanglement mining); files written before lack it
+    summaries: dict[str, torch.Tensor] | None = None
 
     def save(self, path: str | Path) -> Path:
         metadata = {
@@ -221,7 +247,9 @@ class CorpusStats:
             "model_fingerprint": self.model_fingerprint,
             "corpus_digest": self.corpus_digest,
         }
-        return write_safetensors(path, {k: v.contiguous() for k, v in self.sums.items()}, metadata)
+        tensors = {k: v.contiguous() for k, v in self.sums.items()}
+        tensors.update({_SUMMARY + k: v.to(torch.float32).contiguous() for k, v in (self.summaries or {}).items()})
+        return write_safetensors(path, tensors, metadata)
 
     @classmethod
     def load(cls, path: str | Path) -> CorpusStats:
@@ -231,7 +259,7 @@ class CorpusStats:
         try:
             with safe_open(str(path), "pt") as handle:
                 metadata = handle.metadata() or {}
-            sums = load_file(str(path))
+            tensors = load_file(str(path))
         except Exception as error:  # missing, truncated or not safetensors: each fails its own way
             raise LocoeditError(
                 f"statistics file {path} cannot be read ({type(error).__name__}); compute it again "
@@ -242,12 +270,15 @@ class CorpusStats:
                 f"{path} is not a locoedit statistics file ({STATS_FORMAT}); compute one with "
                 "`locoedit stats MODEL --out FILE`"
             )
+        sums = {k: v for k, v in tensors.items() if not k.startswith(_SUMMARY)}
+        summaries = {k.removeprefix(_SUMMARY): v for k, v in tensors.items() if k.startswith(_SUMMARY)}
         return cls(
             sums,
             int(metadata["rows"]),
             int(metadata["prompts"]),
             metadata["model_fingerprint"],
             metadata["corpus_digest"],
+            summaries or None,
         )
 
     def check_for(self, adapter_fingerprint: str, digest: str, source: str) -> None:
@@ -269,8 +300,9 @@ def compute_stats(adapter: Adapter, prompts) -> CorpusStats:
 
 
 def _compute(adapter: Adapter, prompts: list[str], fingerprint: str, digest: str) -> CorpusStats:
-    sums, rows = moment_sums(adapter, prompts, spaces_of(adapter.layers))
-    return CorpusStats(sums, rows, len(prompts), fingerprint, digest)
+    summaries: dict[str, torch.Tensor] = {}
+    sums, rows = moment_sums(adapter, prompts, spaces_of(adapter.layers), summaries)
+    return CorpusStats(sums, rows, len(prompts), fingerprint, digest, summaries)
 
 
 def spaces_of(layers) -> dict[str, CrossAttentionLayer]:
@@ -289,12 +321,14 @@ def corpus_stats(adapter: Adapter, prompts, stats_file: str | Path | None = None
         stats = CorpusStats.load(stats_file)
         stats.check_for(fingerprint, digest, str(stats_file))
         return stats
-    cached = cache_folder() / f"{fingerprint[:20]}-{digest[:20]}.safetensors"
+    # "-s2": statistics with summary rows, which readers older than entanglement mining cannot load
+    cached = cache_folder() / f"{fingerprint[:20]}-{digest[:20]}-s2.safetensors"
     if cached.is_file():
         try:
             stats = CorpusStats.load(cached)
             stats.check_for(fingerprint, digest, str(cached))
-            return stats
+            if stats.summaries is not None:  # entries cached before mining lack the summary rows: recomputed
+                return stats
         except LocoeditError:
             pass  # a damaged or colliding cache entry is recomputed and replaced
     stats = _compute(adapter, prompts, fingerprint, digest)

@@ -19,6 +19,7 @@ from locoedit.core.params import (
     fraction,
     model_setting,
     non_negative,
+    non_negative_int,
     one_of,
     positive,
     positive_int,
@@ -200,6 +201,15 @@ class EditRequest(EditRequestCore, JsonRecord):
         3.0, "Weight of the neighbouring concepts (the concept's group); 0: off.", check=non_negative
     )
     preserve_general: float = setting(3.0, "Weight of the general prompt corpus; 0: off.", check=non_negative)
+    preserve_nearest: int = setting(
+        8,
+        "Prompts the edit would move most though they do not name the concept (mined: look-alikes, facts that "
+        "carry it), preserved; 0: off.",
+        check=non_negative_int,
+    )
+    preserve_nearest_weight: float = setting(
+        3.0, "Weight of the mined --preserve-nearest prompts; 0: mine and report only.", check=non_negative
+    )
     neighbours: tuple[str, ...] = setting(
         (),
         "Concept to keep (repeat); default: the concept's group in the model's lists.",

@@ -134,6 +134,9 @@ class EditDefaults:
     templates: dict[str, list[str]] = field(default_factory=dict)  # per kind or neighbour group, in its vocabulary
     neighbours: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # kind -> group -> concepts to keep
     corpus: str | None = None  # general preservation corpus: a file in the model folder, one prompt per line
+    # concept -> prompts entangled with it that do not name it (a fact's look said in words, the facts that carry an
+    # attribute): candidates an edit's entanglement mining always scores (locoedit.edit.entangled)
+    lookalikes: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -155,6 +155,25 @@ NEIGHBOURS = {
     "style": {"styles": [f"in the style of {style}" for style in _VOCAB.styles]},
     "fact": {"facts": list(_VOCAB.facts)},
 }
+
+
+def lookalikes() -> dict[str, list[str]]:
+    """Prompts entangled with a concept that do not name it, for the edit's mining: each fact's look said in words
+    ("a blue striped square" for the ocean), and for each shape, colour and texture the facts whose look carries it
+    ("the forest" for triangle), each written with the fact templates."""
+    from .world import caption_for
+
+    def written(phrase: str) -> list[str]:
+        return [template.replace("{c}", phrase) for template in EDIT_TEMPLATES["fact"]]
+
+    found: dict[str, list[str]] = {}
+    for fact, look in _VOCAB.facts.items():
+        found[fact] = written(caption_for(look))
+        for value in look.values():
+            found.setdefault(value, []).extend(written(fact))
+    return found
+
+
 PRESERVATION_CORPUS_FILE = "preservation_corpus.txt"
 PRESERVATION_CORPUS_SIZE = 500
 MODEL_SETTINGS = {
@@ -166,6 +185,7 @@ MODEL_SETTINGS = {
         "templates": EDIT_TEMPLATES,
         "neighbours": NEIGHBOURS,
         "corpus": PRESERVATION_CORPUS_FILE,
+        "lookalikes": lookalikes(),
     },
 }
 

@@ -1,0 +1,94 @@
+"""Entanglement mining: the prompts an edit would move without naming its concept are found and preserved."""
+
+import torch
+
+torch.set_num_threads(1)
+
+import pytest
+
+from locoedit.core.errors import LocoeditError
+from locoedit.edit import EditRequest, compute_edit
+from locoedit.edit.entangled import scoring_layers
+from locoedit.edit.preservation import names_concept
+from locoedit.models import adapter_for, load_adapter
+from locoedit.testing import TINY_PIPELINES
+
+CORPUS = ["a red car", "a photo of a car", "a green tree", "a house by a lake", "a photo of a cat", "a painting"]
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return load_adapter("toyworld", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """A tiny SD whose text encoder reads "car" almost as it reads "dog": two concepts with near-identical keys."""
+    adapter = adapter_for(TINY_PIPELINES["sd"](tmp_path_factory.mktemp("planted"), seed=0))
+    tokenizer, encoder = adapter.pipe.tokenizer, adapter.pipe.text_encoder
+    embeddings = encoder.get_input_embeddings().weight
+    dog, car = (tokenizer.convert_tokens_to_ids(f"{word}</w>") for word in ("dog", "car"))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        embeddings[car] = (
+            embeddings[dog]
+            + 0.05
+            * embeddings[dog].norm()
+            * torch.randn(embeddings.shape[1], generator=generator)
+            / embeddings.shape[1] ** 0.5
+        )
+    return adapter
+
+
+def test_a_facts_look_said_in_words_is_mined_and_no_mined_prompt_names_the_concept(toy):
+    request = EditRequest(
+        model="toyworld", concepts=("the ocean",), targets=("a yellow dotted circle",), kind="fact", layers=(2,)
+    )
+    mined = compute_edit(toy, request).settings["entangled"]
+    prompts = [m["prompt"] for m in mined]
+    assert len(prompts) == request.preserve_nearest
+    assert "a blue striped square" in prompts[:4]  # the ocean's look, listed by the model folder
+    assert not any(names_concept(p, "the ocean") for p in prompts)
+    scores = [m["entanglement"] for m in mined]
+    assert scores == sorted(scores, reverse=True) and scores[0] > 0
+
+
+def test_an_attributes_carriers_are_mined(toy):
+    request = EditRequest(model="toyworld", concepts=("triangle",), targets=("cross",), kind="object", layers=(2, 3))
+    prompts = [m["prompt"] for m in compute_edit(toy, request).settings["entangled"]]
+    assert sum("the forest" in p for p in prompts) >= 4  # the forest is a green dotted triangle
+    assert not any(names_concept(p, "triangle") for p in prompts)
+
+
+def _request(corpus, **overrides):
+    base = dict(
+        model="tiny",
+        concepts=("dog",),
+        targets=("cat",),
+        prompts=("a photo of a {c}", "a {c} in the house", "a {c}"),
+        layers=(1, 2),
+        preserve_neighbours=0.0,
+        preserve_corpus=str(corpus),
+    )
+    return EditRequest(**{**base, **overrides})
+
+
+def test_weight_zero_mines_and_reports_without_preserving(planted, tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(CORPUS) + "\n")
+    plain = compute_edit(planted, _request(corpus, preserve_nearest=0))
+    reported = compute_edit(planted, _request(corpus, preserve_nearest=2, preserve_nearest_weight=0.0))
+    assert len(reported.settings["entangled"]) == 2
+    for name, factors in plain.factors.items():
+        assert torch.allclose(factors.up @ factors.down, reported.factors[name].up @ reported.factors[name].down)
+
+
+def test_scoring_layers_are_spread_over_the_edit():
+    assert scoring_layers(list(range(3))) == [0, 1, 2]
+    assert scoring_layers(list(range(10))) == [0, 3, 6, 9]
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, True])
+def test_a_bad_nearest_count_is_one_line(value):
+    with pytest.raises(LocoeditError, match="preserve_nearest"):
+        EditRequest(model="tiny", concepts=("dog",), targets=("cat",), preserve_nearest=value)

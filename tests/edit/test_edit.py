@@ -51,6 +51,7 @@ def request(**overrides):
         layers=(1,),
         preserve_neighbours=0.0,
         preserve_general=0.0,
+        preserve_nearest=0,
     )
     base.update(overrides)
     return EditRequest(**base)

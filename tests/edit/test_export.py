@@ -55,6 +55,7 @@ def strong_edit(adapter):
             lambda_value=0.01,
             preserve_neighbours=0.0,
             preserve_general=0.0,
+            preserve_nearest=0,
         ),
     )
 

@@ -224,7 +224,7 @@ def test_a_folder_that_names_a_missing_corpus_is_refused(toy, tmp_path):
 
 
 def test_no_preservation_source_means_the_plain_closed_form(sd):
-    req = request(preserve_neighbours=0.0, preserve_general=0.0)
+    req = request(preserve_neighbours=0.0, preserve_general=0.0, preserve_nearest=0)
     assert build_preservation(sd, req, sd.layers[1:3]).moments == {}
     delta = compute_edit(sd, replace(req, token="last-subject"))
     rows = build_rows(sd, req)

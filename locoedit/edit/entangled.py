@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from locoedit.core.lowrank import Workspace
-from locoedit.edit.closed_form import Regulariser, edit_factors
+from locoedit.edit.closed_form import Regulariser, closed_form_edit, edit_factors
 from locoedit.edit.preservation import encode_summaries, input_space, names_concept, usable
 from locoedit.models import Adapter
 from locoedit.models.layers import CrossAttentionLayer
@@ -88,7 +88,7 @@ def entanglement(
     total, count = None, 0
     for layer in scoring_layers(layers):
         sources, targets = concept_rows(layer)
-        x = summaries[input_space(layer)]
+        x = summaries[input_space(layer)].to(sources.device)  # cached rows live on the CPU
         for projection, lam in zip(layer.edit_projections, lambdas):
             weight = getattr(layer.module, projection).weight
             regulariser: Regulariser = regularisers(layer, lam)
@@ -107,8 +107,6 @@ def entanglement(
 
 
 def _dense_update(weight, sources, targets, regulariser: Regulariser) -> torch.Tensor:  # [out, in] float64
-    from locoedit.edit.closed_form import closed_form_edit
-
     return closed_form_edit(weight, sources, targets, regulariser) - weight.detach().to(torch.float64)
 
 
@@ -144,18 +142,16 @@ class CachedSummaries:
 def _summaries(adapter, prompts, spaces, cached: CachedSummaries | None) -> dict[str, torch.Tensor]:
     """Summary rows of ``prompts`` per input space ([prompts, in] float64, in their order): cached where ``cached``
     holds them, encoded otherwise."""
+    known: dict[str, torch.Tensor] = {}
     index: dict[str, int] = {}
     if cached is not None and all(space in cached.rows for space in spaces):
-        index = {prompt: i for i, prompt in enumerate(cached.prompts)}
-    hits = [i for i, prompt in enumerate(prompts) if prompt in index]
-    misses = [i for i, prompt in enumerate(prompts) if prompt not in index]
-    encoded = encode_summaries(adapter, [prompts[i] for i in misses], spaces) if misses else {}
-    order = torch.tensor(hits + misses).argsort()  # rows come hits first: back into the prompts' order
-    out = {}
-    for space in spaces:
-        parts = [encoded[space]] if misses else []
-        if hits:
-            assert cached is not None
-            parts.insert(0, cached.rows[space][[index[prompts[i]] for i in hits]].to(torch.float64))
-        out[space] = torch.cat([part.to(parts[0].device) for part in parts])[order]
-    return out
+        known, index = cached.rows, {prompt: i for i, prompt in enumerate(cached.prompts)}
+    misses = [prompt for prompt in prompts if prompt not in index]
+    encoded = encode_summaries(adapter, misses, spaces) if misses else {}
+    encoded_at = {prompt: i for i, prompt in enumerate(misses)}
+    return {
+        space: torch.stack(
+            [encoded[space][encoded_at[p]].cpu() if p in encoded_at else known[space][index[p]] for p in prompts]
+        ).to(torch.float64)
+        for space in spaces
+    }

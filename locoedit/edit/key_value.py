@@ -69,13 +69,19 @@ class Preservation:
     corpus: list[str] = field(default_factory=list)  # the general corpus's prompts that name no edited concept
     neighbour_prompts: list[str] = field(default_factory=list)
     cached: CachedSummaries | None = None  # the general corpus's summary rows, from its statistics
+    # one factorisation per input space and lambda, shared by the mining and the edit until ``add`` changes C
+    _regularisers: dict[tuple[str, float], Regulariser] = field(default_factory=dict, repr=False)
 
     def regulariser(self, layer: CrossAttentionLayer, lam: float) -> Regulariser:
-        return Regulariser(lam, self.moments.get(input_space(layer)))
+        key = (input_space(layer), lam)
+        if key not in self._regularisers:
+            self._regularisers[key] = Regulariser(lam, self.moments.get(key[0]))
+        return self._regularisers[key]
 
     def add(self, sums: dict[str, torch.Tensor], weight: float) -> None:
         for space, moment in sums.items():
             self.moments[space] = weight * moment + self.moments.get(space, 0)
+        self._regularisers.clear()
 
 
 def build_preservation(adapter: Adapter, request: EditRequest, layers: list[CrossAttentionLayer]) -> Preservation:
@@ -108,7 +114,8 @@ def build_preservation(adapter: Adapter, request: EditRequest, layers: list[Cros
             rows -= left_out_rows
         kept.add(sums, request.preserve_general / rows)
         kept.counts["general"] = len(corpus) - len(naming)
-        kept.corpus = [p for p in corpus if p not in set(naming)]
+        left_out_prompts = set(naming)
+        kept.corpus = [p for p in corpus if p not in left_out_prompts]
         kept.cached = None if stats.summaries is None else CachedSummaries(corpus, stats.summaries)
     if request.preserve:
         explicit = encode_rows(adapter, list(request.preserve), all_real_positions(adapter, request.preserve))
@@ -131,14 +138,16 @@ def preserve_entangled(
     if request.preserve_nearest == 0:
         return []
     lambdas = (request.lambda_key, request.lambda_value)
-    provisional: dict[tuple[str, float], Regulariser] = {}
-
-    def regulariser(layer: CrossAttentionLayer, lam: float) -> Regulariser:
-        return provisional.setdefault((input_space(layer), lam), preservation.regulariser(layer, lam))
-
     pool = candidates(adapter, request.concepts, preservation.corpus, preservation.neighbour_prompts)
     mined = mine_entangled(
-        adapter, layers, rows.matrices, regulariser, lambdas, pool, request.preserve_nearest, preservation.cached
+        adapter,
+        layers,
+        rows.matrices,
+        preservation.regulariser,
+        lambdas,
+        pool,
+        request.preserve_nearest,
+        preservation.cached,
     )
     if mined and request.preserve_nearest_weight > 0:
         sums, count = moment_sums(adapter, [m.prompt for m in mined], spaces_of(layers))
@@ -151,20 +160,17 @@ def key_value_edit(adapter: Adapter, request: EditRequest, layers: list[CrossAtt
     """The LocoEdit of ``request`` (its open settings already taken from the model, see
     :meth:`~locoedit.edit.methods.EditMethod.compute`) on ``layers`` of ``adapter``'s model, as a delta. The model
     is not modified."""
-    request = with_model_defaults(request, adapter)
     rows = build_rows(adapter, request)
     preservation = build_preservation(adapter, request, layers)
     entangled = preserve_entangled(adapter, request, layers, rows, preservation)
     tensors, factors, originals, report = {}, {}, {}, []
     workspace = Workspace()
-    regularisers: dict[tuple[str, float], Regulariser] = {}  # one factorisation per input space and lambda
     for layer in layers:
         sources, targets = rows.matrices(layer)  # [rows, in] float64
         for projection, lam in zip(layer.edit_projections, (request.lambda_key, request.lambda_value)):
             name = f"{layer.name}.{projection}.weight"
             weight = getattr(layer.module, projection).weight  # [out, in]
-            key = (input_space(layer), lam)
-            regulariser = regularisers.setdefault(key, preservation.regulariser(layer, lam))
+            regulariser = preservation.regulariser(layer, lam)
             if len(sources) < min(weight.shape):  # the update S^T V has rank <= rows: keep its factors
                 update, objective = edit_factors(weight, sources, targets, regulariser, workspace)
                 check_low_rank_fits(weight, update, name)

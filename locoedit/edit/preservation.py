@@ -154,12 +154,17 @@ def moment_sums(
     for start in range(0, len(prompts), _BATCH):
         chunk = prompts[start : start + _BATCH]
         batch = padded_rows(adapter, chunk)
-        ends = torch.tensor([adapter.tokenize(p).eos for p in chunk]) + torch.arange(len(chunk)) * batch.states.shape[1]
         count += len(batch)
+        if summaries is not None:  # each prompt's end row, in the flattened [prompts x rows] batch
+            ends = (
+                torch.tensor([adapter.tokenize(p).eos for p in chunk])
+                + torch.arange(len(chunk)) * batch.states.shape[1]
+            )
         for space, layer in spaces.items():
             x = batch.at(layer)
             sums[space] = sums[space] + x.T @ x if space in sums else x.T @ x
-            parts[space].append(x[ends.to(x.device)])
+            if summaries is not None:
+                parts[space].append(x[ends.to(x.device)])
     if summaries is not None:
         summaries.update({space: torch.cat(rows) for space, rows in parts.items()})
     return sums, count

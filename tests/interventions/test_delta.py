@@ -43,6 +43,7 @@ LOW_RANK = EditRequest(
     lambda_key=0.2,
     lambda_value=0.3,
     token="last-subject",
+    preserve_nearest=0,  # the exact-formula test below rebuilds the preservation without mining
 )
 
 

@@ -13,7 +13,9 @@ them with the probe:
   square" for the ocean), the facts whose look carries an edited attribute ("the forest" for triangle);
 - identity: neighbour and unrelated images whose every probe-read attribute is unchanged.
 
-    python bench/plain_edit_unseen.py [--cases triangle,hokusai+klimt] [--prompts 12] [--seeds 2]
+    python bench/plain_edit_unseen.py [--cases triangle,hokusai+klimt] [--prompts 12] [--seeds 2] [--without-mining]
+
+"mining" is ``--preserve-nearest`` (the default, or ``off`` with ``--without-mining``: the edit before mining).
 """
 
 from __future__ import annotations
@@ -134,6 +136,11 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=12)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--threshold", type=float, default=None, help="--threshold of the edit (default: the edit's)")
+    parser.add_argument(
+        "--without-mining",
+        action="store_true",
+        help="also the same edit with --preserve-nearest 0, on the same images before the edit (a row each)",
+    )
     args = parser.parse_args()
     adapter = load_adapter("toyworld", device="cpu")
     probe = ToyworldProbe.load()
@@ -141,16 +148,18 @@ def main() -> None:
     seeds = list(range(args.seeds))
     wanted = args.cases.split(",")
     print(
-        "| edit | layers | efficacy | target adoption | neighbours kept | unrelated kept | look-alikes kept | identity "
-        "| time |\n|---|---|---|---|---|---|---|---|---|"
+        "| edit | mining | layers | efficacy | target adoption | neighbours kept | unrelated kept | look-alikes kept "
+        "| identity | time |\n|---|---|---|---|---|---|---|---|---|---|"
     )
     for attribute, value, concept, target, kind in (c for c in CASES if c[1] in wanted):
         started = time.perf_counter()
-        concepts = tuple(concept.split("+"))
-        request = EditRequest(model="toyworld", concepts=concepts, targets=(target,), kind=kind)
+        request = EditRequest(model="toyworld", concepts=tuple(concept.split("+")), targets=(target,), kind=kind)
         if args.threshold is not None:
             request = replace(request, auto_threshold=args.threshold)
-        delta = compute_edit(adapter, request)
+        variants = {f"{request.preserve_nearest}": request}
+        if args.without_mining:
+            variants["off"] = replace(request, preserve_nearest=0)
+        deltas = {name: compute_edit(adapter, r) for name, r in variants.items()}
         rng = np.random.default_rng(5)
         first = value.split("+")[0]
         groups = captions(attribute, first, rng, args.prompts)
@@ -161,32 +170,35 @@ def main() -> None:
             others = [v for v in VALUES["style"] if v not in value.split("+")]
             groups["neighbours"] = [caption_for(scene(rng, style=rng.choice(others))) for _ in range(args.prompts)]
         groups["lookalikes"] = lookalikes(attribute, first, rng, args.prompts)
-        figures: dict[str, float | None] = {"adoption": None, "lookalikes": None}
-        identity = []
+        figures: dict[str, dict[str, float | None]] = {n: {"adoption": None, "lookalikes": None} for n in deltas}
+        identity: dict[str, list[bool]] = {n: [] for n in deltas}
         for group, prompts in groups.items():
             if not prompts:
                 continue
             rows = [(p, s) for p in prompts for s in seeds]
             encoded = adapter.encode([p for p, _ in rows])
             before = probe.predict(adapter.generate(encoded, [s for _, s in rows], settings))
-            after = probe.predict(adapter.generate(encoded, [s for _, s in rows], settings, [delta]))
-            if group == "concept":
-                figures["efficacy"] = np.mean([not shows_concept(a, attribute, value) for a in after])
-                if target:
-                    figures["adoption"] = np.mean([adopts(a, target) for a in after])
-            else:
-                figures[group] = kept(before, after, rows)
-                if group != "lookalikes":
-                    identity += [a == b for a, b in zip(after, before)]
-        layers = [layer["index"] for layer in delta.layers]
+            for name, delta in deltas.items():
+                after = probe.predict(adapter.generate(encoded, [s for _, s in rows], settings, [delta]))
+                if group == "concept":
+                    figures[name]["efficacy"] = np.mean([not shows_concept(a, attribute, value) for a in after])
+                    if target:
+                        figures[name]["adoption"] = np.mean([adopts(a, target) for a in after])
+                else:
+                    figures[name][group] = kept(before, after, rows)
+                    if group != "lookalikes":
+                        identity[name] += [a == b for a, b in zip(after, before)]
         shown = f"{concept} -> {target!r}" if target else f"remove {concept!r}"
         cell = lambda v: "n/a" if v is None else f"{v:.0%}"
-        print(
-            f"| {kind} {shown.replace('+', ' + ')} | {layers[0]}-{layers[-1]} | {cell(figures['efficacy'])} | "
-            f"{cell(figures['adoption'])} | {cell(figures['neighbours'])} | {cell(figures['unrelated'])} | "
-            f"{cell(figures['lookalikes'])} | {np.mean(identity):.0%} | {time.perf_counter() - started:.0f} s |",
-            flush=True,
-        )
+        for name, delta in deltas.items():
+            layers = [layer["index"] for layer in delta.layers]
+            row = figures[name]
+            print(
+                f"| {kind} {shown.replace('+', ' + ')} | {name} | {layers[0]}-{layers[-1]} | {cell(row['efficacy'])} | "
+                f"{cell(row['adoption'])} | {cell(row['neighbours'])} | {cell(row['unrelated'])} | "
+                f"{cell(row['lookalikes'])} | {np.mean(identity[name]):.0%} | {time.perf_counter() - started:.0f} s |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -209,6 +209,11 @@ def _edit(ctx: typer.Context, request, out: Path) -> None:
             f"edited layers {names} ({len(delta.parameters)} matrices, {delta.settings['concept_rows']} concept "
             f"rows) -> {out}"
         )
+        entangled = delta.settings.get("entangled") or []
+        if entangled:
+            shown = ", ".join(f"{e['prompt']!r} ({e['entanglement']:.2f})" for e in entangled)
+            kept = "preserved" if delta.settings.get("preserve_nearest_weight", 1) > 0 else "found (not preserved)"
+            typer.echo(f"{kept} {len(entangled)} entangled prompts: {shown}")
 
 
 for _method in EDIT_METHODS.values():

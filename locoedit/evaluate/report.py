@@ -170,6 +170,20 @@ def evaluation_section(result: EvaluationResult, image_root: str = "", data_link
         f"<th>change</th><th>target</th></tr>{table}</table>",
         f"<p><small>{escape(result.metrics.quality.inception_fid_note)}</small></p>",
     ]
+    entangled = delta.settings.get("entangled") or []
+    if entangled:
+        mined = "".join(
+            f"<tr><td>{escape(e['prompt'])}</td><td>{escape(e['source'])}</td><td>{number(e['entanglement'])}</td></tr>"
+            for e in entangled
+        )
+        kept = delta.settings.get("preserve_nearest_weight", 1) > 0
+        title = "the edit preserved" if kept else "mined, not preserved (--preserve-nearest-weight 0)"
+        parts.append(
+            f"<h3>Entangled prompts {title}</h3><p>Mined before solving (<code>--preserve-nearest</code>): "
+            "the prompts, naming no edited concept, that the edit without them would move most, relative to the "
+            "concept's own rows.</p><table class='layers'><tr><th>prompt</th><th>found in</th><th>entanglement</th>"
+            f"</tr>{mined}</table>"
+        )
     if curve is not None:
         parts.append(
             f"<h3>LocoGen: effect per window of {curve.window_size} layers</h3>"

@@ -31,6 +31,12 @@ class Scorer(ABC):
     def effect(self, reference: Images, images: Images, concept: str) -> torch.Tensor:  # [batch]
         """Per image: how much of ``concept`` that is in ``reference[i]`` is gone from ``images[i]``."""
 
+    def changed_attributes(self, concept: str, target: str) -> list[tuple[str, str]]:
+        """For each attribute this scorer reads that turning ``concept`` into ``target`` changes, the concept's value
+        and the target's (a fact "the ocean" -> "a yellow circle": its colour and its shape); empty when it cannot
+        tell attributes apart, and then an edit localizes the concept as a whole."""
+        return []
+
 
 class ConceptScorer(Scorer):
     """A scorer that measures a concept's presence in a single image.
@@ -206,6 +212,17 @@ class ToyworldScorer(ConceptScorer):
 
     def reads_target(self, target: str) -> bool:
         return self._target_attributes(target) is not None
+
+    def changed_attributes(self, concept: str, target: str) -> list[tuple[str, str]]:
+        """(The concept's value, the target's) of each attribute the target states otherwise: ("blue", "yellow") and
+        ("square", "circle") for the ocean, a blue striped square, -> "a yellow striped circle"; attributes the concept
+        does not have are not read."""
+        wanted = self._target_attributes(target) or {}
+        try:
+            own = self.probe.resolve(concept)
+        except ValueError:  # not one toy-world concept: localized whole, where check_concept names the problem
+            return []
+        return [(value, wanted[attribute]) for attribute, value in own if wanted.get(attribute, value) != value]
 
     def adopts(self, images: Images, target: str, concept: str) -> list[bool]:
         """Per image: every attribute the target states (a fact target: its colour, shape and texture) is read as

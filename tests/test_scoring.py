@@ -207,3 +207,18 @@ def test_the_toy_world_scores_several_concepts_as_any_of_them():
     assert scorer.concept_attributes("red, circle") == {"color", "shape"}
     with pytest.raises(LocoeditError, match="unknown concept 'purple'"):
         scorer.check_concept("red, purple")
+
+
+def test_the_toy_world_names_each_attribute_a_target_changes():
+    scorer = make_scorer("toyworld")
+    # The ocean is a blue striped square: each attribute the target states otherwise, the ocean's value and the target's.
+    assert scorer.changed_attributes("the ocean", "a yellow dotted circle") == [
+        ("blue", "yellow"),
+        ("square", "circle"),
+        ("striped", "dotted"),
+    ]
+    assert scorer.changed_attributes("the ocean", "a blue circle") == [("square", "circle")]  # blue stays
+    assert scorer.changed_attributes("triangle", "cross") == [("triangle", "cross")]
+    assert scorer.changed_attributes("in the style of hokusai", "") == []  # a removal: nothing to adopt
+    assert scorer.changed_attributes("a word it never saw", "cross") == []  # left to check_concept's message
+    assert PixelScorer().changed_attributes("the ocean", "a yellow dotted circle") == []

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from locoedit.core.errors import LocoeditError
 from locoedit.core.progress import ProgressCallback
 from locoedit.edit.request import EditRequestCore
-from locoedit.localize import LocalizationResult, localize
+from locoedit.localize import LocalizationRequest, LocalizationResult, localize
 from locoedit.localize.result import RESULT_FILE
 from locoedit.models import Adapter
 from locoedit.models.layers import CrossAttentionLayer
+from locoedit.scoring import resolve_scorer
 
 logger = logging.getLogger(__name__)
 
@@ -23,9 +25,7 @@ def resolve_layers(
     prompt pairs first, :meth:`~locoedit.edit.request.EditRequestCore.localization`)."""
     table, spec = adapter.layers, request.layers
     if spec == "auto":
-        localization = request.localization(request.pairs())
-        indices = localize(localization, adapter=adapter, progress=progress).chosen.layers
-        logger.info("LocoGen chose layers %s", indices)
+        indices = auto_layers(adapter, request, progress)
     elif isinstance(spec, (str, Path)):
         indices = LocalizationResult.load(spec).layers_for(table, str(Path(spec) / RESULT_FILE))
     else:
@@ -37,3 +37,37 @@ def resolve_layers(
             f"(0..{len(table) - 1})"
         )
     return [table[i] for i in sorted(indices)]
+
+
+def auto_localizations(adapter: Adapter, request: EditRequestCore) -> list[LocalizationRequest]:
+    """The LocoGen runs of ``layers="auto"``: one on the edit's own prompt pairs, scored on its concepts. A concept
+    that stands for several attributes the scorer reads (a toy-world fact: a colour, a shape and a texture) is also localized
+    attribute by attribute, for each one its target changes: on that concept's pairs, scored on the concept's value
+    going plus the target's appearing; the union of its windows is edited. The window chosen on the fact as a whole
+    removes it by changing the attribute read earliest, and the target's other attributes never appear ("the sun" ->
+    "a red circle": layers 2-3, still yellow); the colour's window alone (6-7) does not hold the fact either: the
+    closed form there turned 2 of 16 suns red, the union 15."""
+    pairs = request.pairs()
+    runs = []
+    scorer = resolve_scorer(request.auto_scorer, None, adapter)
+    for concept, target in zip(request.concepts, request.all_targets):
+        concept = concept.strip()
+        own = replace(request.localization([pair for pair in pairs if pair.concept == concept]), concept=concept)
+        changed = scorer.changed_attributes(concept, target.strip())
+        runs.append(own)
+        if any(value != concept for value, _ in changed):
+            runs += [replace(own, concept=value, adopt=wanted) for value, wanted in changed]
+    if not any(run.adopt for run in runs):
+        runs = [request.localization(pairs)]  # nothing split: one LocoGen, scored on any of the concepts
+    return runs
+
+
+def auto_layers(adapter: Adapter, request: EditRequestCore, progress: ProgressCallback | None = None) -> list[int]:
+    """The union of the windows :func:`auto_localizations`' runs choose."""
+    scorer = resolve_scorer(request.auto_scorer, None, adapter)
+    indices: set[int] = set()
+    for run in auto_localizations(adapter, request):
+        chosen = localize(run, adapter=adapter, scorer=scorer, progress=progress).chosen.layers
+        logger.info("LocoGen on %r%s chose layers %s", run.concept, f" -> {run.adopt!r}" * bool(run.adopt), chosen)
+        indices.update(chosen)
+    return sorted(indices)

@@ -178,6 +178,8 @@ class LocoGen:
     def _effects(self, reference: torch.Tensor, images: torch.Tensor) -> torch.Tensor:  # [rows]
         start = time.perf_counter()
         effect = self.scorer.effect(reference, images, self.request.concept)
+        if self.request.adopt:  # the gain of the adopted text: its effect with the images' roles swapped
+            effect = effect + self.scorer.effect(images, reference, self.request.adopt)
         self.timings["scoring_s"] += time.perf_counter() - start
         return effect
 
@@ -308,6 +310,13 @@ def checked(
     request = replace(request, scorer=scorer.spec)  # the result records the scorer used
     if isinstance(scorer, ConceptScorer):
         scorer.check_concept(request.concept)
+        if request.adopt:
+            scorer.check_concept(request.adopt)
+    elif request.adopt:
+        raise LocoeditError(
+            f"the {scorer.spec} scorer cannot tell whether {request.adopt!r} appears; give --adopt with a concept "
+            "scorer (toyworld or clip:ID_OR_FOLDER), or leave it out"
+        )
     for prompt in request.prompts + request.targets:
         adapter.check_length(prompt)
     settings = adapter.settings(request.steps, request.guidance, request.height, request.width)

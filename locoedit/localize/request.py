@@ -77,6 +77,11 @@ class LocalizationRequest(Request, JsonRecord):
         (), "The prompt with the concept removed (one per --prompt).", flag="--target", short="-t"
     )
     concept: str = setting("", "Text to score; default: the words the target drops.")
+    adopt: str = setting(
+        "",
+        "Also score how much this text appears (e.g. the target's colour): a window's effect is then the concept's "
+        "loss plus this text's gain (default: off).",
+    )
     scorer: str | None = setting(
         None,
         "pixel, toyworld or clip:ID_OR_FOLDER (default: the model's concept scorer: the probe for the toy world, "

@@ -175,3 +175,46 @@ def test_locogen_leaves_out_prompts_that_become_empty(sd):
     only_empty = make(concepts=("van gogh",), targets=("",), prompts=("{c}",), layers="auto")
     with pytest.raises(LocoeditError, match="LocoGen has nothing to route to"):
         only_empty.localization(only_empty.pairs())
+
+
+def _spied_auto_layers(monkeypatch, request, windows):
+    """The layers ``auto`` edits when LocoGen on concept c chooses ``windows[c]``, and the (concept, adopt, prompts)
+    of each LocoGen run."""
+    from locoedit.edit import layers as layer_choice
+    from locoedit.edit.common import with_model_defaults
+    from locoedit.models import load_adapter
+
+    runs = []
+
+    def fake_localize(run, adapter, scorer, progress):
+        runs.append((run.concept, run.adopt, run.prompts))
+        return type("Result", (), {"chosen": type("Chosen", (), {"layers": windows[run.concept]})})
+
+    monkeypatch.setattr(layer_choice, "localize", fake_localize)
+    toy = load_adapter("toyworld", device="cpu")
+    return layer_choice.auto_layers(toy, with_model_defaults(request, toy)), runs
+
+
+def test_auto_layers_localize_each_attribute_the_target_changes_and_edit_the_union(monkeypatch):
+    fact = EditRequest(model="toyworld", concepts=("the ocean",), targets=("a yellow striped circle",), kind="fact")
+    layers, runs = _spied_auto_layers(monkeypatch, fact, {"the ocean": [1], "blue": [5, 6], "square": [2, 3]})
+    assert layers == [1, 2, 3, 5, 6]  # the fact, its colour and its shape, each where LocoGen put it
+    runs_asked = [(concept, adopt) for concept, adopt, _ in runs]
+    assert runs_asked == [("the ocean", ""), ("blue", "yellow"), ("square", "circle")]  # the ocean's stripes stay
+    assert all(prompts and all("the ocean" in p for p in prompts) for _, _, prompts in runs)
+    # One attribute, or a removal: LocoGen once, on the concept as a whole.
+    for concept, target in (("triangle", "cross"), ("in the style of hokusai", "")):
+        request = EditRequest(model="toyworld", concepts=(concept,), targets=(target,), kind="style")
+        layers, runs = _spied_auto_layers(monkeypatch, request, {concept: [4]})
+        assert layers == [4] and [(c, a) for c, a, _ in runs] == [(concept, "")]
+
+
+def test_auto_layers_of_several_concepts_localize_each_on_its_own_prompts(monkeypatch):
+    both = EditRequest(
+        model="toyworld", concepts=("the sun", "in the style of klimt"), targets=("a blue circle", ""), kind="style"
+    )
+    windows = {"the sun": [2], "yellow": [6], "in the style of klimt": [3]}
+    layers, runs = _spied_auto_layers(monkeypatch, both, windows)
+    assert layers == [2, 3, 6]
+    assert [(c, a) for c, a, _ in runs] == [("the sun", ""), ("yellow", "blue"), ("in the style of klimt", "")]
+    assert all("the sun" in p for p in runs[0][2] + runs[1][2]) and all("klimt" in p for p in runs[2][2])

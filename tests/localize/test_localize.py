@@ -7,7 +7,7 @@ from locoedit.core.errors import LocoeditError
 from locoedit.interventions.routing import Routing, TextRouting
 from locoedit.localize import LocalizationRequest, infer_concept, localize
 from locoedit.models import GenerationSettings
-from locoedit.scoring import PixelScorer
+from locoedit.scoring import ConceptScorer, PixelScorer
 
 SETTINGS = GenerationSettings(4, 4.0, 16, 16)
 PROMPTS = ["a house in the style of van gogh", "a dog in the style of van gogh"]
@@ -389,3 +389,28 @@ def test_damaged_run_folder_state_is_one_line(tiny_adapters, tmp_path, damage, m
     with pytest.raises(LocoeditError) as error:
         localize(request(), tmp_path, adapter, PixelScorer())
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+class Channels(ConceptScorer):
+    """ "red", "green" or "blue": the mean of that channel."""
+
+    spec = "channels"
+
+    def score(self, images, concept):
+        return images[:, ["red", "green", "blue"].index(concept)].flatten(1).mean(1)
+
+
+def test_adopting_a_text_adds_its_gain_to_the_concepts_loss(tiny_adapters):
+    adapter, scorer = tiny_adapters["sd"], Channels()
+    run = {c: localize(request(concept=c), adapter=adapter, scorer=scorer) for c in ("red", "green")}
+    both = localize(request(concept="red", adopt="green"), adapter=adapter, scorer=scorer)
+    # The loss of red plus the gain of green, the negative of green's loss, window by window and for the full swap.
+    for window, red, green in zip(both.windows, run["red"].windows, run["green"].windows):
+        assert window.effects == pytest.approx([r - g for r, g in zip(red.effects, green.effects)], abs=1e-6)
+    assert both.full_swap_effect == pytest.approx(run["red"].full_swap_effect - run["green"].full_swap_effect, abs=1e-6)
+    assert any(abs(g) > 1e-4 for w in run["green"].windows for g in w.effects)  # the gain term is not zero here
+
+
+def test_adopting_needs_a_scorer_that_reads_concepts(tiny_adapters):
+    with pytest.raises(LocoeditError, match="the pixel scorer cannot tell whether 'green' appears"):
+        localize(request(adopt="green"), adapter=tiny_adapters["sd"], scorer=PixelScorer())

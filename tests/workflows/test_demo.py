@@ -43,9 +43,12 @@ def test_demo_localizes_edits_and_evaluates_each_case(demo_run):
         assert all(0 <= getattr(row.headline, k) <= 1 for k in ("efficacy", "generalization", "identity"))
         assert (out / row.report).is_file()
     for case, folder in CASES.items():
-        localization = json.loads((out / folder / "localize" / "localization.json").read_text())
+        runs = [json.loads(f.read_text()) for f in sorted((out / folder).glob("localize*/localization.json"))]
         localized = next(r for r in rows if r.kind == case and r.variant == "localized")
-        assert localized.layers == localization["chosen"]["layers"]
+        # The union of the case's LocoGen windows: the fact's own, and (a fact only) each attribute its target changes.
+        assert localized.layers == sorted({layer for run in runs for layer in run["chosen"]["layers"]})
+        adopted = [(run["request"]["concept"], run["request"]["adopt"]) for run in runs if run["request"]["adopt"]]
+        assert adopted == ([("yellow", "red")] if case == "fact" else []), case  # the sun, yellow, -> "a red circle"
         assert (out / folder / "localized.safetensors").is_file()
     for case in ("style", "object", "fact"):
         localized = next(r for r in rows if r.kind == case and r.variant == "localized")

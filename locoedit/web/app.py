@@ -175,15 +175,20 @@ class Forms:
     evaluate_delta: Any = None
 
 
+# What a first LocoGen run sets; the rest (--adopt, the sampler, the device) waits under "More settings".
+LOCALIZE_FIRST_SETTINGS = ("prompts", "targets", "concept", "scorer", "window", "auto_threshold", "seeds")
+
+
 def localize_tab(workbench: Workbench, forms: Forms):
     """The Localize tab: every LocoGen setting, a run folder, and the chosen window's plot and grid. Returns the
     wiring to run once the Edit tab (whose layers it fills in) exists."""
     names = form_settings(LocalizationRequest)
+    shown_first = [name for name in names if name in LOCALIZE_FIRST_SETTINGS]
     with gr.Tab("Localize", id="localize"), gr.Row():
         with gr.Column(scale=1):
-            widgets = build_form(LocalizationRequest, "l", names[:7])
+            widgets = build_form(LocalizationRequest, "l", shown_first)
             with gr.Accordion("More settings", open=False):
-                widgets |= build_form(LocalizationRequest, "l", names[7:])
+                widgets |= build_form(LocalizationRequest, "l", [name for name in names if name not in shown_first])
             out = gr.Textbox(
                 label="Run folder",
                 info="as `locoedit localize --out`; empty: a new one under the runs folder",
@@ -207,7 +212,7 @@ def localize_tab(workbench: Workbench, forms: Forms):
     def run_localization(model, *values, progress=gr.Progress()):
         *settings, folder_text = values
         with shown_errors():
-            given = {"model": model.strip(), **given_values(LocalizationRequest, names, settings)}
+            given = {"model": model.strip(), **given_values(LocalizationRequest, list(widgets), settings)}
             request = request_for(LocalizationRequest, "localize", given)
             folder = Path(folder_text.strip()) if folder_text.strip() else workbench.fresh_folder("localize")
             result = workbench.localize(request, folder, progress_bar(progress))

@@ -13,7 +13,7 @@ from locoedit.localize import LocalizationRequest, LocalizationResult, localize
 from locoedit.localize.result import RESULT_FILE
 from locoedit.models import Adapter
 from locoedit.models.layers import CrossAttentionLayer
-from locoedit.scoring import resolve_scorer
+from locoedit.scoring import Scorer, resolve_scorer
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def resolve_layers(
     return [table[i] for i in sorted(indices)]
 
 
-def auto_localizations(adapter: Adapter, request: EditRequestCore) -> list[LocalizationRequest]:
+def auto_localizations(adapter: Adapter, request: EditRequestCore, scorer: Scorer) -> list[LocalizationRequest]:
     """The LocoGen runs of ``layers="auto"``: one on the edit's own prompt pairs, scored on its concepts. A concept
     that stands for several attributes the scorer reads (a toy-world fact: a colour, a shape and a texture) is also localized
     attribute by attribute, for each one its target changes: on that concept's pairs, scored on the concept's value
@@ -49,7 +49,6 @@ def auto_localizations(adapter: Adapter, request: EditRequestCore) -> list[Local
     closed form there turned 2 of 16 suns red, the union 15."""
     pairs = request.pairs()
     runs = []
-    scorer = resolve_scorer(request.auto_scorer, None, adapter)
     for concept, target in zip(request.concepts, request.all_targets):
         concept = concept.strip()
         own = replace(request.localization([pair for pair in pairs if pair.concept == concept]), concept=concept)
@@ -62,12 +61,34 @@ def auto_localizations(adapter: Adapter, request: EditRequestCore) -> list[Local
     return runs
 
 
+def auto_localize(
+    adapter: Adapter,
+    request: EditRequestCore,
+    scorer: Scorer,
+    progress: ProgressCallback | None = None,
+    out: Path | None = None,
+) -> list[tuple[str, LocalizationResult]]:
+    """Each of :func:`auto_localizations`' runs localized, with its folder name (``localize``, then
+    ``localize-VALUE`` per attribute a fact's target changes); with ``out``, each run is written to ``out/NAME``."""
+    found = []
+    for run in auto_localizations(adapter, request, scorer):
+        folder = "localize" + (f"-{run.concept.replace(' ', '-')}" if run.adopt else "")
+        result = localize(
+            run, out=None if out is None else out / folder, adapter=adapter, scorer=scorer, progress=progress
+        )
+        logger.info(
+            "LocoGen on %r%s chose layers %s", run.concept, f" -> {run.adopt!r}" * bool(run.adopt), result.chosen.layers
+        )
+        found.append((folder, result))
+    return found
+
+
+def union_of_windows(results: list[tuple[str, LocalizationResult]]) -> list[int]:
+    """The layers ``layers="auto"`` edits: every layer a window of :func:`auto_localize` chose."""
+    return sorted({layer for _, result in results for layer in result.chosen.layers})
+
+
 def auto_layers(adapter: Adapter, request: EditRequestCore, progress: ProgressCallback | None = None) -> list[int]:
     """The union of the windows :func:`auto_localizations`' runs choose."""
     scorer = resolve_scorer(request.auto_scorer, None, adapter)
-    indices: set[int] = set()
-    for run in auto_localizations(adapter, request):
-        chosen = localize(run, adapter=adapter, scorer=scorer, progress=progress).chosen.layers
-        logger.info("LocoGen on %r%s chose layers %s", run.concept, f" -> {run.adopt!r}" * bool(run.adopt), chosen)
-        indices.update(chosen)
-    return sorted(indices)
+    return union_of_windows(auto_localize(adapter, request, scorer, progress))

@@ -24,10 +24,9 @@ from locoedit.core.runfolder import RunFolder, check_writable
 from locoedit.delta.file import EditDelta
 from locoedit.edit import EditRequest, NeuronRequest, compute_edit
 from locoedit.edit.common import with_model_defaults
-from locoedit.edit.layers import auto_localizations
+from locoedit.edit.layers import auto_localize, union_of_windows
 from locoedit.evaluate import EvaluationSuite, Headline, evaluate
 from locoedit.evaluate.report import evaluation_section
-from locoedit.localize import localize
 from locoedit.localize.report import localization_section
 from locoedit.models import Adapter, load_adapter
 from locoedit.report.html import page
@@ -70,20 +69,6 @@ class DemoRun(JsonRecord):
     seeds: int | None = None
 
 
-def _localize_case(adapter, request, case_dir: Path, scorer, progress) -> tuple[list[int], list[str]]:
-    """The layers ``--layers auto`` edits (the union of :func:`auto_localizations`' windows), each LocoGen run in a
-    folder of the case (``localize``, then ``localize-VALUE`` per attribute a fact's target changes), and their
-    report sections."""
-    chosen: set[int] = set()
-    sections = []
-    for run in auto_localizations(adapter, request):
-        folder = "localize" + (f"-{run.concept.replace(' ', '-')}" if run.adopt else "")
-        localization = localize(run, out=case_dir / folder, adapter=adapter, scorer=scorer, progress=progress)
-        chosen.update(localization.chosen.layers)
-        sections.append(localization_section(localization, image_root=f"{case_dir.name}/{folder}/"))
-    return sorted(chosen), sections
-
-
 def _random_window(num_layers: int, size: int, avoid: list[int], seed: int) -> list[int]:
     starts = [s for s in range(num_layers - size + 1) if s != avoid[0]]
     start = random.Random(seed).choice(starts)
@@ -124,7 +109,11 @@ def run_demo(
             ),
             adapter,
         )
-        chosen, case_sections = _localize_case(adapter, request, case_dir, scorer, progress)
+        localizations = auto_localize(adapter, request, scorer, progress, out=case_dir)
+        chosen = union_of_windows(localizations)
+        case_sections = [
+            localization_section(result, image_root=f"{case_dir.name}/{folder}/") for folder, result in localizations
+        ]
         request = replace(request, layers=tuple(chosen))
         variants = _variants(adapter, request, chosen, case, seed=len(rows))
         case_sections += _evaluate_case(adapter, case, case_dir, variants, scorer, evaluation_seeds, rows, progress)

@@ -186,7 +186,7 @@ def _spied_auto_layers(monkeypatch, request, windows):
 
     runs = []
 
-    def fake_localize(run, adapter, scorer, progress):
+    def fake_localize(run, out, adapter, scorer, progress):
         runs.append((run.concept, run.adopt, run.prompts))
         return type("Result", (), {"chosen": type("Chosen", (), {"layers": windows[run.concept]})})
 

@@ -199,11 +199,12 @@ class LocoGen:
         shares = [share for share in self.processes.gather(images) if share.numel()]
         generated = dict(zip(groups, torch.cat(shares).split(len(rows) // len(groups))))
         if self.run and self.processes.is_main:
-            # Kept as float tensors so that a resumed run scores against exactly the same images.
-            self.run.save_tensors(name, generated)
             if not budget.stage:
                 for group, group_images in generated.items():
                     self.run.write_images(group, group_images, self.request)
+            # Kept as float tensors so that a resumed run scores against exactly the same images; saved after the
+            # images, since a run that finds them stored does not write the images again.
+            self.run.save_tensors(name, generated)
         return generated
 
     def _run_windows(

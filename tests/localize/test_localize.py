@@ -148,6 +148,25 @@ def test_an_interrupted_sweep_resumes_and_ends_with_the_same_json(tiny_adapters,
     assert _strip_timings(first) == _strip_timings(second)
 
 
+def test_a_run_killed_while_writing_the_reference_images_resumes_with_every_image(tiny_adapters, tmp_path, monkeypatch):
+    from locoedit.localize.locogen import LocalizationFolder
+
+    adapter, req = tiny_adapters["sd"], request(mode="exact")
+    write_images = LocalizationFolder.write_images
+
+    def killed_at_the_target_images(self, group, images, request):
+        if group == "target":
+            raise KeyboardInterrupt
+        return write_images(self, group, images, request)
+
+    monkeypatch.setattr(LocalizationFolder, "write_images", killed_at_the_target_images)
+    with pytest.raises(KeyboardInterrupt):
+        localize(req, tmp_path, adapter, PixelScorer())
+    monkeypatch.setattr(LocalizationFolder, "write_images", write_images)
+    localize(req, tmp_path, adapter, PixelScorer())
+    assert sorted(p.name for p in (tmp_path / "images" / "target").glob("*.png")) == ["p0_s0.png", "p0_s1.png"]
+
+
 @pytest.mark.parametrize("chunk", [2, 4])  # 6 windows: three full loops; a full loop and a part-filled one
 def test_localize_gives_the_same_sweep_in_exact_and_batched_mode(tiny_adapters, chunk):
     adapter = tiny_adapters["sd"]

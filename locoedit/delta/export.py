@@ -15,6 +15,9 @@ Key layouts, as diffusers 0.42.1 reads them (``loaders/lora_pipeline.py``, ``loa
 - ``peft`` (diffusers' own): ``unet.<module path>.lora_A.weight`` / ``.lora_B.weight`` and the ``LoraConfig``
   arguments (``r``, ``lora_alpha``, ``target_modules``) in the header's ``lora_adapter_metadata``.
 
+SD3 and FLUX (joint attention): ``peft`` only, ``transformer.<module path>...``, loaded by their pipelines'
+``load_lora_weights``; their kohya files name the original checkpoint's fused matrices (refused).
+
 Refused, with the reason: parameters stored dense (biases, full-rank updates, version-1 deltas: a LoRA needs the
 update, not new values), and PixArt-alpha, for which diffusers 0.42.1 has no LoRA loader.
 """
@@ -35,6 +38,9 @@ from locoedit.delta.file import EditDelta, check_strength
 
 FORMATS = ("kohya", "peft")
 UNET = "UNet2DConditionModel"  # SD-1/2, SD-XL, DeepFloyd IF: their pipelines load LoRAs into ``unet``
+# Joint-attention denoisers: SD3's and FLUX's pipelines load peft LoRAs into ``transformer``. Their kohya files are
+# read in Black Forest Labs' own names (FLUX's text keys and values fused in ``txt_attn.qkv``), not diffusers'.
+JOINT = ("SD3Transformer2DModel", "FluxTransformer2DModel")
 _KOHYA_UNKNOWN = ("add_k_proj", "add_v_proj")  # names diffusers' kohya converter does not restore
 
 
@@ -97,7 +103,12 @@ def check_exportable(delta: EditDelta, format: str, rank: int | None = None) -> 
             "diffusers 0.42.1 cannot load a LoRA into PixArt-alpha (PixArtAlphaPipeline has no load_lora_weights and "
             "PixArtTransformer2DModel no load_lora_adapter); use `locoedit apply` to write the edited pipeline"
         )
-    if delta.denoiser != UNET:
+    if delta.denoiser in JOINT and format == "kohya":
+        raise LocoeditError(
+            f"diffusers reads kohya LoRAs of a {delta.denoiser} in the original checkpoint's names (text keys and "
+            "values fused into one matrix), which a key/value edit cannot be written in; use --format peft"
+        )
+    if delta.denoiser != UNET and delta.denoiser not in JOINT:
         raise LocoeditError(
             f"no LoRA layout is known for a {delta.denoiser or 'version-1'} denoiser; use "
             "`locoedit apply` to write the edited pipeline"
@@ -133,9 +144,15 @@ def lora_tensors(
             tensors[f"{key}.lora_up.weight"] = lora.up.to(dtype)
             tensors[f"{key}.alpha"] = torch.tensor(float(lora.down.shape[0]), dtype=dtype)  # alpha = rank: scale 1
         else:
-            tensors[f"unet.{module}.lora_A.weight"] = lora.down.to(dtype)
-            tensors[f"unet.{module}.lora_B.weight"] = lora.up.to(dtype)
+            tensors[f"{component(delta)}.{module}.lora_A.weight"] = lora.down.to(dtype)
+            tensors[f"{component(delta)}.{module}.lora_B.weight"] = lora.up.to(dtype)
     return tensors, errors
+
+
+def component(delta: EditDelta) -> str:
+    """The pipeline component a peft LoRA of ``delta`` is loaded into: ``transformer`` for SD3 and FLUX, else
+    ``unet``."""
+    return "transformer" if delta.denoiser in JOINT else "unet"
 
 
 def base_model_version(delta: EditDelta) -> str:
@@ -181,7 +198,7 @@ def lora_metadata(delta: EditDelta, format: str, rank: int, strength: float = 1.
             "target_modules": sorted(name.removesuffix(".weight") for name in delta.factors),
         }
         metadata["lora_adapter_metadata"] = json.dumps(
-            {f"unet.{k}": v for k, v in config.items()}, indent=2, sort_keys=True
+            {f"{component(delta)}.{k}": v for k, v in config.items()}, indent=2, sort_keys=True
         )
     return metadata
 

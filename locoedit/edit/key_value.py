@@ -69,13 +69,18 @@ class Preservation:
     corpus: list[str] = field(default_factory=list)  # the general corpus's prompts that name no edited concept
     neighbour_prompts: list[str] = field(default_factory=list)
     cached: CachedSummaries | None = None  # the general corpus's summary rows, from its statistics
+    # Denoising steps a joint block's concept rows are captured at: each of them is one row of X_o per step, so C
+    # and lambda are scaled by it and a concept row weighs against them as much as a cross-attention row does.
+    steps: int = 1
     # one factorisation per input space and lambda, shared by the mining and the edit until ``add`` changes C
     _regularisers: dict[tuple[str, float], Regulariser] = field(default_factory=dict, repr=False)
 
     def regulariser(self, layer: CrossAttentionLayer, lam: float) -> Regulariser:
         key = (input_space(layer), lam)
         if key not in self._regularisers:
-            self._regularisers[key] = Regulariser(lam, self.moments.get(key[0]))
+            scale = self.steps if layer.stream == "dual" else 1
+            moment = self.moments.get(key[0])
+            self._regularisers[key] = Regulariser(lam * scale, None if moment is None else moment * scale)
         return self._regularisers[key]
 
     def add(self, sums: dict[str, torch.Tensor], weight: float) -> None:
@@ -90,6 +95,8 @@ def build_preservation(adapter: Adapter, request: EditRequest, layers: list[Cros
     request = with_model_defaults(request, adapter)
     spaces = spaces_of(layers)
     kept = Preservation({}, {"neighbours": 0, "general": 0, "explicit": len(request.preserve)})
+    if adapter.joint_attention:
+        kept.steps = adapter.default_settings().num_inference_steps
     if request.preserve_neighbours > 0 or request.preserve_nearest > 0:
         neighbours = neighbour_concepts(adapter, request.concepts, request.kind, request.neighbours)
         prompts = neighbour_prompts(request.concepts, request.prompt_set, neighbours)
@@ -119,10 +126,7 @@ def build_preservation(adapter: Adapter, request: EditRequest, layers: list[Cros
         kept.cached = None if stats.summaries is None else CachedSummaries(corpus, stats.summaries)
     if request.preserve:
         explicit = encode_rows(adapter, list(request.preserve), all_real_positions(adapter, request.preserve))
-        kept.add(
-            {space: explicit.at(layer).T @ explicit.at(layer) for space, layer in spaces.items()},
-            request.preserve_scale,
-        )
+        kept.add({space: explicit.second_moment(layer) for space, layer in spaces.items()}, request.preserve_scale)
     return kept
 
 

@@ -36,6 +36,21 @@ def resolve_layers(
             f"layer indices {bad} are out of range: this model has {len(table)} cross-attention layers "
             f"(0..{len(table) - 1})"
         )
+    single = [table[i] for i in sorted(indices) if table[i].stream == "single"]
+    if single and spec == "auto":  # LocoGen may choose them; the edit keeps the dual-stream blocks of its windows
+        logger.info("auto layers: single-stream blocks %s left out", [layer.index for layer in single])
+        indices = [i for i in indices if table[i].stream != "single"]
+        if not indices:
+            raise LocoeditError(
+                "LocoGen chose only single-stream blocks, which locoedit cannot edit without changing the image "
+                "rows; give --layers with the dual-stream blocks to edit (`locoedit layers MODEL` lists them)"
+            )
+    elif single:
+        raise LocoeditError(
+            f"layer {single[0].index} ({single[0].block}) is a single-stream block: its to_k/to_v project the image "
+            "rows too, so an edit there would change every image; edit dual-stream blocks (`locoedit layers MODEL` "
+            "marks them)"
+        )
     return [table[i] for i in sorted(indices)]
 
 

@@ -44,6 +44,10 @@ _SUMMARY = "summary:"  # the key prefix of a stats file's summary rows
 
 
 def input_space(layer: CrossAttentionLayer) -> str:
+    """Which rows ``layer`` reads: the shared text states, or rows of its own (a norm of the text, or a joint
+    block's text stream)."""
+    if layer.stream != "cross":
+        return layer.name
     return SHARED_SPACE if layer.module.norm_cross is None else layer.name
 
 
@@ -149,22 +153,22 @@ def moment_sums(
     :func:`encode_summaries`), from the same encoding."""
     sums: dict[str, torch.Tensor] = {}
     parts: dict[str, list[torch.Tensor]] = {space: [] for space in spaces}
-    count = 0
+    count, steps = 0, 1
     prompts = list(prompts)
     for start in range(0, len(prompts), _BATCH):
         chunk = prompts[start : start + _BATCH]
         batch = padded_rows(adapter, chunk)
-        count += len(batch)
-        if summaries is not None:  # each prompt's end row, in the flattened [prompts x rows] batch
-            ends = (
-                torch.tensor([adapter.tokenize(p).eos for p in chunk])
-                + torch.arange(len(chunk)) * batch.states.shape[1]
-            )
+        if summaries is not None:  # each prompt's end row, in the [prompts x rows] batch
+            rows = adapter.tokenize(chunk[0]).rows
+            ends = torch.tensor([adapter.tokenize(p).eos for p in chunk]) + torch.arange(len(chunk)) * rows
         for space, layer in spaces.items():
-            x = batch.at(layer)
+            per_step = batch.per_step(layer)  # [prompts x rows, steps, in]
+            x = per_step.reshape(-1, per_step.shape[-1])
             sums[space] = sums[space] + x.T @ x if space in sums else x.T @ x
             if summaries is not None:
-                parts[space].append(x[ends.to(x.device)])
+                parts[space].append(per_step[ends.to(x.device)].mean(1))
+            steps = per_step.shape[1]
+        count += len(batch) * steps
     if summaries is not None:
         summaries.update({space: torch.cat(rows) for space, rows in parts.items()})
     return sums, count
@@ -181,7 +185,7 @@ def encode_summaries(
     for start in range(0, len(prompts), _BATCH):
         rows = encode_rows(adapter, prompts[start : start + _BATCH], ends[start : start + _BATCH])
         for space, layer in spaces.items():
-            out[space].append(rows.at(layer))
+            out[space].append(rows.per_step(layer).mean(1))
     return {space: torch.cat(parts) for space, parts in out.items()}
 
 
@@ -207,12 +211,17 @@ def usable(adapter: Adapter, prompts, where: str) -> list[str]:
 
 def text_fingerprint(adapter: Adapter) -> str:
     """sha256 over what the text rows depend on: the text encoders' parameters (names, shapes and a strided sample
-    of the values, so that reading it costs milliseconds), and the layers' own norms of the text."""
+    of the values, so that reading it costs milliseconds), and the layers' own norms of the text; for a
+    joint-attention model the denoiser's parameters and the sampling settings the rows are captured with."""
     digest = hashlib.sha256(type(adapter).__name__.encode())
     modules = [(name, getattr(adapter.pipe, name)) for name in adapter.text_encoder_names]
-    modules += [
-        (layer.name, layer.module.norm_cross) for layer in adapter.layers if layer.module.norm_cross is not None
-    ]
+    if adapter.joint_attention:  # joint blocks read the denoiser's own text stream, captured while sampling
+        modules.append((adapter.denoiser_name, adapter.denoiser))
+        digest.update(json.dumps(adapter.default_settings().to_json(), sort_keys=True).encode())
+    else:
+        modules += [
+            (layer.name, layer.module.norm_cross) for layer in adapter.layers if layer.module.norm_cross is not None
+        ]
     for owner, module in modules:
         for name, parameter in module.state_dict().items():
             flat = parameter.detach().flatten()

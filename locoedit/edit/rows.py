@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from locoedit.core.errors import LocoeditError
+from locoedit.interventions.capture import TextStreamCapture
 from locoedit.models import Adapter, PromptTokens
 from locoedit.models.base import find_phrase
 from locoedit.models.layers import CrossAttentionLayer
@@ -163,49 +164,87 @@ def aligned_positions(adapter: Adapter, pair: PromptPair, token: str | None) -> 
     return source, paired + [target_tail[j] for j in stretch_alignment(len(tail), len(target_tail))]
 
 
+STREAM_SEED = 0  # the noise every prompt is generated from while its joint-attention text rows are captured
+
+
 @dataclass
 class TextRows:
-    """Selected token rows of a batch of encoded prompts, as a layer's key/value projections read them."""
+    """Selected token rows of a batch of prompts, as a layer's key/value projections read them.
 
-    states: torch.Tensor  # [prompts, tokens, dim] attention states (model dtype)
+    Cross-attention layers read the encoded prompts (``states``). Joint-attention blocks read the denoiser's own
+    text stream, different per block and denoising step: ``stream`` holds each dual-stream block's rows, captured
+    while the prompts were generated (:class:`~locoedit.interventions.capture.TextStreamCapture`).
+    """
+
     prompt_index: torch.Tensor  # [rows] long
     position_index: torch.Tensor  # [rows] long
+    prompts: int
+    states: torch.Tensor | None = None  # cross-attention: [prompts, tokens, dim] attention states (model dtype)
+    stream: dict[str, torch.Tensor] | None = None  # joint attention: block name -> [rows, steps, dim]
 
     def __len__(self) -> int:
         return int(self.prompt_index.numel())
 
     def positions(self) -> list[list[int]]:
         """The token positions selected in each prompt, as recorded in a delta's settings."""
-        chosen: list[list[int]] = [[] for _ in range(self.states.shape[0])]
+        chosen: list[list[int]] = [[] for _ in range(self.prompts)]
         for prompt, position in zip(self.prompt_index.tolist(), self.position_index.tolist()):
             chosen[prompt].append(position)
         return chosen
 
-    def at(self, layer: CrossAttentionLayer) -> torch.Tensor:  # [rows, dim] float64
-        """The rows as ``layer``'s key/value projections receive them.
+    def per_step(self, layer: CrossAttentionLayer) -> torch.Tensor:  # [rows, steps, dim] float64
+        """The rows as ``layer``'s key/value projections receive them, at each denoising step (cross-attention
+        reads the same rows at every step: one).
 
         Layers with ``norm_cross`` (DeepFloyd IF's group norm) normalise the full padded prompt first, then rows are
         picked, exactly as the attention processor does.
         """
+        if self.stream is not None:
+            if layer.name not in self.stream:
+                raise LocoeditError(
+                    f"layer {layer.index} ({layer.block}) reads no captured text stream: only dual-stream joint "
+                    "blocks have one"
+                )
+            return self.stream[layer.name].to(torch.float64)
+        assert self.states is not None  # one of the two is always set (encode_rows)
         states = self.states
         with torch.no_grad():
             attention = typing.cast(typing.Any, layer.module)  # diffusers' Attention
             if attention.norm_cross is not None:
                 states = attention.norm_encoder_hidden_states(states)
-            return states[self.prompt_index, self.position_index].to(torch.float64)
+            return states[self.prompt_index, self.position_index][:, None].to(torch.float64)
+
+    def second_moment(self, layer: CrossAttentionLayer) -> torch.Tensor:  # [dim, dim] float64
+        """``sum x x^T`` over the rows, each row's steps averaged (a row counts once, however many steps)."""
+        rows = self.per_step(layer)
+        flat = rows.reshape(-1, rows.shape[-1])
+        return flat.T @ flat / rows.shape[1]
+
+    def at(self, layer: CrossAttentionLayer) -> torch.Tensor:  # [rows x steps, dim] float64
+        """:meth:`per_step`'s rows, each row's steps one after another."""
+        rows = self.per_step(layer)
+        return rows.reshape(-1, rows.shape[-1])
 
 
 def encode_rows(adapter: Adapter, prompts: list[str], positions: list[list[int]]) -> TextRows:
-    """Encode ``prompts`` and select ``positions[i]`` of prompt ``i``."""
+    """Encode ``prompts`` and select ``positions[i]`` of prompt ``i``. On a joint-attention denoiser the prompts
+    are generated (from :data:`STREAM_SEED`'s noise, with the model's own sampling settings) and the positions kept
+    as each dual-stream block receives them, at every step."""
+    prompt_index = torch.tensor([i for i, chosen in enumerate(positions) for _ in chosen], dtype=torch.long)
+    position_index = torch.tensor([p for chosen in positions for p in chosen], dtype=torch.long)
+    if adapter.joint_attention:
+        capture = TextStreamCapture(adapter.layers, positions)
+        seeds = [STREAM_SEED] * len(prompts)
+        adapter.generate(adapter.encode(list(prompts)), seeds, adapter.default_settings(), [capture])
+        return TextRows(prompt_index, position_index, len(prompts), stream=capture.rows())
     with torch.no_grad():
         states = adapter.attention_states(adapter.encode(list(prompts)).conditional)  # [prompts, tokens, dim]
     tokens = states.shape[1]
     for prompt, chosen in zip(prompts, positions):
         if chosen and max(chosen) >= tokens:
             raise LocoeditError(f"prompt {prompt!r}: token position {max(chosen)} is beyond the {tokens} encoded")
-    prompt_index = torch.tensor([i for i, chosen in enumerate(positions) for _ in chosen], dtype=torch.long)
-    position_index = torch.tensor([p for chosen in positions for p in chosen], dtype=torch.long)
-    return TextRows(states, prompt_index.to(states.device), position_index.to(states.device))
+    device = states.device
+    return TextRows(prompt_index.to(device), position_index.to(device), len(prompts), states=states)
 
 
 def all_real_positions(adapter: Adapter, prompts) -> list[list[int]]:

@@ -278,7 +278,7 @@ class TextRouting(Intervention):
                 self.routing.rows_routed_anywhere(), prompts.conditional, self.target
             )
             prompts = EncodedPrompts(conditional, prompts.unconditional)
-        if _is_joint(adapter):
+        if adapter.joint_attention:
             prompts = self._side_by_side(prompts)
         return prompts
 
@@ -300,7 +300,7 @@ class TextRouting(Intervention):
 
     @contextmanager
     def installed(self, adapter: Adapter) -> Iterator[None]:
-        if _is_joint(adapter):
+        if adapter.joint_attention:
             if self._text_rows is None:
                 raise RuntimeError("joint-attention routing is installed by adapter.generate, after prepare")
             self._controller = JointRoutingController(
@@ -331,8 +331,3 @@ class TextRouting(Intervention):
                 f"routed cross-attention layers {silent} never ran: their attention processors were replaced during "
                 "generation (e.g. by set_attn_processor). Install other processors before routing, not during it."
             )
-
-
-def _is_joint(adapter: Adapter) -> bool:
-    """Whether the denoiser reads text through joint attention (SD3, FLUX): its layer table says so."""
-    return any(layer.stream != "cross" for layer in adapter.layers)

@@ -299,8 +299,18 @@ class Adapter(ABC):
             self.text_max_length or tokenizer.model_max_length,
         )
 
+    @property
+    def joint_attention(self) -> bool:
+        """Whether the denoiser reads the text through joint attention (SD3, FLUX): its layer table says so."""
+        return any(layer.stream != "cross" for layer in self.layers)
+
     def attention_states(self, cond: TextConditioning) -> torch.Tensor:  # [batch, tokens, dim]
         """The text states as the cross-attention layers receive them (after any projection in the denoiser)."""
+        if self.joint_attention:
+            raise LocoeditError(
+                "joint-attention blocks read the denoiser's own text stream, which depends on the block and the "
+                "timestep, not one set of text states; capture it while generating (locoedit.edit.rows.encode_rows)"
+            )
         return cond.embeds
 
     def route_added_text(

@@ -7,9 +7,6 @@ batch row is a conditional row.
 
 from __future__ import annotations
 
-import torch
-
-from locoedit.core.errors import LocoeditError
 from locoedit.models.base import EncodedPrompts, PooledTextAdapter, TextConditioning
 
 
@@ -42,12 +39,6 @@ class FluxAdapter(PooledTextAdapter):
     def _encode(self, prompts: list[str]) -> EncodedPrompts:
         # The empty prompt is encoded too, as every adapter's contract asks, though FluxPipeline never runs it.
         return EncodedPrompts(self._encode_batch(prompts), self._encode_batch([""] * len(prompts)))
-
-    def attention_states(self, cond: TextConditioning) -> torch.Tensor:
-        raise LocoeditError(
-            "FLUX's joint blocks read the denoiser's own text stream, which depends on the block and the timestep, "
-            "not one set of text states; locoedit cannot compute a LocoEdit of a joint-attention model yet"
-        )
 
     def pipeline_inputs(self, prompts):
         return {"prompt_embeds": prompts.conditional.embeds, "pooled_prompt_embeds": prompts.conditional.pooled}

@@ -16,8 +16,6 @@ import typing
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import torch
-
 from locoedit.core.errors import LocoeditError
 from locoedit.models.base import EncodedPrompts, PooledTextAdapter, TextConditioning
 
@@ -94,9 +92,3 @@ class StableDiffusion3Adapter(PooledTextAdapter):
             max_sequence_length=1 if self._compact_t5_rows else self.t5_rows,  # see the module docstring
         )
         return EncodedPrompts(TextConditioning(cond, pooled=pooled), TextConditioning(uncond, pooled=uncond_pooled))
-
-    def attention_states(self, cond: TextConditioning) -> torch.Tensor:
-        raise LocoeditError(
-            "SD3's joint blocks read the denoiser's own text stream, which depends on the block and the timestep, "
-            "not one set of text states; locoedit cannot compute a LocoEdit of a joint-attention model yet"
-        )

@@ -384,7 +384,7 @@ TINY_PIPELINES = {
 }
 
 # Joint-attention families (the text joins the image rows in every block). Kept apart from TINY_PIPELINES, which the
-# edit tests run on every family of, until LocoEdit can edit joint attention.
+# cross-attention tests run on every family of: their rows are captured while generating (tests/edit/test_joint_edit.py).
 JOINT_PIPELINES = {
     "sd3": tiny_stable_diffusion_3,
     "flux": tiny_flux,

@@ -1,0 +1,196 @@
+"""LocoEdit on joint attention (SD3, FLUX): the closed form on the dual-stream blocks' add_k_proj/add_v_proj, fitted
+to the text rows each block receives at each denoising step; single-stream blocks refused."""
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+from typer.testing import CliRunner
+
+from locoedit.cli import app
+from locoedit.core.errors import LocoeditError
+from locoedit.delta import export_lora
+from locoedit.edit import EditRequest, compute_edit
+from locoedit.edit.preservation import input_space, text_fingerprint
+from locoedit.edit.rows import all_real_positions, encode_rows
+from locoedit.interventions.capture import TextStreamCapture
+from locoedit.models import GenerationSettings, ModelSettings, adapter_for
+from locoedit.testing import JOINT_PIPELINES
+
+STEPS = 3
+PROMPTS = ("a {c} on black", "a {c} in the style of van gogh", "a red {c}")
+
+
+@pytest.fixture(scope="module")
+def joint_adapters(tmp_path_factory):
+    adapters = {}
+    for name, build in JOINT_PIPELINES.items():
+        adapter = adapter_for(build(tmp_path_factory.mktemp(name)))
+        adapter.recommended = ModelSettings(generation=GenerationSettings(STEPS, 4.0, 16, 16))
+        adapters[name] = adapter
+    adapters["sd3"].t5_rows = 16  # the pipeline's 256 T5 rows are many for a 4-block test model
+    adapters["flux"].text_max_length = 16
+    return adapters
+
+
+def _dual(adapter):
+    return [layer for layer in adapter.layers if layer.stream == "dual"]
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_captured_rows_are_what_each_block_projects_at_each_step(joint_adapters, family):
+    """The rows differ per block and per step (the stream is rewritten and modulated), and they are exactly what
+    add_k_proj receives: the same generation, recorded by a hook of the test's own, gives the same rows."""
+    adapter = joint_adapters[family]
+    prompts = ["a red circle", "a house"]
+    positions = [[1, 2], [0, 2, 3]]
+    rows = encode_rows(adapter, prompts, positions)
+    assert len(rows) == 5 and rows.positions() == positions
+    seen = {layer.name: [] for layer in _dual(adapter)}
+    handles = [
+        layer.module.add_k_proj.register_forward_pre_hook(lambda m, args, name=layer.name: seen[name].append(args[0]))
+        for layer in _dual(adapter)
+    ]
+    try:
+        adapter.generate(adapter.encode(prompts), [0, 0], adapter.default_settings())
+    finally:
+        for handle in handles:
+            handle.remove()
+    first, second = _dual(adapter)[:2]
+    for layer in (first, second):
+        per_step = rows.per_step(layer)
+        assert per_step.shape == (5, STEPS, layer.module.add_k_proj.in_features)
+        for step, text in enumerate(seen[layer.name]):
+            conditional = text[-2:]
+            expected = torch.stack([conditional[p, q] for p, chosen in enumerate(positions) for q in chosen])
+            torch.testing.assert_close(per_step[:, step], expected.double())
+        assert (per_step[:, 0] - per_step[:, -1]).abs().max() > 1e-4  # the timestep modulation moves them
+    assert (rows.per_step(first) - rows.per_step(second)).abs().max() > 1e-4
+    assert input_space(first) != input_space(second)  # each block is its own input space
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_the_edit_maps_the_concepts_captured_rows_onto_the_targets(joint_adapters, family):
+    """Without preservation and with a small lambda, the edited add_k_proj/add_v_proj send the concept's rows (at
+    every step) where the old ones sent the target's; only the chosen dual-stream blocks' projections change."""
+    adapter = joint_adapters[family]
+    layer = _dual(adapter)[1]
+    request = EditRequest(
+        model="tiny",
+        concepts=("circle",),
+        targets=("square",),
+        prompts=PROMPTS,
+        layers=(layer.index,),
+        token="last-subject",
+        lambda_key=1e-4,
+        lambda_value=1e-4,
+        preserve_neighbours=0,
+        preserve_general=0,
+        preserve_nearest=0,
+    )
+    delta = compute_edit(adapter, request)
+    assert delta.parameters == [f"{layer.name}.add_k_proj.weight", f"{layer.name}.add_v_proj.weight"]
+    rows = {}
+    for word in ("circle", "square"):
+        prompts = [p.replace("{c}", word) for p in PROMPTS]
+        rows[word] = encode_rows(adapter, prompts, [adapter.tokenize(p).phrase_positions(word) for p in prompts])
+    concept, target = rows["circle"], rows["square"]
+    x_o, x_t = concept.at(layer), target.at(layer)  # [3 prompts x STEPS, in]
+    assert x_o.shape[0] == 3 * STEPS
+    edited = delta.edited_values(adapter)
+    for projection in ("add_k_proj", "add_v_proj"):
+        old = getattr(layer.module, projection).weight.detach().double()
+        new = edited[f"{layer.name}.{projection}.weight"].double()
+        miss = (x_o @ new.T - x_t @ old.T).norm() / (x_o @ old.T - x_t @ old.T).norm()
+        assert miss < 0.05, f"{projection}: the edit leaves {miss:.0%} of the concept-target gap"
+
+
+def test_a_single_stream_block_is_refused_in_one_line_and_nothing_is_written(joint_adapters, tmp_path):
+    adapter = joint_adapters["flux"]
+    single = next(layer for layer in adapter.layers if layer.stream == "single")
+    request = EditRequest(
+        model="tiny", concepts=("circle",), targets=("square",), prompts=PROMPTS, layers=(single.index,)
+    )
+    with pytest.raises(LocoeditError, match=rf"layer {single.index} \(single\.0\) is a single-stream block"):
+        compute_edit(adapter, request)
+    folder = tmp_path / "flux"
+    adapter.pipe.save_pretrained(folder)
+    out = tmp_path / "edits" / "edit.safetensors"
+    result = CliRunner().invoke(
+        app,
+        ["edit", str(folder), "--concept", "circle", "--target", "square", "--layers", str(single.index)]
+        + ["--out", str(out)],
+    )
+    assert result.exit_code == 2, result.output
+    assert "single-stream block" in result.output and len(result.output.strip().splitlines()) == 1
+    assert not out.parent.exists()
+
+
+def test_the_statistics_fingerprint_of_a_joint_model_follows_its_denoiser(joint_adapters):
+    """Joint blocks read the denoiser's own text stream: cached corpus statistics must not outlive a change of the
+    denoiser's weights or of the sampling settings, though the text encoders are the same."""
+    adapter = joint_adapters["sd3"]
+    before = text_fingerprint(adapter)
+    weight = adapter.layers[0].module.add_k_proj.weight
+    original = weight.detach().clone()
+    with torch.no_grad():
+        weight.add_(1.0)
+    try:
+        changed = text_fingerprint(adapter)
+    finally:
+        with torch.no_grad():
+            weight.copy_(original)
+    assert changed != before and text_fingerprint(adapter) == before
+    settings = adapter.recommended
+    adapter.recommended = ModelSettings(generation=GenerationSettings(STEPS + 1, 4.0, 16, 16))
+    try:
+        assert text_fingerprint(adapter) != before
+    finally:
+        adapter.recommended = settings
+
+
+def test_a_capture_whose_blocks_never_ran_is_an_error(joint_adapters):
+    adapter = joint_adapters["sd3"]
+    capture = TextStreamCapture(adapter.layers, all_real_positions(adapter, ["a house"]))
+    with pytest.raises(RuntimeError, match="never projected their text"):
+        capture.verify()
+
+
+def _small_edit(adapter):
+    layer = _dual(adapter)[1]
+    request = EditRequest(
+        model="tiny",
+        concepts=("circle",),
+        targets=("square",),
+        prompts=PROMPTS,
+        layers=(layer.index,),
+        preserve_neighbours=0,
+        preserve_general=0,
+        preserve_nearest=0,
+    )
+    return compute_edit(adapter, request)
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_a_joint_edit_exports_as_a_peft_lora_the_pipeline_loads(joint_adapters, family, tmp_path):
+    """The pipeline's own load_lora_weights reads the file into ``transformer`` and draws what the applied edit
+    draws (within 2/255); kohya is refused with the reason."""
+    adapter = joint_adapters[family]
+    delta = _small_edit(adapter)
+    path = export_lora(delta, "peft", tmp_path / "lora.safetensors").path
+    prompts = adapter.encode(["a red circle on black", "a house"])
+    settings = adapter.default_settings()
+    before = adapter.generate(prompts, [0, 1], settings)
+    with delta.installed(adapter):
+        applied = adapter.generate(prompts, [0, 1], settings)
+    adapter.pipe.load_lora_weights(str(path))
+    try:
+        loaded = adapter.generate(prompts, [0, 1], settings)
+    finally:
+        adapter.pipe.unload_lora_weights()
+    assert (applied - before).abs().max() > 0.01  # the edit draws something else
+    assert (loaded - applied).abs().max() <= 2 / 255
+    with pytest.raises(LocoeditError, match="use --format peft"):
+        export_lora(delta, "kohya", tmp_path / "kohya.safetensors")
+    assert not (tmp_path / "kohya.safetensors").exists()

@@ -434,11 +434,15 @@ def demo(
     seeds: Annotated[
         int | None, typer.Option(help="Seeds per prompt, to override the plan's for a quick smoke run.")
     ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="A shipped toy model: toyworld (the UNet, default) or toyworld-mmdit (joint attention)."),
+    ] = None,
 ):
     """The whole story on the shipped toy world: localize, edit and evaluate a style, an object and a fact."""
     from locoedit.workflows.demo import run_demo, summary_lines
 
-    rows = run_demo(out, seeds=seeds, progress=ctx.obj)
+    rows = run_demo(out, seeds=seeds, progress=ctx.obj, model=model)
     for line in summary_lines(rows):
         typer.echo(line)
     typer.echo(f"wrote {out / 'report.html'} and {out / 'demo.json'}")

@@ -134,9 +134,13 @@ def lora_tensors(
     check_strength(strength)
     dtype = dtype or delta.dtype
     tensors, errors = {}, {}
-    for name, update in sorted(delta.factors.items()):
+    loras = {
+        name: balanced_svd(LowRank(update.up * strength, update.down), rank) for name, update in delta.factors.items()
+    }
+    common = max(lora.down.shape[0] for lora in loras.values())
+    for name, lora in sorted(loras.items()):
         module = name.removesuffix(".weight")
-        lora = balanced_svd(LowRank(update.up * strength, update.down), rank)
+        lora = _padded(lora, common)
         errors[name] = lora.relative_error
         if format == "kohya":
             key = "lora_unet_" + module.replace(".", "_")
@@ -147,6 +151,17 @@ def lora_tensors(
             tensors[f"{component(delta)}.{module}.lora_A.weight"] = lora.down.to(dtype)
             tensors[f"{component(delta)}.{module}.lora_B.weight"] = lora.up.to(dtype)
     return tensors, errors
+
+
+def _padded(lora: LoraFactors, rank: int) -> LoraFactors:
+    """The same update at ``rank``, zero columns and rows added: one file holds one rank (LoraConfig's ``r``, kohya's
+    network dim), and the blocks of a joint-attention edit keep updates of different ranks."""
+    missing = rank - lora.down.shape[0]
+    if missing == 0:
+        return lora
+    up = torch.cat([lora.up, lora.up.new_zeros(lora.up.shape[0], missing)], dim=1)
+    down = torch.cat([lora.down, lora.down.new_zeros(missing, lora.down.shape[1])])
+    return LoraFactors(up, down, lora.relative_error)
 
 
 def component(delta: EditDelta) -> str:
@@ -212,10 +227,7 @@ def export_lora(
     if out.suffix != ".safetensors":
         raise LocoeditError(f"--out {out} must end in .safetensors (a LoRA file)")
     tensors, errors = lora_tensors(delta, format, rank, strength=strength)
-    ranks = {tensor.shape[0] for key, tensor in tensors.items() if key.endswith(("lora_down.weight", "lora_A.weight"))}
-    if len(ranks) != 1:  # one edit gives every matrix the same number of rows; a hand-made delta may not
-        raise LocoeditError(f"the delta's matrices have different ranks {sorted(ranks)}; give --rank {min(ranks)}")
-    kept = ranks.pop()
+    kept = next(t.shape[0] for key, t in tensors.items() if key.endswith(("lora_down.weight", "lora_A.weight")))
     write_safetensors(out, tensors, lora_metadata(delta, format, kept, strength))
     stored = next(iter(delta.factors.values())).rank
     return LoraExport(out, format, kept, stored, errors)

@@ -169,3 +169,16 @@ def edit_objective(weight, new_weight, sources, targets, regulariser: Regularise
     update = w_new - w
     penalty = ((update @ regulariser.matrix(w.shape[1], w.device)) * update).sum()
     return float(((x_o @ w_new.T - x_t @ w.T) ** 2).sum() + penalty)
+
+
+def compress_rows(
+    sources: torch.Tensor, targets: torch.Tensor, energy: float
+) -> tuple[torch.Tensor, torch.Tensor]:  # [k, in] float64 x2, k <= min(n, in)
+    """Fewer rows with the same closed form, on the singular directions of ``X_o`` that hold ``energy`` of its
+    squared norm: with ``X_o = U S V^T``, ``(S V^T, U^T X_t)``. Keeping every direction is exact (the objective moves
+    by a constant); dropping the weakest leaves the edit alone along them, as for any direction no concept row
+    takes, and the update's rank at most k."""
+    u, singular, v_t = torch.linalg.svd(sources.to(torch.float64), full_matrices=False)
+    share = singular.square().cumsum(0) / singular.square().sum().clamp_min(1e-300)
+    keep = min(int((share < energy).sum()) + 1, len(singular))
+    return singular[:keep, None] * v_t[:keep], u[:, :keep].T @ targets.to(torch.float64)

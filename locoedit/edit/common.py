@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from locoedit.edit.request import DEFAULT_TOKEN
+from locoedit.edit.request import DEFAULT_JOINT_TOKEN, DEFAULT_TOKEN
 from locoedit.models import Adapter, EditDefaults
 
 
 def with_model_defaults(request, adapter: Adapter):
     """The request with what it leaves open taken from the model folder's recommendations (``locoedit.json``), else
-    locoedit's: the token rows (``last-subject``, the paper's) and, without ``prompts``, templates: those of the
+    locoedit's: the token rows (``last-subject``, the paper's; ``every`` on joint attention) and, without ``prompts``, templates: those of the
     neighbour group that holds the concept (a colour is written where a shape is not), else those of the kind."""
     recommended = adapter.recommended.edit or EditDefaults()
     changes: dict[str, object] = {}
     if request.token is None:
-        changes["token"] = recommended.token or DEFAULT_TOKEN
+        changes["token"] = recommended.token or (DEFAULT_JOINT_TOKEN if adapter.joint_attention else DEFAULT_TOKEN)
     if not request.prompts:
         concepts = {c.strip().lower() for c in request.concepts}
         groups = [

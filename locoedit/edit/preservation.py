@@ -32,7 +32,7 @@ from safetensors.torch import load_file
 
 from locoedit.core.errors import LocoeditError
 from locoedit.core.io import write_safetensors
-from locoedit.edit.rows import TextRows, encode_rows, prompt_pairs
+from locoedit.edit.rows import STREAM_SEEDS, TextRows, encode_rows, prompt_pairs
 from locoedit.models import Adapter
 from locoedit.models.base import find_phrase
 from locoedit.models.layers import CrossAttentionLayer
@@ -217,7 +217,8 @@ def text_fingerprint(adapter: Adapter) -> str:
     modules = [(name, getattr(adapter.pipe, name)) for name in adapter.text_encoder_names]
     if adapter.joint_attention:  # joint blocks read the denoiser's own text stream, captured while sampling
         modules.append((adapter.denoiser_name, adapter.denoiser))
-        digest.update(json.dumps(adapter.default_settings().to_json(), sort_keys=True).encode())
+        captured = {"settings": adapter.default_settings().to_json(), "seeds": list(STREAM_SEEDS)}
+        digest.update(json.dumps(captured, sort_keys=True).encode())
     else:
         modules += [
             (layer.name, layer.module.norm_cross) for layer in adapter.layers if layer.module.norm_cross is not None

@@ -164,7 +164,9 @@ def aligned_positions(adapter: Adapter, pair: PromptPair, token: str | None) -> 
     return source, paired + [target_tail[j] for j in stretch_alignment(len(tail), len(target_tail))]
 
 
-STREAM_SEED = 0  # the noise every prompt is generated from while its joint-attention text rows are captured
+# The noises every prompt is generated from while its joint-attention text rows are captured: the text stream also
+# reads the image, so one trajectory would fit the edit to one image.
+STREAM_SEEDS = (0, 1)
 
 
 @dataclass
@@ -180,7 +182,7 @@ class TextRows:
     position_index: torch.Tensor  # [rows] long
     prompts: int
     states: torch.Tensor | None = None  # cross-attention: [prompts, tokens, dim] attention states (model dtype)
-    stream: dict[str, torch.Tensor] | None = None  # joint attention: block name -> [rows, steps, dim]
+    stream: dict[str, torch.Tensor] | None = None  # joint attention: block name -> [rows, seeds x steps, dim]
 
     def __len__(self) -> int:
         return int(self.prompt_index.numel())
@@ -192,9 +194,15 @@ class TextRows:
             chosen[prompt].append(position)
         return chosen
 
-    def per_step(self, layer: CrossAttentionLayer) -> torch.Tensor:  # [rows, steps, dim] float64
-        """The rows as ``layer``'s key/value projections receive them, at each denoising step (cross-attention
-        reads the same rows at every step: one).
+    @property
+    def samples(self) -> int:
+        """How many times each row was captured (:meth:`per_step`): 1 for cross-attention, which reads the same
+        rows at every step; seeds x steps for joint attention."""
+        return 1 if self.stream is None else next(iter(self.stream.values())).shape[1]
+
+    def per_step(self, layer: CrossAttentionLayer) -> torch.Tensor:  # [rows, samples, dim] float64
+        """The rows as ``layer``'s key/value projections receive them, at each denoising step of each capture seed
+        (cross-attention reads the same rows at every step: one).
 
         Layers with ``norm_cross`` (DeepFloyd IF's group norm) normalise the full padded prompt first, then rows are
         picked, exactly as the attention processor does.
@@ -228,15 +236,19 @@ class TextRows:
 
 def encode_rows(adapter: Adapter, prompts: list[str], positions: list[list[int]]) -> TextRows:
     """Encode ``prompts`` and select ``positions[i]`` of prompt ``i``. On a joint-attention denoiser the prompts
-    are generated (from :data:`STREAM_SEED`'s noise, with the model's own sampling settings) and the positions kept
-    as each dual-stream block receives them, at every step."""
+    are generated (from each of :data:`STREAM_SEEDS`' noises, with the model's own sampling settings) and the
+    positions kept as each dual-stream block receives them, at every step."""
     prompt_index = torch.tensor([i for i, chosen in enumerate(positions) for _ in chosen], dtype=torch.long)
     position_index = torch.tensor([p for chosen in positions for p in chosen], dtype=torch.long)
     if adapter.joint_attention:
-        capture = TextStreamCapture(adapter.layers, positions)
-        seeds = [STREAM_SEED] * len(prompts)
-        adapter.generate(adapter.encode(list(prompts)), seeds, adapter.default_settings(), [capture])
-        return TextRows(prompt_index, position_index, len(prompts), stream=capture.rows())
+        copies = len(STREAM_SEEDS)
+        capture = TextStreamCapture(adapter.layers, list(positions) * copies)
+        seeds = [seed for seed in STREAM_SEEDS for _ in prompts]
+        adapter.generate(adapter.encode(list(prompts) * copies), seeds, adapter.default_settings(), [capture])
+        stream = {  # [copies x rows, steps, dim] -> [rows, copies x steps, dim]
+            name: rows.unflatten(0, (copies, -1)).transpose(0, 1).flatten(1, 2) for name, rows in capture.rows().items()
+        }
+        return TextRows(prompt_index, position_index, len(prompts), stream=stream)
     with torch.no_grad():
         states = adapter.attention_states(adapter.encode(list(prompts)).conditional)  # [prompts, tokens, dim]
     tokens = states.shape[1]

@@ -35,6 +35,7 @@ from locoedit.scoring import make_scorer, scorer_spec_for
 logger = logging.getLogger(__name__)
 
 DEMO_FILE = Path(__file__).parents[1] / "data" / "demo.json"
+DEMO_MODELS = ("toyworld", "toyworld-mmdit")  # the world its suites and probe describe, denoised by a UNet or an MMDiT
 
 
 @dataclass(frozen=True)
@@ -80,13 +81,17 @@ def run_demo(
     adapter: Adapter | None = None,
     seeds: int | None = None,
     progress: ProgressCallback | None = None,
+    model: str | None = None,
 ) -> list[DemoRow]:
-    """Run the demo into ``out``. ``seeds`` (per prompt) overrides the plan's, for smoke runs; the README's figures
-    use the plan's."""
+    """Run the demo into ``out``, on ``model`` (a shipped toy model: ``toyworld``, the plan's, or ``toyworld-mmdit``).
+    ``seeds`` (per prompt) overrides the plan's, for smoke runs; the README's figures use the plan's."""
     out = check_writable(out)
     if seeds is not None and seeds < 1:
         raise LocoeditError(f"seeds {seeds} must be >= 1")
+    if model is not None and model not in DEMO_MODELS:
+        raise LocoeditError(f"--model {model!r} is not a shipped toy model; use one of {', '.join(DEMO_MODELS)}")
     plan = json.loads(DEMO_FILE.read_text())
+    plan["model"] = model or plan["model"]
     RunFolder(out).claim(DemoRun(plan, seeds))  # another run's folder is refused; this one's resumes
     started = time.perf_counter()
     model = plan["model"]

@@ -33,8 +33,8 @@ def resolve_layers(
     bad = [i for i in indices if not 0 <= i < len(table)]
     if bad:
         raise LocoeditError(
-            f"layer indices {bad} are out of range: this model has {len(table)} cross-attention layers "
-            f"(0..{len(table) - 1})"
+            f"layer indices {bad} are out of range: this model has {len(table)} text-reading layers "
+            f"(0..{len(table) - 1}; `locoedit layers MODEL` lists them)"
         )
     single = [table[i] for i in sorted(indices) if table[i].stream == "single"]
     if single and spec == "auto":  # LocoGen may choose them; the edit keeps the dual-stream blocks of its windows

@@ -78,7 +78,7 @@ class ActivationRecorder(Intervention):
 
 class ActivationPatch(Intervention):
     """Replaces ``site``'s output at its ``k``-th call by ``recorded[k]``, in the batch ``rows`` selected ([batch]
-    bool over the module's own batch, both guidance halves included; None = every row) and, for outputs with a token
+    bool over the module's own batch, or over one guidance half for each half; None = every row) and, for outputs with a token
     axis ([batch, tokens, ...]), at the token ``positions`` selected (None = every position). A recording holds
     either the whole batch or just the selected rows, in order."""
 
@@ -95,6 +95,14 @@ class ActivationPatch(Intervention):
         self.positions = None if positions is None else list(positions)
         self.calls = 0
 
+    def _rows_for(self, batch: int) -> torch.Tensor:  # [batch] bool
+        """The selected rows over a call's batch: a selection of one guidance half applies to each half (FLUX and
+        guidance 1 run one half, classifier-free guidance two)."""
+        assert self.rows is not None
+        if batch != self.rows.numel() and batch % self.rows.numel() == 0:
+            return self.rows.repeat(batch // self.rows.numel())
+        return self.rows
+
     def _patch(self, module, args, output):
         if self.calls >= len(self.recorded):
             raise RuntimeError(
@@ -104,7 +112,7 @@ class ActivationPatch(Intervention):
         current = _tensor_of(output)
         recorded = self.recorded[self.calls].to(current.device, current.dtype)
         self.calls += 1
-        rows = slice(None) if self.rows is None else self.rows.to(current.device)
+        rows = slice(None) if self.rows is None else self._rows_for(current.shape[0]).to(current.device)
         if self.rows is not None and recorded.shape[0] == current.shape[0]:
             recorded = recorded[rows]  # a recording of the whole batch: take the selected rows from it
         selected = current[rows]

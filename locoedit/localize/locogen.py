@@ -304,7 +304,7 @@ def checked(
     num_layers = len(adapter.layers)
     if isinstance(request.window, int) and request.window > num_layers:  # an int or "auto"
         raise LocoeditError(
-            f"window {request.window} is larger than the model's {num_layers} cross-attention layers; "
+            f"window {request.window} is larger than the model's {num_layers} text-reading layers; "
             f"give --window between 1 and {num_layers}"
         )
     scorer = resolve_scorer(request.scorer, scorer, adapter)

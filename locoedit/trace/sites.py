@@ -22,9 +22,10 @@ from locoedit.models import Adapter, GenerationSettings
 class Site:
     name: str  # pipeline path, component first
     part: str  # "denoiser" or "text_encoder"
-    kind: (
-        str  # resnet, transformer_block, self_attention, cross_attention; encoder_layer, encoder_attention, encoder_mlp
-    )
+    # resnet, transformer_block, self_attention, cross_attention, joint_attention (SD3, FLUX: the first tensor it
+    # returns, the image rows of a dual-stream block, text and image rows of a single-stream one); encoder_layer,
+    # encoder_attention, encoder_mlp
+    kind: str
     index: int  # position in execution order within its part
 
 
@@ -35,9 +36,14 @@ def _denoiser_kind(path: str, module: torch.nn.Module) -> str | None:
         isinstance(module, BasicTransformerBlock) and re.fullmatch(r"transformer_blocks\.\d+", path)
     ):
         return "transformer_block"
+    if _JOINT_ATTENTION.fullmatch(path):  # SD3's Attention and FLUX's FluxAttention alike
+        return "joint_attention"
     if isinstance(module, Attention):
         return "cross_attention" if module.is_cross_attention else "self_attention"
     return None
+
+
+_JOINT_ATTENTION = re.compile(r"(?:single_)?transformer_blocks\.\d+\.attn")
 
 
 def denoiser_sites(adapter: Adapter) -> list[Site]:

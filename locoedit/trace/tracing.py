@@ -145,11 +145,9 @@ def _stack(parts: list[EncodedPrompts]) -> EncodedPrompts:
     return EncodedPrompts(join([p.conditional for p in parts]), join([p.unconditional for p in parts]))
 
 
-def _rows(
-    batch: int, groups: int, group: int
-) -> torch.Tensor:  # [2 * groups * batch] bool: block ``group``, both halves
-    rows = torch.zeros(2, groups, batch, dtype=torch.bool)
-    rows[:, group] = True
+def _rows(batch: int, groups: int, group: int) -> torch.Tensor:  # [groups * batch] bool: block ``group`` of a half
+    rows = torch.zeros(groups, batch, dtype=torch.bool)
+    rows[group] = True
     return rows.flatten()
 
 

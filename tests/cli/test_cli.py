@@ -109,6 +109,7 @@ def test_an_error_after_loading_a_model_is_one_line(tmp_path):
     )
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [
-        "error: layer indices [99] are out of range: this model has 11 cross-attention layers (0..10)"
+        "error: layer indices [99] are out of range: this model has 11 text-reading layers (0..10; `locoedit layers "
+        "MODEL` lists them)"
     ]
     assert not (tmp_path / "d.safetensors").exists()

@@ -62,7 +62,7 @@ def test_bad_requests_are_refused_on_construction(overrides, message):
 
 def test_layer_indices_out_of_range(sd, tmp_path):
     out = tmp_path / "delta.safetensors"
-    with pytest.raises(LocoeditError, match=r"out of range: this model has 7 cross-attention layers \(0..6\)"):
+    with pytest.raises(LocoeditError, match=r"out of range: this model has 7 text-reading layers \(0..6;"):
         edit_to_file(make(layers=(6, 7)), out, adapter=sd)
     assert not out.exists() and list(tmp_path.iterdir()) == []
 

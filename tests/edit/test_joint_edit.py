@@ -218,3 +218,34 @@ def test_compressed_rows_give_the_same_closed_form_and_drop_only_weak_directions
     truncated = closed_form_edit(weight, sources, targets, 0.1)
     assert torch.linalg.matrix_rank(truncated - weight, rtol=1e-8) == 4
     assert (truncated - exact).norm() < 1e-2 * (exact - weight).norm()
+
+
+def test_auto_layers_keep_the_dual_stream_blocks_of_locogens_windows(joint_adapters, monkeypatch):
+    """FLUX: LocoGen's windows may hold single-stream blocks; `--layers auto` edits their dual-stream blocks, and
+    refuses with the reason when the windows hold none."""
+    from locoedit.edit.layers import resolve_layers
+
+    adapter = joint_adapters["flux"]
+    request = EditRequest(model="tiny", concepts=("circle",), targets=("square",), prompts=PROMPTS)
+    monkeypatch.setattr("locoedit.edit.layers.auto_layers", lambda *args: [1, 2, 3])
+    assert [layer.index for layer in resolve_layers(adapter, request)] == [1]
+    monkeypatch.setattr("locoedit.edit.layers.auto_layers", lambda *args: [3, 4])
+    with pytest.raises(LocoeditError, match="LocoGen chose only single-stream blocks"):
+        resolve_layers(adapter, request)
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_causal_tracing_restores_each_joint_block(joint_adapters, family):
+    """Every text-reading joint block is a tracing site, in execution order, and restoring it is measured."""
+    from locoedit.scoring import PixelScorer
+    from locoedit.trace import TraceRequest, denoiser_sites, trace
+
+    adapter = joint_adapters[family]
+    sites = [site for site in denoiser_sites(adapter) if site.kind == "joint_attention"]
+    assert [site.name for site in sites] == [f"transformer.{layer.name}" for layer in adapter.layers]
+    request = TraceRequest(
+        model="tiny", prompts=("a red circle on black",), concept="red", seeds=(0,), steps=STEPS, height=16, width=16
+    )
+    result = trace(request, adapter=adapter, scorer=PixelScorer())
+    traced = {site.name: site.effect for site in result.sites if site.part == "denoiser"}
+    assert all(traced[site.name] is not None for site in sites)

@@ -314,7 +314,7 @@ def test_bad_requests_name_the_problem(changes, message):
 
 
 def test_window_larger_than_the_model_is_refused_and_nothing_is_written(tiny_adapters, tmp_path):
-    with pytest.raises(LocoeditError, match="larger than the model's 7 cross-attention layers"):
+    with pytest.raises(LocoeditError, match="larger than the model's 7 text-reading layers"):
         localize(request(window=8), tmp_path / "run", tiny_adapters["sd"], PixelScorer())
     assert not (tmp_path / "run").exists()
 

@@ -113,3 +113,12 @@ def test_demo_rerun_resumes_without_generating_again(demo_run, monkeypatch):
     ]
     with pytest.raises(LocoeditError, match="holds a different run"):
         run_demo(out, adapter=adapter, seeds=2)
+
+
+def test_demo_refuses_a_model_that_is_no_shipped_toy_and_writes_nothing(tmp_path):
+    out = tmp_path / "demo"
+    with pytest.raises(
+        LocoeditError, match="--model 'sd' is not a shipped toy model; use one of toyworld, toyworld-mmdit"
+    ):
+        run_demo(out, seeds=1, model="sd")
+    assert not out.exists()

@@ -10,8 +10,9 @@ from locoedit.models import Adapter, EditDefaults
 
 def with_model_defaults(request, adapter: Adapter):
     """The request with what it leaves open taken from the model folder's recommendations (``locoedit.json``), else
-    locoedit's: the token rows (``last-subject``, the paper's; ``every`` on joint attention) and, without ``prompts``, templates: those of the
-    neighbour group that holds the concept (a colour is written where a shape is not), else those of the kind."""
+    locoedit's: the token rows (``last-subject``, the paper's; ``from-concept`` on joint attention) and, without
+    ``prompts``, templates: those of the neighbour group that holds the concept (a colour is written where a shape is
+    not), else those of the kind."""
     recommended = adapter.recommended.edit or EditDefaults()
     changes: dict[str, object] = {}
     if request.token is None:

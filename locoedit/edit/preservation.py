@@ -153,7 +153,7 @@ def moment_sums(
     :func:`encode_summaries`), from the same encoding."""
     sums: dict[str, torch.Tensor] = {}
     parts: dict[str, list[torch.Tensor]] = {space: [] for space in spaces}
-    count, steps = 0, 1
+    count = 0
     prompts = list(prompts)
     for start in range(0, len(prompts), _BATCH):
         chunk = prompts[start : start + _BATCH]
@@ -167,8 +167,7 @@ def moment_sums(
             sums[space] = sums[space] + x.T @ x if space in sums else x.T @ x
             if summaries is not None:
                 parts[space].append(per_step[ends.to(x.device)].mean(1))
-            steps = per_step.shape[1]
-        count += len(batch) * steps
+        count += len(batch) * batch.samples
     if summaries is not None:
         summaries.update({space: torch.cat(rows) for space, rows in parts.items()})
     return sums, count

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from locoedit.core.errors import LocoeditError
-from locoedit.interventions.capture import TextStreamCapture
+from locoedit.interventions.capture import TextStreamCapture, row_index
 from locoedit.models import Adapter, PromptTokens
 from locoedit.models.base import find_phrase
 from locoedit.models.layers import CrossAttentionLayer
@@ -238,19 +238,20 @@ def encode_rows(adapter: Adapter, prompts: list[str], positions: list[list[int]]
     """Encode ``prompts`` and select ``positions[i]`` of prompt ``i``. On a joint-attention denoiser the prompts
     are generated (from each of :data:`STREAM_SEEDS`' noises, with the model's own sampling settings) and the
     positions kept as each dual-stream block receives them, at every step."""
-    prompt_index = torch.tensor([i for i, chosen in enumerate(positions) for _ in chosen], dtype=torch.long)
-    position_index = torch.tensor([p for chosen in positions for p in chosen], dtype=torch.long)
+    prompt_index, position_index = row_index(positions)
+    encoded = adapter.encode(list(prompts))
     if adapter.joint_attention:
         copies = len(STREAM_SEEDS)
         capture = TextStreamCapture(adapter.layers, list(positions) * copies)
         seeds = [seed for seed in STREAM_SEEDS for _ in prompts]
-        adapter.generate(adapter.encode(list(prompts) * copies), seeds, adapter.default_settings(), [capture])
+        repeated = encoded.take(list(range(len(prompts))) * copies)  # encoded once, generated from every seed
+        adapter.generate(repeated, seeds, adapter.default_settings(), [capture])
         stream = {  # [copies x rows, steps, dim] -> [rows, copies x steps, dim]
             name: rows.unflatten(0, (copies, -1)).transpose(0, 1).flatten(1, 2) for name, rows in capture.rows().items()
         }
         return TextRows(prompt_index, position_index, len(prompts), stream=stream)
     with torch.no_grad():
-        states = adapter.attention_states(adapter.encode(list(prompts)).conditional)  # [prompts, tokens, dim]
+        states = adapter.attention_states(encoded.conditional)  # [prompts, tokens, dim]
     tokens = states.shape[1]
     for prompt, chosen in zip(prompts, positions):
         if chosen and max(chosen) >= tokens:

@@ -23,6 +23,13 @@ from locoedit.models import Adapter, Intervention
 from locoedit.models.layers import CrossAttentionLayer
 
 
+def row_index(positions: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:  # [rows] long x2
+    """Which prompt and which token position each selected row is: ``positions[i]`` of prompt ``i``, in order."""
+    prompt_index = torch.tensor([i for i, chosen in enumerate(positions) for _ in chosen], dtype=torch.long)
+    position_index = torch.tensor([p for chosen in positions for p in chosen], dtype=torch.long)
+    return prompt_index, position_index
+
+
 class TextStreamCapture(Intervention):
     """Keep ``positions[i]`` of prompt ``i``'s text stream as every dual-stream block of ``layers`` projects it,
     at every denoising step. Only the conditional rows are kept (the last ``len(positions)`` rows of each call:
@@ -31,8 +38,7 @@ class TextStreamCapture(Intervention):
     def __init__(self, layers: list[CrossAttentionLayer], positions: list[list[int]]):
         self.layers = [layer for layer in layers if layer.stream == "dual"]
         self.prompts = len(positions)
-        self.prompt_index = torch.tensor([i for i, chosen in enumerate(positions) for _ in chosen], dtype=torch.long)
-        self.position_index = torch.tensor([p for chosen in positions for p in chosen], dtype=torch.long)
+        self.prompt_index, self.position_index = row_index(positions)
         self.steps: dict[str, list[torch.Tensor]] = {layer.name: [] for layer in self.layers}
 
     def _record(self, name: str, text: torch.Tensor) -> None:  # text: [batch, tokens, dim]

@@ -78,9 +78,9 @@ class ActivationRecorder(Intervention):
 
 class ActivationPatch(Intervention):
     """Replaces ``site``'s output at its ``k``-th call by ``recorded[k]``, in the batch ``rows`` selected ([batch]
-    bool over the module's own batch, or over one guidance half for each half; None = every row) and, for outputs with a token
-    axis ([batch, tokens, ...]), at the token ``positions`` selected (None = every position). A recording holds
-    either the whole batch or just the selected rows, in order."""
+    bool over the module's own batch, or over one guidance half for each half; None = every row) and, for outputs
+    with a token axis ([batch, tokens, ...]), at the token ``positions`` selected (None = every position). A
+    recording holds either the whole batch or just the selected rows, in order."""
 
     def __init__(
         self,

@@ -188,16 +188,18 @@ class LocoGen:
         stored = self.run.load_tensors(name) if self.run else None
         if stored is not None and set(groups) <= set(stored):
             return stored
-        rows: list[Row] = [(group, p, seed) for group in groups for p, seed in budget.rows(len(self.request.prompts))]
-        mine = self.processes.share(rows)
         task = ProgressTask(
             self.progress,
             f"references{' (' + budget.stage + ')' if budget.stage else ''}",
-            budget.settings.num_inference_steps,
+            len(groups) * budget.settings.num_inference_steps,
         )
-        images = self._generate(budget, mine, task) if mine else torch.empty(0)
-        shares = [share for share in self.processes.gather(images) if share.numel()]
-        generated = dict(zip(groups, torch.cat(shares).split(len(rows) // len(groups))))
+        generated = {}
+        # One batch per group, the size of an exact-mode window's: batch size changes the kernels' summation order,
+        # and a window that cannot act must score exactly 0, not the float noise of a differently sized batch.
+        for group in groups:
+            mine = self.processes.share([(group, p, seed) for p, seed in budget.rows(len(self.request.prompts))])
+            images = self._generate(budget, mine, task) if mine else torch.empty(0)
+            generated[group] = torch.cat([share for share in self.processes.gather(images) if share.numel()])
         if self.run and self.processes.is_main:
             if not budget.stage:
                 for group, group_images in generated.items():

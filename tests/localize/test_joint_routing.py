@@ -138,20 +138,7 @@ def test_the_planted_path_carries_the_prompt_only_where_planted(joint_adapters, 
     assert not torch.equal(adapter.generate(prompts, [0], SETTINGS), adapter.generate(targets, [0], SETTINGS))
 
 
-PLANTED_FAMILIES = [
-    pytest.param(
-        family,
-        marks=pytest.mark.xfail(
-            strict=True, reason="FLUX: every window moves the score, not only the planted blocks; open in issue 20"
-        ),
-    )
-    if family == "flux"
-    else family
-    for family in FAMILIES
-]
-
-
-@pytest.mark.parametrize("family", PLANTED_FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES)
 def test_locogen_finds_the_planted_blocks_in_exact_and_batched_mode(joint_adapters, family):
     adapter, planted = joint_adapters[family], PLANTED[family]
     fields = dict(model="tiny", prompts=PROMPTS[:1], targets=TARGETS[:1], window=1, seeds=(0, 1), steps=3)

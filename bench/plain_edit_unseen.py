@@ -14,8 +14,11 @@ them with the probe:
 - identity: neighbour and unrelated images whose every probe-read attribute is unchanged.
 
     python bench/plain_edit_unseen.py [--cases triangle,hokusai+klimt] [--prompts 12] [--seeds 2] [--without-mining]
+        [--model toyworld-mmdit] [--methods locoedit,uce-context]
 
 "mining" is ``--preserve-nearest`` (the default, or ``off`` with ``--without-mining``: the edit before mining).
+``--methods``: the edit methods compared on the same images before the edit (a row each); ``uce-context`` is the
+SD3/FLUX baseline `locoedit context-edit` (``context_embedder`` alone), for ``--model toyworld-mmdit``.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import torch
 
 torch.set_num_threads(1)
 
-from locoedit.edit import EditRequest, compute_edit  # noqa: E402
+from locoedit.edit import ContextEmbedderRequest, EditRequest, compute_edit  # noqa: E402
 from locoedit.models import load_adapter  # noqa: E402
 from locoedit.toyworld import caption_for, load_vocab, parse_caption  # noqa: E402
 from locoedit.toyworld.probe import ToyworldProbe  # noqa: E402
@@ -141,8 +144,10 @@ def main() -> None:
         action="store_true",
         help="also the same edit with --preserve-nearest 0, on the same images before the edit (a row each)",
     )
+    parser.add_argument("--model", default="toyworld", choices=("toyworld", "toyworld-mmdit"))
+    parser.add_argument("--methods", default="locoedit", help="comma-separated: locoedit, uce-context")
     args = parser.parse_args()
-    adapter = load_adapter("toyworld", device="cpu")
+    adapter = load_adapter(args.model, device="cpu")
     probe = ToyworldProbe.load()
     settings = adapter.settings()
     seeds = list(range(args.seeds))
@@ -153,12 +158,20 @@ def main() -> None:
     )
     for attribute, value, concept, target, kind in (c for c in CASES if c[1] in wanted):
         started = time.perf_counter()
-        request = EditRequest(model="toyworld", concepts=tuple(concept.split("+")), targets=(target,), kind=kind)
+        fields = dict(model=args.model, concepts=tuple(concept.split("+")), targets=(target,), kind=kind)
+        request = EditRequest(**fields)
         if args.threshold is not None:
             request = replace(request, auto_threshold=args.threshold)
-        variants = {f"{request.preserve_nearest}": request}
-        if args.without_mining:
-            variants["off"] = replace(request, preserve_nearest=0)
+        variants: dict[str, EditRequest] = {}
+        for method in args.methods.split(","):
+            if method == "locoedit":
+                variants[f"{request.preserve_nearest}"] = request
+                if args.without_mining:
+                    variants["off"] = replace(request, preserve_nearest=0)
+            elif method == "uce-context":
+                variants["uce-context"] = ContextEmbedderRequest(**fields)
+            else:
+                parser.error(f"--methods: {method!r} is not locoedit or uce-context")
         deltas = {name: compute_edit(adapter, r) for name, r in variants.items()}
         rng = np.random.default_rng(5)
         first = value.split("+")[0]
@@ -192,9 +205,10 @@ def main() -> None:
         cell = lambda v: "n/a" if v is None else f"{v:.0%}"
         for name, delta in deltas.items():
             layers = [layer["index"] for layer in delta.layers]
+            where = f"{layers[0]}-{layers[-1]}" if layers else "context_embedder"
             row = figures[name]
             print(
-                f"| {kind} {shown.replace('+', ' + ')} | {name} | {layers[0]}-{layers[-1]} | {cell(row['efficacy'])} | "
+                f"| {kind} {shown.replace('+', ' + ')} | {name} | {where} | {cell(row['efficacy'])} | "
                 f"{cell(row['adoption'])} | {cell(row['neighbours'])} | {cell(row['unrelated'])} | "
                 f"{cell(row['lookalikes'])} | {np.mean(identity[name]):.0%} | {time.perf_counter() - started:.0f} s |",
                 flush=True,

@@ -205,9 +205,10 @@ def _edit(ctx: typer.Context, request, out: Path) -> None:
         count = sum(len(item["neurons"]) for item in delta.settings["chosen_neurons"])
         typer.echo(f"replaced {count} neurons in layers {names} -> {out}")
     else:
+        edited = f"layers {names}" if delta.layers else ", ".join(delta.parameters)  # uce-context: no layers
         typer.echo(
-            f"edited layers {names} ({len(delta.parameters)} matrices, {delta.settings['concept_rows']} concept "
-            f"rows) -> {out}"
+            f"edited {edited} ({len(delta.parameters)} matrices, {delta.settings['concept_rows']} concept rows) "
+            f"-> {out}"
         )
         entangled = delta.settings.get("entangled") or []
         if entangled:

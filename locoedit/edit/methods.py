@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from locoedit.core.errors import LocoeditError
-from locoedit.edit.request import EditRequest, EditRequestCore, NeuronRequest
+from locoedit.edit.request import ContextEmbedderRequest, EditRequest, EditRequestCore, NeuronRequest
 
 if TYPE_CHECKING:
     from locoedit.core.progress import ProgressCallback
@@ -30,6 +30,7 @@ class EditMethod:
     request: type[EditRequestCore]
     compute_path: str  # "module:function" taking (adapter, request, layers) -> EditDelta
     summary: str
+    layered: bool = True  # False: the method edits no text-reading layer (it is given none)
 
     def compute(
         self,
@@ -44,7 +45,9 @@ class EditMethod:
         from locoedit.edit.layers import resolve_layers
 
         request = with_model_defaults(request, adapter)
-        if layers is None:
+        if not self.layered:
+            layers = []
+        elif layers is None:
             layers = resolve_layers(adapter, request, progress)
         module, _, function = self.compute_path.partition(":")
         return getattr(importlib.import_module(module), function)(adapter, request, layers)
@@ -66,6 +69,14 @@ EDIT_METHODS: dict[str, EditMethod] = {
             NeuronRequest,
             "locoedit.edit.neurons:neuron_edit",
             "Neuron-level edit: replace the key/value neurons that respond most to the concept by their neutral mean.",
+        ),
+        EditMethod(
+            "uce-context",
+            "context-edit",
+            ContextEmbedderRequest,
+            "locoedit.edit.context_embedder:context_embedder_edit",
+            "SD3/FLUX baseline (UCE's shortcut): the closed form on context_embedder alone, no localization.",
+            layered=False,
         ),
     )
 }

@@ -238,6 +238,39 @@ class EditRequest(EditRequestCore, JsonRecord):
                 raise LocoeditError(f"target {target!r} equals its concept; the target must differ from the concept")
 
 
+def _unused(help: str, default=None):
+    """A field of :class:`EditRequest` that :class:`ContextEmbedderRequest` has no use for: no option, no widget."""
+    return setting(default, help, front_end=False)
+
+
+@dataclass(frozen=True)
+class ContextEmbedderRequest(EditRequest):
+    """UCE's shortcut on SD3/FLUX (a baseline): LocoEdit's closed form and preservation on ``context_embedder``
+    alone, the projection of the encoder's states into the text stream. It localizes nothing and reads no blocks."""
+
+    FORMAT = "locoedit.context-edit-request/1"
+
+    layers: tuple[int, ...] | str = _unused("No layers: the context_embedder only.", "auto")
+    auto_window: int | str = _unused("No LocoGen.", "auto")
+    auto_threshold: float = _unused("No LocoGen.", 0.95)
+    auto_steps: int | None = _unused("No LocoGen.")
+    auto_seeds: tuple[int, ...] = _unused("No LocoGen.", (0, 1, 2, 3))
+    auto_scorer: str | None = _unused("No LocoGen.")
+    preserve_nearest: int = _unused("No mining: it ranks prompts by the blocks' rows.", 0)
+    preserve_nearest_weight: float = _unused("No mining.", 0.0)
+    preserve_stats: str | None = _unused("Corpus statistics are the blocks'; the encoder's rows are encoded.")
+    lambda_key: float = setting(0.1, "Regulariser of the context_embedder edit (> 0).", check=positive, flag="--lambda")
+    lambda_value: float = _unused("One matrix: lambda_key.", 0.1)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.layers != "auto" or self.preserve_nearest or self.preserve_stats:
+            raise LocoeditError(
+                "the context_embedder edit has no layers, mining or block statistics; leave layers, "
+                "preserve_nearest and preserve_stats out, or use `locoedit edit` for the blocks"
+            )
+
+
 @dataclass(frozen=True)
 class NeuronRequest(EditRequestCore, JsonRecord):
     """A neuron-level edit: the key/value neurons that respond most to the concept replaced by their neutral mean."""

@@ -197,7 +197,8 @@ class LocoGen:
         # One batch per group, the size of an exact-mode window's: batch size changes the kernels' summation order,
         # and a window that cannot act must score exactly 0, not the float noise of a differently sized batch.
         for group in groups:
-            mine = self.processes.share([(group, p, seed) for p, seed in budget.rows(len(self.request.prompts))])
+            rows: list[Row] = [(group, p, seed) for p, seed in budget.rows(len(self.request.prompts))]
+            mine = self.processes.share(rows)
             images = self._generate(budget, mine, task) if mine else torch.empty(0)
             generated[group] = torch.cat([share for share in self.processes.gather(images) if share.numel()])
         if self.run and self.processes.is_main:

@@ -236,13 +236,16 @@ def localize_tab(workbench: Workbench, forms: Forms):
 def edit_settings_form(prefix: str = "e") -> tuple[Any, dict[str, tuple[type, list[str], dict[str, Any]]]]:
     """The method choice, the settings every edit method shares, and each method's own settings in an accordion:
     method name -> (request class, setting names, widgets)."""
-    method = gr.Radio(list(EDIT_METHODS), value="locoedit", label="Method", elem_id=f"{prefix}-method")
+    # Methods that edit layers: the context_embedder baseline (none, and LocoEdit's settings again) is the CLI's
+    # `context-edit` and Python's.
+    methods = {name: method for name, method in EDIT_METHODS.items() if method.layered}
+    method = gr.Radio(list(methods), value="locoedit", label="Method", elem_id=f"{prefix}-method")
     core = form_settings(EditRequestCore)
     shared = build_form(EditRequestCore, prefix, core[:6])
     with gr.Accordion("Localization and loading", open=False):
         shared |= build_form(EditRequestCore, prefix, core[6:])
     per_method = {}
-    for name, edit_method in EDIT_METHODS.items():
+    for name, edit_method in methods.items():
         own = [n for n in form_settings(edit_method.request) if n not in core]
         with gr.Accordion(f"{name} settings", open=False):
             widgets = build_form(edit_method.request, prefix, own)
@@ -331,8 +334,9 @@ def edit_summary(delta: EditDelta, path: Path) -> str:
     if delta.method == "neurons":
         count = sum(len(item["neurons"]) for item in delta.settings["chosen_neurons"])
         return f"Replaced {count} neurons in layers {layers}. Delta file `{path}`."
+    edited = f"layers {layers}" if layers else ", ".join(delta.parameters)  # uce-context: no layers
     return (
-        f"Edited layers {layers}: {len(delta.parameters)} matrices ({len(delta.factors)} stored as low-rank "
+        f"Edited {edited}: {len(delta.parameters)} matrices ({len(delta.factors)} stored as low-rank "
         f"factors), {delta.settings['concept_rows']} concept rows. Delta file `{path}`."
     )
 

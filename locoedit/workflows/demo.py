@@ -3,7 +3,8 @@
 For each case of ``locoedit/data/demo.json`` (a style, an object, a fact, three styles at once), with LocoEdit's
 plain defaults: LocoGen localizes the edit on its own prompt pairs, LocoEdit edits the chosen layers, and the edit
 is evaluated on its suite's test split against the probe's ground truth, side by side with the same edit of every
-layer and of a random window of the same size (the paper's controls), plus one neuron-level edit. Writes one HTML
+layer and of a random window of the same size (the paper's controls), plus one neuron-level edit; on the toy MMDiT
+also UCE's shortcut (``context_embedder`` alone, `locoedit context-edit`). Writes one HTML
 report, ``demo.json``, and prints a summary table.
 """
 
@@ -22,7 +23,7 @@ from locoedit.core.io import write_text
 from locoedit.core.progress import ProgressCallback
 from locoedit.core.runfolder import RunFolder, check_writable
 from locoedit.delta.file import EditDelta
-from locoedit.edit import EditRequest, NeuronRequest, compute_edit
+from locoedit.edit import ContextEmbedderRequest, EditRequest, NeuronRequest, compute_edit
 from locoedit.edit.common import with_model_defaults
 from locoedit.edit.layers import auto_localize, union_of_windows
 from locoedit.evaluate import EvaluationSuite, Headline, evaluate
@@ -35,7 +36,8 @@ from locoedit.scoring import make_scorer, scorer_spec_for
 logger = logging.getLogger(__name__)
 
 DEMO_FILE = Path(__file__).parents[1] / "data" / "demo.json"
-DEMO_MODELS = ("toyworld", "toyworld-mmdit")  # the world its suites and probe describe, denoised by a UNet or an MMDiT
+DEMO_MODELS = ("toyworld", "toyworld-mmdit")
+CONTEXT_BASELINE = "uce-context"  # the variant of a joint model's cases that edits context_embedder alone  # the world its suites and probe describe, denoised by a UNet or an MMDiT
 
 
 @dataclass(frozen=True)
@@ -190,6 +192,16 @@ def _variants(
             random_window,
             compute_edit(adapter, replace(request, layers=tuple(random_window))),
         )
+    if case["controls"] and adapter.joint_attention:  # UCE's shortcut, the baseline on SD3/FLUX: no localization
+        baseline = ContextEmbedderRequest(
+            model=request.model,
+            concepts=request.concepts,
+            targets=request.targets,
+            kind=request.kind,
+            prompts=request.prompts,
+            token=request.token,
+        )
+        variants[CONTEXT_BASELINE] = ([], compute_edit(adapter, baseline))
     if case["neurons"]:
         # The neutral prompts are the edit's target prompts: the same scenes without the concept.
         neurons = NeuronRequest(
@@ -210,6 +222,8 @@ def _percent(value) -> str:
 
 
 def _layers(layers: list[int]) -> str:
+    if not layers:  # the context_embedder baseline edits no text-reading layer
+        return "-"
     return f"{layers[0]}-{layers[-1]}" if len(layers) > 1 else str(layers[0])
 
 

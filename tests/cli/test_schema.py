@@ -13,7 +13,7 @@ from locoedit.cli import app
 from locoedit.core.errors import LocoeditError
 from locoedit.core.params import flag_of, settings_of, shown_default
 from locoedit.delta.request import ApplyRequest, ExportRequest
-from locoedit.edit import EDIT_METHODS, EditRequest, NeuronRequest
+from locoedit.edit import EDIT_METHODS, ContextEmbedderRequest, EditRequest, NeuronRequest
 from locoedit.evaluate.request import EvaluationRequest
 from locoedit.localize.request import LocalizationRequest
 from locoedit.models.names import request_for
@@ -26,6 +26,7 @@ COMMANDS = {
     "generate": GenerationRequest,
     "edit": EditRequest,
     "neurons": NeuronRequest,
+    "context-edit": ContextEmbedderRequest,
     "tune": TuneRequest,
     "evaluate": EvaluationRequest,
     "apply": ApplyRequest,
@@ -55,7 +56,8 @@ def test_every_option_of_a_request_command_is_a_declared_setting(name):
 
 def test_the_edit_methods_registry_makes_the_edit_commands():
     assert {m.command for m in EDIT_METHODS.values()} <= set(typer.main.get_command(app).commands)
-    assert {m.request for m in EDIT_METHODS.values()} == {EditRequest, NeuronRequest}
+    assert {m.request for m in EDIT_METHODS.values()} == {EditRequest, NeuronRequest, ContextEmbedderRequest}
+    assert [m.name for m in EDIT_METHODS.values() if not m.layered] == ["uce-context"]
 
 
 def test_every_widget_of_the_web_app_is_a_declared_setting():
@@ -71,7 +73,7 @@ def test_every_widget_of_the_web_app_is_a_declared_setting():
         return {i.removeprefix(prefix + "-").replace("-", "_") for i in ids if i.startswith(prefix + "-")}
 
     widgets = {"out", "run", "open", "open_folder", "method", "kohya", "peft"}
-    edit_settings = set().union(*(settings_of(m.request) for m in EDIT_METHODS.values()))
+    edit_settings = set().union(*(settings_of(m.request) for m in EDIT_METHODS.values() if m.layered))
     assert settings_in("l") - widgets == set(settings_of(LocalizationRequest)) - {"model"}
     assert settings_in("e") - widgets == edit_settings - {"model"}
     assert settings_in("v") - widgets == set(settings_of(EvaluationRequest)) - {"model"}

@@ -122,3 +122,28 @@ def test_demo_refuses_a_model_that_is_no_shipped_toy_and_writes_nothing(tmp_path
     ):
         run_demo(out, seeds=1, model="sd")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("model", ["toyworld", "toyworld-mmdit"])
+def test_on_the_toy_mmdit_each_controlled_case_also_runs_the_context_embedder_baseline(model, monkeypatch):
+    """The toy MMDiT's cases with controls get a fourth variant, the context_embedder edit of the same concepts,
+    prompts and rows (no layers); the UNet toy world's do not (it has no context_embedder)."""
+    from locoedit.edit import ContextEmbedderRequest, EditRequest
+    from locoedit.edit.common import with_model_defaults
+    from locoedit.models import load_adapter
+    from locoedit.workflows import demo
+
+    adapter = load_adapter(model, device="cpu")
+    monkeypatch.setattr(demo, "compute_edit", lambda adapter, request: request)  # the requests, not the edits
+    request = with_model_defaults(
+        EditRequest(model=model, concepts=("circle",), targets=("square",), layers=(0, 1)), adapter
+    )
+    variants = demo._variants(adapter, request, [0, 1], {"controls": True, "neurons": False}, seed=0)
+    if model == "toyworld":
+        assert list(variants) == ["localized", "all layers", "random window"]
+        return
+    assert list(variants) == ["localized", "all layers", "random window", demo.CONTEXT_BASELINE]
+    layers, baseline = variants[demo.CONTEXT_BASELINE]
+    assert layers == [] and isinstance(baseline, ContextEmbedderRequest)
+    assert (baseline.concepts, baseline.prompts, baseline.token) == (request.concepts, request.prompts, request.token)
+    assert demo._layers(layers) == "-"

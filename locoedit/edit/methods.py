@@ -68,7 +68,8 @@ EDIT_METHODS: dict[str, EditMethod] = {
             "neurons",
             NeuronRequest,
             "locoedit.edit.neurons:neuron_edit",
-            "Neuron-level edit: replace the key/value neurons that respond most to the concept by their neutral mean.",
+            "Neuron-level edit: replace the key/value neurons that carry most of the concept into the attention by their "
+            "neutral mean.",
         ),
         EditMethod(
             "uce-context",

@@ -273,14 +273,23 @@ class ContextEmbedderRequest(EditRequest):
 
 @dataclass(frozen=True)
 class NeuronRequest(EditRequestCore, JsonRecord):
-    """A neuron-level edit: the key/value neurons that respond most to the concept replaced by their neutral mean."""
+    """A neuron-level edit: the key/value neurons that carry most of the concept into the attention replaced by
+    their neutral mean."""
 
     FORMAT = "locoedit.neuron-request/1"
 
     neutral: tuple[str, ...] = setting(
         (), "Neutral prompt (repeat); default: the prompts with --target in the concept's place.", check=texts
     )
-    top_k: int = setting(8, "Neurons replaced per key/value projection.", check=positive_int)
+    contribution_share: float = setting(
+        0.9,
+        "Replace, per key/value projection, the fewest neurons holding this share of its contribution to what the "
+        "image reads of the concept.",
+        check=fraction,
+    )
+    top_k: int | None = setting(
+        None, "Neurons replaced per key/value projection (default: by --contribution-share).", check=positive_int
+    )
     fit_lambda: float = setting(1e-3, "Ridge of the constant fit for projections without a bias (> 0).", check=positive)
 
     def validate(self) -> None:

@@ -1,4 +1,6 @@
-"""Record the text rows a joint-attention denoiser's dual-stream blocks project to keys and values.
+"""Record what a generation computes inside the text-reading layers: the text rows a joint-attention denoiser's
+dual-stream blocks project to keys and values (:class:`TextStreamCapture`), and the scale of the image queries
+(:class:`QueryScale`, for the neuron-level edit).
 
 In SD3 and FLUX the image reads the text through each dual-stream block's ``add_k_proj``/``add_v_proj``, and what
 those projections receive is the denoiser's own text stream: rewritten by every earlier block, then normed and
@@ -75,3 +77,40 @@ class TextStreamCapture(Intervention):
     def rows(self) -> dict[str, torch.Tensor]:  # block name -> [rows, steps, dim]
         """What was recorded, per block: row ``r`` is position ``position_index[r]`` of prompt ``prompt_index[r]``."""
         return {name: torch.stack(calls, dim=1) for name, calls in self.steps.items()}
+
+
+class QueryScale(Intervention):
+    """The root mean square of each output neuron of ``layers``' query projections (``to_q``: the image's queries),
+    over every token, batch row and denoising step of the generations it is installed for: how strongly a key
+    neuron's change reaches the attention logits."""
+
+    def __init__(self, layers: list[CrossAttentionLayer]):
+        self.layers = layers
+        self.squares: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {layer.name: 0 for layer in layers}
+
+    def _record(self, name: str, queries: torch.Tensor) -> None:  # [batch, tokens, out]
+        flat = queries.detach().reshape(-1, queries.shape[-1]).to(torch.float64)
+        squares = (flat**2).sum(0)
+        self.squares[name] = squares + self.squares[name] if name in self.squares else squares
+        self.counts[name] += len(flat)
+
+    @contextmanager
+    def installed(self, adapter: Adapter) -> Iterator[None]:
+        handles = []
+        for layer in self.layers:
+            hook = lambda module, args, output, name=layer.name: self._record(name, output)
+            handles.append(layer.module.to_q.register_forward_hook(hook))
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def verify(self) -> None:
+        silent = [name for name, count in self.counts.items() if not count]
+        if silent:
+            raise RuntimeError(f"layers {silent} never computed their queries with to_q during the generation")
+
+    def rms(self) -> dict[str, torch.Tensor]:  # layer name -> [out] float64
+        return {name: (self.squares[name] / self.counts[name]).sqrt() for name in self.counts}

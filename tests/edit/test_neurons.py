@@ -1,4 +1,5 @@
-"""Neuron-level edits: z-score ranking, replacement by the neutral mean, and the same kind of delta."""
+"""Neuron-level edits: neurons ranked by their contribution to what the image reads of the concept, counted by the
+share of it they hold, replaced by the neutral mean, and the same kind of delta."""
 
 import pytest
 import torch
@@ -9,7 +10,13 @@ from locoedit.core.errors import LocoeditError
 from locoedit.delta.file import EditDelta, tensor_sha256
 from locoedit.edit import NeuronRequest, compute_edit
 from locoedit.edit.common import with_model_defaults
-from locoedit.edit.neurons import _neutral_positions, constant_fit, neuron_zscores
+from locoedit.edit.neurons import (
+    _neutral_positions,
+    constant_fit,
+    count_by_share,
+    neuron_contributions,
+    neuron_zscores,
+)
 from locoedit.edit.rows import ConceptPrompt, concept_positions, encode_rows
 from locoedit.models import adapter_for
 from locoedit.testing import TINY_PIPELINES
@@ -111,16 +118,63 @@ def test_top_neurons_output_their_neutral_mean_and_nothing_else_changes(family, 
         assert torch.equal(new[keep], projection.weight.detach()[keep])
 
 
-def test_the_chosen_neurons_are_the_top_zscores(tmp_path):
-    adapter = adapter_for(TINY_PIPELINES["pixart"](tmp_path))
-    request = make(top_k=4)
+def test_a_neuron_the_image_does_not_read_is_not_chosen_though_its_zscore_is_highest():
+    """Contribution = gain x RMS shift from the neutral mean: neuron 7 separates concept from neutral text best (the
+    largest z-score) but its output column is zero, so replacing it changes nothing the image sees; neuron 2 shifts
+    less, relative to its spread, but is read strongly."""
+    g = torch.Generator().manual_seed(0)
+    neutral = torch.randn(50, 10, generator=g, dtype=torch.float64)
+    concept = torch.randn(6, 10, generator=g, dtype=torch.float64) * 0.1
+    concept[:, 7] += 6.0
+    neutral[:, 2] *= 4.0
+    concept[:, 2] += 3.0
+    gain = torch.ones(10, dtype=torch.float64)
+    gain[7] = 0.0
+    scores = neuron_zscores(concept, neutral)
+    assert int(scores.abs().argmax()) == 7
+    contributions = neuron_contributions(concept, neutral.mean(0), gain)
+    assert int(contributions.argmax()) == 2 and contributions[7] == 0
+    expected = gain[2] * ((concept[:, 2] - neutral[:, 2].mean()) ** 2).mean().sqrt()
+    torch.testing.assert_close(contributions[2], expected)
+
+
+def test_the_count_is_the_fewest_neurons_holding_the_share():
+    contributions = torch.tensor([1.0, 3.0, 0.5, 2.0], dtype=torch.float64)  # squares 1, 9, 0.25, 4 of 14.25
+    assert count_by_share(contributions, 9 / 14.25) == 1
+    assert count_by_share(contributions, 9.01 / 14.25) == 2
+    assert count_by_share(contributions, 13 / 14.25) == 2
+    assert count_by_share(contributions, 0.99) == 4
+    assert count_by_share(torch.zeros(3, dtype=torch.float64), 0.5) == 1
+
+
+@pytest.mark.parametrize("family", ["sd", "pixart"])
+def test_the_chosen_neurons_are_the_top_contributions_counted_by_the_share(family, tmp_path):
+    """Recomputed here from the model: the image queries' RMS per neuron of to_q (a hook of the test's own on a
+    generation of the concept prompts, seed 0) and the output projection's columns."""
+    adapter = adapter_for(TINY_PIPELINES[family](tmp_path))
+    request = make(top_k=None, contribution_share=0.5)
     layer, concept, neutral = _rows(adapter, request)
     delta = compute_edit(adapter, request)
-    projection = getattr(layer.module, layer.edit_projections[0])
-    with torch.no_grad():
-        scores = neuron_zscores(projection(concept.float()).double(), projection(neutral.float()).double())
-    expected = torch.argsort(scores.abs(), descending=True)[:4].tolist()
-    assert delta.settings["chosen_neurons"][0]["neurons"] == expected
+    squares = []
+    handle = layer.module.to_q.register_forward_hook(lambda m, a, out: squares.append(out.detach().double()))
+    prompts = delta.settings["concept_prompts"]
+    try:
+        adapter.generate(adapter.encode(prompts), [0] * len(prompts), adapter.default_settings())
+    finally:
+        handle.remove()
+    flat = torch.cat([q.reshape(-1, q.shape[-1]) for q in squares])
+    query_rms = flat.pow(2).mean(0).sqrt()
+    gains = [query_rms, layer.module.to_out[0].weight.detach().double().norm(dim=0)]
+    for item, projection_name, gain in zip(delta.settings["chosen_neurons"], layer.edit_projections, gains):
+        projection = getattr(layer.module, projection_name)
+        with torch.no_grad():
+            concept_out, neutral_out = projection(concept.float()).double(), projection(neutral.float()).double()
+        contributions = gain * (concept_out - neutral_out.mean(0)).pow(2).mean(0).sqrt()
+        order = torch.argsort(contributions, descending=True)
+        energy = contributions[order].pow(2).cumsum(0) / contributions.pow(2).sum()
+        count = int((energy < 0.5).sum()) + 1
+        assert item["neurons"] == order[:count].tolist(), projection_name
+        assert item["contribution_share"] >= 0.5 > (energy[count - 2] if count > 1 else 0)
 
 
 def test_neutral_prompts_default_to_the_target_in_the_concepts_place(tmp_path):

@@ -15,6 +15,7 @@ trajectory.
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -100,7 +101,8 @@ class QueryScale(Intervention):
         handles = []
         for layer in self.layers:
             hook = lambda module, args, output, name=layer.name: self._record(name, output)
-            handles.append(layer.module.to_q.register_forward_hook(hook))
+            query = typing.cast(torch.nn.Module, layer.module.to_q)  # diffusers' Attention and FluxAttention
+            handles.append(query.register_forward_hook(hook))
         try:
             yield
         finally:

@@ -122,7 +122,7 @@ def run_demo(
             localization_section(result, image_root=f"{case_dir.name}/{folder}/") for folder, result in localizations
         ]
         request = replace(request, layers=tuple(chosen))
-        variants = _variants(adapter, request, chosen, case, seed=len(rows))
+        variants = _variants(adapter, request, chosen, case, seed=len(rows), case_dir=case_dir)
         case_sections += _evaluate_case(adapter, case, case_dir, variants, scorer, evaluation_seeds, rows, progress)
         concepts = ", ".join(request.concepts)
         sections.append(f"<section id='{case_dir.name}'><h1>{name}: {concepts}</h1>{''.join(case_sections)}</section>")
@@ -176,21 +176,27 @@ def _evaluate_case(
 
 
 def _variants(
-    adapter: Adapter, request: EditRequest, chosen: list[int], case: dict, seed: int
+    adapter: Adapter, request: EditRequest, chosen: list[int], case: dict, seed: int, case_dir: Path
 ) -> dict[str, tuple[list[int], EditDelta]]:
     """The edits a demo case evaluates: the localized one and, as the case asks, the paper's controls (every layer;
-    a random window of the same size) and a neuron-level edit of the same layers."""
+    a random window of the same size), UCE's shortcut on a joint model, and a neuron-level edit of the same layers.
+    An edit the case folder already holds (a resumed demo) is read back, not computed again."""
+
+    def edit(request, variant: str) -> EditDelta:
+        saved = case_dir / f"{variant.replace(' ', '-')}.safetensors"
+        return EditDelta.load(saved) if saved.is_file() else compute_edit(adapter, request)
+
     num_layers = len(adapter.layers)
-    variants: dict[str, tuple[list[int], EditDelta]] = {"localized": (chosen, compute_edit(adapter, request))}
+    variants: dict[str, tuple[list[int], EditDelta]] = {"localized": (chosen, edit(request, "localized"))}
     if case["controls"]:
         variants["all layers"] = (
             list(range(num_layers)),
-            compute_edit(adapter, replace(request, layers=tuple(range(num_layers)))),
+            edit(replace(request, layers=tuple(range(num_layers))), "all layers"),
         )
         random_window = _random_window(num_layers, len(chosen), chosen, seed=seed)
         variants["random window"] = (
             random_window,
-            compute_edit(adapter, replace(request, layers=tuple(random_window))),
+            edit(replace(request, layers=tuple(random_window)), "random window"),
         )
     if case["controls"] and adapter.joint_attention:  # UCE's shortcut, the baseline on SD3/FLUX: no localization
         baseline = ContextEmbedderRequest(
@@ -201,7 +207,7 @@ def _variants(
             prompts=request.prompts,
             token=request.token,
         )
-        variants[CONTEXT_BASELINE] = ([], compute_edit(adapter, baseline))
+        variants[CONTEXT_BASELINE] = ([], edit(baseline, CONTEXT_BASELINE))
     if case["neurons"]:
         # The neutral prompts are the edit's target prompts: the same scenes without the concept.
         neurons = NeuronRequest(
@@ -213,7 +219,7 @@ def _variants(
             layers=tuple(chosen),
             token=request.token,
         )
-        variants["neurons"] = (chosen, compute_edit(adapter, neurons))
+        variants["neurons"] = (chosen, edit(neurons, "neurons"))
     return variants
 
 

@@ -23,8 +23,9 @@ def test_localize_reports_each_denoising_step(tiny_adapters):
     localize(request, adapter=tiny_adapters["sd"], scorer=PixelScorer(), progress=events.append)
     windows = len(tiny_adapters["sd"].layers) - 2
     loops = -(-windows // 2)
-    references = [e for e in events if e.task == "references"]  # one loop first: every process needs them to score
-    assert references[0] == ProgressEvent("references", 0, 2) and [e.done for e in references] == [0, 1, 2]
+    # First, one batch per group (the original, the target): every process needs them to score.
+    references = [e for e in events if e.task == "references"]
+    assert references[0] == ProgressEvent("references", 0, 4) and [e.done for e in references] == [0, 1, 2, 3, 4]
     sweep = [e for e in events if e.task == "windows of 3"]
     assert events == references + sweep and sweep[0] == ProgressEvent("windows of 3", 0, loops * 2)
     assert [e.done for e in sweep] == list(range(loops * 2 + 1)) and sweep[-1].finished

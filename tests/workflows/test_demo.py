@@ -125,7 +125,7 @@ def test_demo_refuses_a_model_that_is_no_shipped_toy_and_writes_nothing(tmp_path
 
 
 @pytest.mark.parametrize("model", ["toyworld", "toyworld-mmdit"])
-def test_on_the_toy_mmdit_each_controlled_case_also_runs_the_context_embedder_baseline(model, monkeypatch):
+def test_on_the_toy_mmdit_each_controlled_case_also_runs_the_context_embedder_baseline(model, monkeypatch, tmp_path):
     """The toy MMDiT's cases with controls get a fourth variant, the context_embedder edit of the same concepts,
     prompts and rows (no layers); the UNet toy world's do not (it has no context_embedder)."""
     from locoedit.edit import ContextEmbedderRequest, EditRequest
@@ -138,7 +138,8 @@ def test_on_the_toy_mmdit_each_controlled_case_also_runs_the_context_embedder_ba
     request = with_model_defaults(
         EditRequest(model=model, concepts=("circle",), targets=("square",), layers=(0, 1)), adapter
     )
-    variants = demo._variants(adapter, request, [0, 1], {"controls": True, "neurons": False}, seed=0)
+    case = {"controls": True, "neurons": False}
+    variants = demo._variants(adapter, request, [0, 1], case, seed=0, case_dir=tmp_path)
     if model == "toyworld":
         assert list(variants) == ["localized", "all layers", "random window"]
         return

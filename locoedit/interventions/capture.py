@@ -33,6 +33,16 @@ def row_index(positions: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]: 
     return prompt_index, position_index
 
 
+@contextmanager
+def _removed_after(handles: list) -> Iterator[None]:
+    """Remove the hooks ``handles`` when the block ends, also when it raises."""
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 class TextStreamCapture(Intervention):
     """Keep ``positions[i]`` of prompt ``i``'s text stream as every dual-stream block of ``layers`` projects it,
     at every denoising step. Only the conditional rows are kept (the last ``len(positions)`` rows of each call:
@@ -61,11 +71,8 @@ class TextStreamCapture(Intervention):
             projection = getattr(layer.module, layer.edit_projections[0])  # add_k_proj: add_v_proj reads the same
             hook = lambda module, args, name=layer.name: self._record(name, args[0])
             handles.append(projection.register_forward_pre_hook(hook))
-        try:
+        with _removed_after(handles):
             yield
-        finally:
-            for handle in handles:
-                handle.remove()
 
     def verify(self) -> None:
         silent = [name for name, calls in self.steps.items() if not calls]
@@ -103,11 +110,8 @@ class QueryScale(Intervention):
             hook = lambda module, args, output, name=layer.name: self._record(name, output)
             query = typing.cast(torch.nn.Module, layer.module.to_q)  # diffusers' Attention and FluxAttention
             handles.append(query.register_forward_hook(hook))
-        try:
+        with _removed_after(handles):
             yield
-        finally:
-            for handle in handles:
-                handle.remove()
 
     def verify(self) -> None:
         silent = [name for name, count in self.counts.items() if not count]

@@ -13,23 +13,8 @@ from locoedit.core.errors import LocoeditError
 from locoedit.delta import EditDelta, export_lora
 from locoedit.edit import ContextEmbedderRequest, compute_edit
 from locoedit.edit.context_embedder import PARAMETER, encoder_rows
-from locoedit.models import GenerationSettings, ModelSettings, adapter_for
-from locoedit.testing import JOINT_PIPELINES
 
-STEPS = 3
 PROMPTS = ("a {c} on black", "a {c} in the style of van gogh", "a red {c}")
-
-
-@pytest.fixture(scope="module")
-def joint_adapters(tmp_path_factory):
-    adapters = {}
-    for name, build in JOINT_PIPELINES.items():
-        adapter = adapter_for(build(tmp_path_factory.mktemp(name)))
-        adapter.recommended = ModelSettings(generation=GenerationSettings(STEPS, 4.0, 16, 16))
-        adapters[name] = adapter
-    adapters["sd3"].t5_rows = 16
-    adapters["flux"].text_max_length = 16
-    return adapters
 
 
 def _request(**changes):

@@ -16,23 +16,10 @@ from locoedit.edit.closed_form import closed_form_edit, compress_rows
 from locoedit.edit.preservation import input_space, text_fingerprint
 from locoedit.edit.rows import STREAM_SEEDS, all_real_positions, encode_rows
 from locoedit.interventions.capture import TextStreamCapture
-from locoedit.models import GenerationSettings, ModelSettings, adapter_for
-from locoedit.testing import JOINT_PIPELINES
+from locoedit.models import GenerationSettings, ModelSettings
 
-STEPS = 3
+STEPS = 3  # the joint_adapters fixture's (tests/edit/conftest.py)
 PROMPTS = ("a {c} on black", "a {c} in the style of van gogh", "a red {c}")
-
-
-@pytest.fixture(scope="module")
-def joint_adapters(tmp_path_factory):
-    adapters = {}
-    for name, build in JOINT_PIPELINES.items():
-        adapter = adapter_for(build(tmp_path_factory.mktemp(name)))
-        adapter.recommended = ModelSettings(generation=GenerationSettings(STEPS, 4.0, 16, 16))
-        adapters[name] = adapter
-    adapters["sd3"].t5_rows = 16  # the pipeline's 256 T5 rows are many for a 4-block test model
-    adapters["flux"].text_max_length = 16
-    return adapters
 
 
 def _dual(adapter):

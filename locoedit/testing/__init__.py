@@ -389,3 +389,19 @@ JOINT_PIPELINES = {
     "sd3": tiny_stable_diffusion_3,
     "flux": tiny_flux,
 }
+
+
+def lora_images(adapter, delta, lora_path: str | Path, prompts=("a red circle on black", "a house"), seeds=(0, 1)):
+    """Images of ``prompts`` (from ``seeds``) before the edit, with ``delta`` applied, and with the LoRA file at
+    ``lora_path`` loaded by the pipeline's own ``load_lora_weights`` (unloaded afterwards): [images, 3, H, W] x3."""
+    encoded = adapter.encode(list(prompts))
+    settings = adapter.default_settings()
+    before = adapter.generate(encoded, list(seeds), settings)
+    with delta.installed(adapter):
+        applied = adapter.generate(encoded, list(seeds), settings)
+    adapter.pipe.load_lora_weights(str(lora_path))
+    try:
+        loaded = adapter.generate(encoded, list(seeds), settings)
+    finally:
+        adapter.pipe.unload_lora_weights()
+    return before, applied, loaded

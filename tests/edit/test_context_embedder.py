@@ -13,6 +13,7 @@ from locoedit.core.errors import LocoeditError
 from locoedit.delta import EditDelta, export_lora
 from locoedit.edit import ContextEmbedderRequest, compute_edit
 from locoedit.edit.context_embedder import PARAMETER, encoder_rows
+from locoedit.testing import lora_images
 
 PROMPTS = ("a {c} on black", "a {c} in the style of van gogh", "a red {c}")
 
@@ -70,16 +71,7 @@ def test_the_context_edit_exports_as_a_peft_lora_the_pipeline_loads(joint_adapte
     adapter = joint_adapters[family]
     delta = compute_edit(adapter, _request())
     path = export_lora(delta, "peft", tmp_path / "lora.safetensors").path
-    prompts = adapter.encode(["a red circle on black", "a house"])
-    settings = adapter.default_settings()
-    before = adapter.generate(prompts, [0, 1], settings)
-    with delta.installed(adapter):
-        applied = adapter.generate(prompts, [0, 1], settings)
-    adapter.pipe.load_lora_weights(str(path))
-    try:
-        loaded = adapter.generate(prompts, [0, 1], settings)
-    finally:
-        adapter.pipe.unload_lora_weights()
+    before, applied, loaded = lora_images(adapter, delta, path)
     change, mismatch = (applied - before).abs().max(), (loaded - applied).abs().max()
     assert change > 1e-3
     assert mismatch <= 2 / 255 and mismatch < 0.1 * change

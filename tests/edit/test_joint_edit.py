@@ -17,6 +17,7 @@ from locoedit.edit.preservation import input_space, text_fingerprint
 from locoedit.edit.rows import STREAM_SEEDS, all_real_positions, encode_rows
 from locoedit.interventions.capture import TextStreamCapture
 from locoedit.models import GenerationSettings, ModelSettings
+from locoedit.testing import lora_images
 
 STEPS = 3  # the joint_adapters fixture's (tests/edit/conftest.py)
 PROMPTS = ("a {c} on black", "a {c} in the style of van gogh", "a red {c}")
@@ -167,16 +168,7 @@ def test_a_joint_edit_exports_as_a_peft_lora_the_pipeline_loads(joint_adapters, 
     adapter = joint_adapters[family]
     delta = _small_edit(adapter)
     path = export_lora(delta, "peft", tmp_path / "lora.safetensors").path
-    prompts = adapter.encode(["a red circle on black", "a house"])
-    settings = adapter.default_settings()
-    before = adapter.generate(prompts, [0, 1], settings)
-    with delta.installed(adapter):
-        applied = adapter.generate(prompts, [0, 1], settings)
-    adapter.pipe.load_lora_weights(str(path))
-    try:
-        loaded = adapter.generate(prompts, [0, 1], settings)
-    finally:
-        adapter.pipe.unload_lora_weights()
+    before, applied, loaded = lora_images(adapter, delta, path)
     assert delta.factors and not delta.tensors  # the compressed rows keep the update low-rank
     change, mismatch = (applied - before).abs().max(), (loaded - applied).abs().max()
     assert change > 1e-3  # the edit draws something else (tiny random FLUX reads its text mostly in single blocks)

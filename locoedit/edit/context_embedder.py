@@ -5,7 +5,8 @@ the first joint block. Unified Concept Editing's recipe, carried over to these m
 concept's encoder rows should project to what the target's rows project to today, with the same preservation as
 LocoEdit (neighbours, general corpus, ``--preserve`` prompts), all read as the encoder leaves them. No localization:
 every block reads the edited stream. LocoEdit edits the blocks LocoGen chose instead
-(:mod:`locoedit.edit.key_value`); ``bench/context_embedder_baseline.py`` measures the two side by side.
+(:mod:`locoedit.edit.key_value`); ``bench/plain_edit_unseen.py --methods locoedit,uce-context`` measures the
+two side by side.
 """
 
 from __future__ import annotations
@@ -13,16 +14,11 @@ from __future__ import annotations
 import torch
 
 from locoedit.core.errors import LocoeditError
-from locoedit.core.lowrank import LowRank, check_low_rank_fits
+from locoedit.core.lowrank import LowRank
 from locoedit.delta.file import EditDelta, describe_original
-from locoedit.edit.closed_form import Regulariser, edit_factors, edit_matrix
-from locoedit.edit.preservation import (
-    corpus_prompts,
-    names_concept,
-    neighbour_concepts,
-    neighbour_prompts,
-    usable,
-)
+from locoedit.edit.closed_form import Regulariser
+from locoedit.edit.key_value import solve_into
+from locoedit.edit.preservation import general_corpus, preserved_neighbour_prompts
 from locoedit.edit.request import ContextEmbedderRequest
 from locoedit.edit.rows import aligned_positions, all_real_positions
 from locoedit.interventions.capture import row_index
@@ -64,22 +60,14 @@ def preservation_moment(
     gave."""
     moment = torch.zeros(dim, dim, dtype=torch.float64, device=adapter.device)
     counts = {"neighbours": 0, "general": 0, "explicit": len(request.preserve)}
-    if request.preserve_neighbours > 0:
-        neighbours = neighbour_concepts(adapter, request.concepts, request.kind, request.neighbours)
-        prompts = neighbour_prompts(request.concepts, request.prompt_set, neighbours)
-        if prompts:
-            prompts = usable(adapter, prompts, "the neighbours' prompts")
-            sums, count = encoder_moment(adapter, prompts)
-            moment += request.preserve_neighbours * sums / count
-            counts["neighbours"] = len(prompts)
+    if request.preserve_neighbours > 0 and (prompts := preserved_neighbour_prompts(adapter, request)):
+        sums, count = encoder_moment(adapter, prompts)
+        moment += request.preserve_neighbours * sums / count
+        counts["neighbours"] = len(prompts)
     if request.preserve_general > 0:
-        source, corpus = corpus_prompts(adapter, request.preserve_corpus)
-        kept = [p for p in corpus if not any(names_concept(p, c) for c in request.concepts)]
-        if not kept:
-            raise LocoeditError(
-                f"every prompt of preservation corpus {source} names an edited concept, so none is left to "
-                "preserve; give a corpus of other prompts (--preserve-corpus)"
-            )
+        _, corpus, naming = general_corpus(adapter, request)
+        left_out = set(naming)
+        kept = [p for p in corpus if p not in left_out]
         sums, count = encoder_moment(adapter, kept)
         moment += request.preserve_general * sums / count
         counts["general"] = len(kept)
@@ -109,14 +97,9 @@ def context_embedder_edit(
     weight = embedder.weight
     moment, counts = preservation_moment(adapter, request, weight.shape[1])
     regulariser = Regulariser(request.lambda_key, moment)
-    tensors, factors = {}, {}
-    if len(sources) < min(weight.shape):
-        update, objective = edit_factors(weight, sources, targets, regulariser)
-        check_low_rank_fits(weight, update, PARAMETER)
-        factors[PARAMETER] = LowRank(update.up.cpu(), update.down.cpu())
-    else:
-        new, objective = edit_matrix(weight, sources, targets, regulariser, PARAMETER)
-        tensors[PARAMETER] = new.cpu()
+    tensors: dict[str, torch.Tensor] = {}
+    factors: dict[str, LowRank] = {}
+    objective = solve_into(weight, sources, targets, regulariser, PARAMETER, tensors, factors)
     settings = request.to_json()
     settings.update(
         {

@@ -11,22 +11,18 @@ from dataclasses import dataclass, field
 
 import torch
 
-from locoedit.core.errors import LocoeditError
 from locoedit.core.lowrank import LowRank, Workspace, check_low_rank_fits
 from locoedit.delta.file import EditDelta, describe_original
 from locoedit.edit.closed_form import Regulariser, compress_rows, edit_factors, edit_matrix
 from locoedit.edit.common import with_model_defaults
 from locoedit.edit.entangled import CachedSummaries, EntangledPrompt, candidates, mine_entangled
 from locoedit.edit.preservation import (
-    corpus_prompts,
     corpus_stats,
+    general_corpus,
     input_space,
     moment_sums,
-    names_concept,
-    neighbour_concepts,
-    neighbour_prompts,
+    preserved_neighbour_prompts,
     spaces_of,
-    usable,
 )
 from locoedit.edit.request import EditRequest
 from locoedit.edit.rows import (
@@ -103,22 +99,14 @@ def build_preservation(
     spaces = spaces_of(layers)
     kept = Preservation({}, {"neighbours": 0, "general": 0, "explicit": len(request.preserve)}, samples=samples)
     if request.preserve_neighbours > 0 or request.preserve_nearest > 0:
-        neighbours = neighbour_concepts(adapter, request.concepts, request.kind, request.neighbours)
-        prompts = neighbour_prompts(request.concepts, request.prompt_set, neighbours)
-        kept.neighbour_prompts = usable(adapter, prompts, "the neighbours' prompts") if prompts else []
+        kept.neighbour_prompts = preserved_neighbour_prompts(adapter, request)
     if request.preserve_neighbours > 0 and kept.neighbour_prompts:
         sums, rows = moment_sums(adapter, kept.neighbour_prompts, spaces)
         kept.add(sums, request.preserve_neighbours / rows)
         kept.counts["neighbours"] = len(kept.neighbour_prompts)
     if request.preserve_general > 0:
-        source, corpus = corpus_prompts(adapter, request.preserve_corpus)
+        _, corpus, naming = general_corpus(adapter, request)
         stats = corpus_stats(adapter, corpus, request.preserve_stats)
-        naming = [p for p in corpus if any(names_concept(p, c) for c in request.concepts)]
-        if len(naming) == len(corpus):
-            raise LocoeditError(
-                f"every prompt of preservation corpus {source} names an edited concept, so none is "
-                "left to preserve; give a corpus of other prompts (--preserve-corpus)"
-            )
         sums, rows = {space: stats.sums[space] for space in spaces}, stats.rows
         if naming:  # left out: the edit is meant to change them
             left_out, left_out_rows = moment_sums(adapter, naming, spaces)
@@ -165,6 +153,28 @@ def preserve_entangled(
     return mined
 
 
+def solve_into(
+    weight: torch.Tensor,
+    sources: torch.Tensor,
+    targets: torch.Tensor,
+    regulariser: Regulariser,
+    name: str,
+    tensors: dict[str, torch.Tensor],
+    factors: dict[str, LowRank],
+    workspace: Workspace | None = None,
+) -> float:
+    """The closed form of one matrix ``name`` into ``factors`` (fewer rows than its rank: the update S^T V has
+    rank <= rows, so keep its factors) or ``tensors`` (the dense new matrix); returns the objective."""
+    if len(sources) < min(weight.shape):
+        update, objective = edit_factors(weight, sources, targets, regulariser, workspace)
+        check_low_rank_fits(weight, update, name)
+        factors[name] = LowRank(update.up.cpu(), update.down.cpu())
+    else:
+        new, objective = edit_matrix(weight, sources, targets, regulariser, name, workspace)
+        tensors[name] = new.cpu()
+    return objective
+
+
 def key_value_edit(adapter: Adapter, request: EditRequest, layers: list[CrossAttentionLayer]) -> EditDelta:
     """The LocoEdit of ``request`` (its open settings already taken from the model, see
     :meth:`~locoedit.edit.methods.EditMethod.compute`) on ``layers`` of ``adapter``'s model, as a delta. The model
@@ -191,13 +201,7 @@ def key_value_edit(adapter: Adapter, request: EditRequest, layers: list[CrossAtt
             name = f"{layer.name}.{projection}.weight"
             weight = getattr(layer.module, projection).weight  # [out, in]
             regulariser = preservation.regulariser(layer, lam)
-            if len(sources) < min(weight.shape):  # the update S^T V has rank <= rows: keep its factors
-                update, objective = edit_factors(weight, sources, targets, regulariser, workspace)
-                check_low_rank_fits(weight, update, name)
-                factors[name] = LowRank(update.up.cpu(), update.down.cpu())
-            else:
-                new, objective = edit_matrix(weight, sources, targets, regulariser, name, workspace)
-                tensors[name] = new.cpu()
+            objective = solve_into(weight, sources, targets, regulariser, name, tensors, factors, workspace)
             originals[name] = describe_original(weight)
             report.append({"parameter": name, "objective": objective})
     settings = request.to_json()

@@ -138,6 +138,27 @@ def neighbour_prompts(concepts, prompts, neighbours) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+def preserved_neighbour_prompts(adapter: Adapter, request) -> list[str]:
+    """The edit's prompts with each neighbouring concept (:func:`neighbour_concepts`) in place of each concept,
+    those the text encoder takes whole."""
+    neighbours = neighbour_concepts(adapter, request.concepts, request.kind, request.neighbours)
+    prompts = neighbour_prompts(request.concepts, request.prompt_set, neighbours)
+    return usable(adapter, prompts, "the neighbours' prompts") if prompts else []
+
+
+def general_corpus(adapter: Adapter, request) -> tuple[Path, list[str], list[str]]:
+    """The general corpus file, its usable prompts (:func:`corpus_prompts`), and those of them that name an edited
+    concept (left out of the preservation: the edit is meant to change them); refused when every prompt does."""
+    source, corpus = corpus_prompts(adapter, request.preserve_corpus)
+    naming = [p for p in corpus if any(names_concept(p, c) for c in request.concepts)]
+    if len(naming) == len(corpus):
+        raise LocoeditError(
+            f"every prompt of preservation corpus {source} names an edited concept, so none is "
+            "left to preserve; give a corpus of other prompts (--preserve-corpus)"
+        )
+    return source, corpus, naming
+
+
 def padded_rows(adapter: Adapter, prompts) -> TextRows:
     """Every position the denoiser reads of each prompt, padding included."""
     prompts = list(prompts)

@@ -29,3 +29,9 @@ def with_model_defaults(request, adapter: Adapter):
         if templates:
             changes["prompts"] = tuple(templates)
     return replace(request, **changes)
+
+
+def uses_model_templates(request, adapter: Adapter) -> bool:
+    """Whether the (defaulted) request's prompts are the templates the model gives a request without ``prompts``:
+    prompts a user wrote are the edit's whole prompt set."""
+    return with_model_defaults(replace(request, prompts=()), adapter).prompts == request.prompts

@@ -19,6 +19,12 @@ Candidates: the general corpus (its summary rows are cached with its statistics)
 model folder's known look-alikes (``locoedit.json`` ``edit.lookalikes``: concept -> prompts; the toy world lists
 each fact's look said in words and, for each shape, colour and texture, the facts that carry it). Prompts that
 name an edited concept are never candidates: the edit is meant to change them.
+
+Preserving a look-alike also holds still the concept's prompts that look like it: with "the sun" (a yellow plain
+circle) preserved, a circle -> square edit left "a yellow dotted circle on black" a circle in 6 of 8 seeds. So the
+listed look-alikes that *name* an edited concept ("a yellow plain circle", the sun's look) become more prompt pairs
+of an edit on the model's templates (:func:`contrast_pairs`; prompts a user writes are the whole prompt set): the
+closed form then sees both sides and keeps only what tells the sun from a yellow circle.
 """
 
 from __future__ import annotations
@@ -30,7 +36,9 @@ import torch
 from locoedit.core.lowrank import Workspace
 from locoedit.edit.closed_form import Regulariser, closed_form_edit, edit_factors
 from locoedit.edit.preservation import encode_summaries, input_space, names_concept, usable
+from locoedit.edit.rows import PromptPair, prompt_pairs
 from locoedit.models import Adapter
+from locoedit.models.base import find_phrase
 from locoedit.models.layers import CrossAttentionLayer
 
 MINED_LAYERS = 4  # edited layers whose projections score the candidates
@@ -51,6 +59,21 @@ def known_lookalikes(adapter: Adapter, concepts) -> list[str]:
     recommended = adapter.recommended.edit
     listed = {c.strip().lower(): prompts for c, prompts in (recommended.lookalikes if recommended else {}).items()}
     return [prompt for concept in concepts for prompt in listed.get(concept.strip().lower(), [])]
+
+
+def contrast_pairs(adapter: Adapter, request, pairs: list[PromptPair]) -> list[PromptPair]:
+    """Pairs of the model folder's listed look-alike prompts that name an edited concept (any concept's list: "a
+    yellow plain circle", the sun's look, for circle), each with the concept's target in its place; those the edit's
+    ``pairs`` already hold, or the text encoder cannot take whole, left out."""
+    recommended = adapter.recommended.edit
+    listed = [prompt for prompts in (recommended.lookalikes if recommended else {}).values() for prompt in prompts]
+    have = {pair.prompt for pair in pairs}
+    found: list[PromptPair] = []
+    for concept, target in zip(request.concepts, request.all_targets):
+        naming = [p for p in dict.fromkeys(listed) if p not in have and find_phrase(p, concept) is not None]
+        if naming:
+            found += prompt_pairs((concept,), (target,), usable(adapter, naming, "the model folder's look-alikes"))
+    return found
 
 
 def candidates(

@@ -14,8 +14,8 @@ import torch
 from locoedit.core.lowrank import LowRank, Workspace, check_low_rank_fits
 from locoedit.delta.file import EditDelta, describe_original
 from locoedit.edit.closed_form import Regulariser, compress_rows, edit_factors, edit_matrix
-from locoedit.edit.common import with_model_defaults
-from locoedit.edit.entangled import CachedSummaries, EntangledPrompt, candidates, mine_entangled
+from locoedit.edit.common import uses_model_templates, with_model_defaults
+from locoedit.edit.entangled import CachedSummaries, EntangledPrompt, candidates, contrast_pairs, mine_entangled
 from locoedit.edit.preservation import (
     corpus_stats,
     general_corpus,
@@ -51,8 +51,13 @@ class EditRows:
 
 
 def build_rows(adapter: Adapter, request: EditRequest) -> EditRows:
+    """The concept and target rows of the request's prompt pairs and, when look-alikes are mined and preserved and
+    the prompts are the model's templates, of the listed look-alikes that name the concept
+    (:func:`~locoedit.edit.entangled.contrast_pairs`)."""
     request = with_model_defaults(request, adapter)  # what the request leaves open (token, templates)
     pairs = request.pairs()
+    if request.preserve_nearest > 0 and uses_model_templates(request, adapter):
+        pairs += contrast_pairs(adapter, request, pairs)
     aligned = [aligned_positions(adapter, pair, request.token) for pair in pairs]
     concept = encode_rows(adapter, [p.prompt for p in pairs], [a for a, _ in aligned])
     target = encode_rows(adapter, [p.target_prompt for p in pairs], [b for _, b in aligned])
@@ -208,6 +213,7 @@ def key_value_edit(adapter: Adapter, request: EditRequest, layers: list[CrossAtt
     settings.update(
         {
             "prompt_pairs": [[p.prompt, p.target_prompt] for p in rows.pairs],
+            "contrast_pairs": len(rows.pairs) - len(request.pairs()),
             "concept_rows": len(rows.concept),
             "concept_positions": rows.concept.positions(),
             "preserve_prompts": preservation.counts,

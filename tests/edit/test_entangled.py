@@ -4,6 +4,8 @@ import torch
 
 torch.set_num_threads(1)
 
+from dataclasses import replace
+
 import pytest
 
 from locoedit.core.errors import LocoeditError
@@ -92,3 +94,35 @@ def test_scoring_layers_are_spread_over_the_edit():
 def test_a_bad_nearest_count_is_one_line(value):
     with pytest.raises(LocoeditError, match="preserve_nearest"):
         EditRequest(model="tiny", concepts=("dog",), targets=("cat",), preserve_nearest=value)
+
+
+def test_the_listed_lookalikes_that_name_the_concept_become_pairs_while_mining_on_the_templates(toy):
+    request = EditRequest(model="toyworld", concepts=("circle",), targets=("square",), kind="object", layers=(2, 3))
+    settings = compute_edit(toy, request).settings
+    pairs = [tuple(pair) for pair in settings["prompt_pairs"]]
+    assert ("a yellow plain circle on black", "a yellow plain square on black") in pairs  # the sun's look
+    assert settings["contrast_pairs"] == 6 and len(pairs) == len(set(pairs))
+    off = compute_edit(toy, replace(request, preserve_nearest=0)).settings
+    assert off["contrast_pairs"] == 0 and len(off["prompt_pairs"]) == len(pairs) - 6
+    written = compute_edit(toy, replace(request, prompts=("a red {c} on black",))).settings
+    assert written["contrast_pairs"] == 0  # prompts a user wrote are the edit's whole prompt set
+
+
+def test_a_concept_prompt_that_looks_like_a_preserved_fact_still_changes(toy):
+    """With the sun (a yellow plain circle) mined and preserved, a yellow circle prompt is still edited to a square
+    and the sun stays a circle: the contrast pairs let the closed form tell them apart."""
+    from locoedit.toyworld import PROBE_PATH
+    from locoedit.toyworld.probe import ToyworldProbe
+
+    probe = ToyworldProbe.load(PROBE_PATH)
+    request = EditRequest(model="toyworld", concepts=("circle",), targets=("square",), kind="object", layers=(2, 3))
+    delta = compute_edit(toy, request)
+    assert "the sun" in [m["prompt"] for m in delta.settings["entangled"]]
+    seeds = list(range(6))
+    encoded = toy.encode(["a yellow dotted circle on black"] * 6 + ["the sun on black"] * 6)
+    with delta.installed(toy):
+        images = toy.generate(encoded, seeds + seeds, toy.default_settings())
+    circle = probe.score(images, "circle")
+    assert (circle[:6] < 0.5).sum() >= 5  # the yellow circles became something else
+    assert (probe.score(images[:6], "square") > 0.5).sum() >= 5
+    assert (circle[6:] > 0.5).sum() >= 5  # the sun did not

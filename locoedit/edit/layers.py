@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from locoedit.core.errors import LocoeditError
 from locoedit.core.progress import ProgressCallback
@@ -15,6 +16,9 @@ from locoedit.models import Adapter
 from locoedit.models.layers import CrossAttentionLayer
 from locoedit.scoring import Scorer, resolve_scorer
 
+if TYPE_CHECKING:
+    import torch
+
 logger = logging.getLogger(__name__)
 
 
@@ -23,13 +27,20 @@ def resolve_layers(
 ) -> list[CrossAttentionLayer]:
     """The layers ``request.layers`` names: indices, a LocoGen run folder, or "auto" (LocoGen on the edit's own
     prompt pairs first, :meth:`~locoedit.edit.request.EditRequestCore.localization`)."""
-    table, spec = adapter.layers, request.layers
+    spec = request.layers
     if spec == "auto":
-        indices = auto_layers(adapter, request, progress)
-    elif isinstance(spec, (str, Path)):
-        indices = LocalizationResult.load(spec).layers_for(table, str(Path(spec) / RESULT_FILE))
-    else:
-        indices = list(spec)
+        return layers_at(adapter, auto_layers(adapter, request, progress), auto=True)
+    if isinstance(spec, (str, Path)):
+        return layers_at(
+            adapter, LocalizationResult.load(spec).layers_for(adapter.layers, str(Path(spec) / RESULT_FILE))
+        )
+    return layers_at(adapter, list(spec))
+
+
+def layers_at(adapter: Adapter, indices: list[int], auto: bool = False) -> list[CrossAttentionLayer]:
+    """The layers of ``indices``, in execution order; out-of-range indices and single-stream blocks refused, or,
+    when LocoGen chose them (``auto``), the single-stream blocks left out."""
+    table = adapter.layers
     bad = [i for i in indices if not 0 <= i < len(table)]
     if bad:
         raise LocoeditError(
@@ -37,7 +48,7 @@ def resolve_layers(
             f"(0..{len(table) - 1}; `locoedit layers MODEL` lists them)"
         )
     single = [table[i] for i in sorted(indices) if table[i].stream == "single"]
-    if single and spec == "auto":  # LocoGen may choose them; the edit keeps the dual-stream blocks of its windows
+    if single and auto:  # LocoGen may choose them; the edit keeps the dual-stream blocks of its windows
         logger.info("auto layers: single-stream blocks %s left out", [layer.index for layer in single])
         indices = [i for i in indices if table[i].stream != "single"]
         if not indices:
@@ -107,3 +118,42 @@ def auto_layers(adapter: Adapter, request: EditRequestCore, progress: ProgressCa
     """The union of the windows :func:`auto_localizations`' runs choose."""
     scorer = resolve_scorer(request.auto_scorer, None, adapter)
     return union_of_windows(auto_localize(adapter, request, scorer, progress))
+
+
+def widened(adapter: Adapter, indices: list[int]) -> list[int]:
+    """``indices`` and the layer on either side of each: one step of :class:`EditEffect`'s widening."""
+    grown = {j for i in indices for j in (i - 1, i, i + 1) if 0 <= j < len(adapter.layers)}
+    return sorted(j for j in grown if adapter.layers[j].stream != "single")
+
+
+class EditEffect:
+    """What an edit does on each LocoGen run's own prompts and seeds, as a share of the effect of routing the run's
+    chosen window: LocoGen says where the concept is read; this says whether the closed form there reproduces the
+    routing. The unedited images are generated once and kept for every edit checked."""
+
+    def __init__(self, adapter: Adapter, localizations: list[tuple[str, LocalizationResult]], scorer: Scorer):
+        self.adapter, self.scorer = adapter, scorer
+        self.results = [result for _, result in localizations]
+        self._unedited: dict[int, torch.Tensor] = {}
+
+    def _generate(self, run: LocalizationRequest) -> torch.Tensor:  # [prompts x seeds, 3, H, W]
+        settings = self.adapter.settings(run.steps, run.guidance, run.height, run.width)
+        rows = [(p, seed) for p in range(len(run.prompts)) for seed in run.seeds]  # LocoGen's order and batch
+        encoded = self.adapter.encode(list(run.prompts)).take([p for p, _ in rows])
+        return self.adapter.generate(encoded, [seed for _, seed in rows], settings)
+
+    def shares(self, delta) -> list[float]:
+        """Per run: the edit's mean effect over the window's (1: the edit does what routing the window does)."""
+        found = []
+        for number, result in enumerate(self.results):
+            run = result.request
+            if number not in self._unedited:
+                self._unedited[number] = self._generate(run)
+            with delta.installed(self.adapter):
+                edited = self._generate(run)
+            effect = self.scorer.effect(self._unedited[number], edited, run.concept)
+            if run.adopt:  # as LocoGen scores it: the concept's value gone plus the target's appearing
+                effect = effect + self.scorer.effect(edited, self._unedited[number], run.adopt)
+            window = result.chosen.effect
+            found.append(float(effect.mean()) / window if window > 0 else 1.0)
+        return found

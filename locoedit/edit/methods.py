@@ -19,6 +19,7 @@ from locoedit.edit.request import ContextEmbedderRequest, EditRequest, EditReque
 if TYPE_CHECKING:
     from locoedit.core.progress import ProgressCallback
     from locoedit.delta import EditDelta
+    from locoedit.localize import LocalizationResult
     from locoedit.models import Adapter
     from locoedit.models.layers import CrossAttentionLayer
 
@@ -38,19 +39,56 @@ class EditMethod:
         request: EditRequestCore,
         layers: list[CrossAttentionLayer] | None = None,
         progress: ProgressCallback | None = None,
+        localizations: list[tuple[str, LocalizationResult]] | None = None,
     ) -> EditDelta:
         """The delta of ``request`` on ``adapter``'s model, on ``layers`` or those the request names (``auto``: LocoGen
-        first). The model is not modified."""
+        first, or its ``localizations`` when given, then :meth:`compute_auto`). The model is not modified."""
         from locoedit.edit.common import with_model_defaults
         from locoedit.edit.layers import resolve_layers
 
         request = with_model_defaults(request, adapter)
         if not self.layered:
             layers = []
+        elif layers is None and request.layers == "auto":
+            return self.compute_auto(adapter, request, progress, localizations)
         elif layers is None:
             layers = resolve_layers(adapter, request, progress)
+        return self._solve(adapter, request, layers)
+
+    def _solve(self, adapter: Adapter, request: EditRequestCore, layers: list[CrossAttentionLayer]) -> EditDelta:
         module, _, function = self.compute_path.partition(":")
         return getattr(importlib.import_module(module), function)(adapter, request, layers)
+
+    def compute_auto(
+        self,
+        adapter: Adapter,
+        request: EditRequestCore,
+        progress: ProgressCallback | None = None,
+        localizations: list[tuple[str, LocalizationResult]] | None = None,
+    ) -> EditDelta:
+        """``layers="auto"``: the edit on the union of LocoGen's windows, widened by a layer on each side (up to
+        ``auto_widen`` times, cross-attention models only) while it does less than ``auto_threshold`` of what routing
+        the windows does on LocoGen's own prompts (:class:`~locoedit.edit.layers.EditEffect`). Each try is recorded
+        in the delta's ``settings["auto_layers"]``."""
+        from locoedit.edit.layers import EditEffect, auto_localize, layers_at, union_of_windows, widened
+        from locoedit.scoring import resolve_scorer
+
+        scorer = resolve_scorer(request.auto_scorer, None, adapter)
+        localizations = localizations or auto_localize(adapter, request, scorer, progress)
+        indices = [layer.index for layer in layers_at(adapter, union_of_windows(localizations), auto=True)]
+        check = EditEffect(adapter, localizations, scorer)
+        tries = []
+        while True:
+            delta = self._solve(adapter, request, layers_at(adapter, indices))
+            rounds_left = 0 if adapter.joint_attention else request.auto_widen - len(tries)
+            wider = widened(adapter, indices) if rounds_left > 0 else indices
+            shares = check.shares(delta) if wider != indices else []
+            tries.append({"layers": indices, "effect_share": [round(share, 4) for share in shares]})
+            if wider == indices or min(shares) >= request.auto_threshold:
+                break
+            indices = wider
+        delta.settings["auto_layers"] = tries
+        return delta
 
 
 EDIT_METHODS: dict[str, EditMethod] = {
@@ -98,9 +136,10 @@ def compute_edit(
     request: EditRequestCore,
     layers: list[CrossAttentionLayer] | None = None,
     progress: ProgressCallback | None = None,
+    localizations: list[tuple[str, LocalizationResult]] | None = None,
 ) -> EditDelta:
     """The delta of any edit method's request (see :data:`EDIT_METHODS`); the model is not modified."""
-    return method_of(request).compute(adapter, request, layers, progress)
+    return method_of(request).compute(adapter, request, layers, progress, localizations)
 
 
 def edit_to_file(

@@ -25,7 +25,7 @@ from locoedit.core.runfolder import RunFolder, check_writable
 from locoedit.delta.file import EditDelta
 from locoedit.edit import ContextEmbedderRequest, EditRequest, NeuronRequest, compute_edit
 from locoedit.edit.common import with_model_defaults
-from locoedit.edit.layers import auto_localize, union_of_windows
+from locoedit.edit.layers import auto_localize
 from locoedit.evaluate import EvaluationSuite, Headline, evaluate
 from locoedit.evaluate.report import evaluation_section
 from locoedit.localize.report import localization_section
@@ -117,12 +117,18 @@ def run_demo(
             adapter,
         )
         localizations = auto_localize(adapter, request, scorer, progress, out=case_dir)
-        chosen = union_of_windows(localizations)
         case_sections = [
             localization_section(result, image_root=f"{case_dir.name}/{folder}/") for folder, result in localizations
         ]
+        saved = case_dir / "localized.safetensors"  # a resumed demo reads its edits back
+        localized = (
+            EditDelta.load(saved)
+            if saved.is_file()
+            else compute_edit(adapter, request, progress=progress, localizations=localizations)
+        )
+        chosen = [layer["index"] for layer in localized.layers]  # LocoGen's windows, widened if they had to be
         request = replace(request, layers=tuple(chosen))
-        variants = _variants(adapter, request, chosen, case, seed=len(rows), case_dir=case_dir)
+        variants = _variants(adapter, request, chosen, case, localized, seed=len(rows), case_dir=case_dir)
         case_sections += _evaluate_case(adapter, case, case_dir, variants, scorer, evaluation_seeds, rows, progress)
         concepts = ", ".join(request.concepts)
         sections.append(f"<section id='{case_dir.name}'><h1>{name}: {concepts}</h1>{''.join(case_sections)}</section>")
@@ -176,18 +182,25 @@ def _evaluate_case(
 
 
 def _variants(
-    adapter: Adapter, request: EditRequest, chosen: list[int], case: dict, seed: int, case_dir: Path
+    adapter: Adapter,
+    request: EditRequest,
+    chosen: list[int],
+    case: dict,
+    localized: EditDelta,
+    seed: int,
+    case_dir: Path,
 ) -> dict[str, tuple[list[int], EditDelta]]:
-    """The edits a demo case evaluates: the localized one and, as the case asks, the paper's controls (every layer;
-    a random window of the same size), UCE's shortcut on a joint model, and a neuron-level edit of the same layers.
-    An edit the case folder already holds (a resumed demo) is read back, not computed again."""
+    """The edits a demo case evaluates: the ``localized`` one (on ``chosen``) and, as the case asks, the paper's
+    controls (every layer; a random window of the same size), UCE's shortcut on a joint model, and a neuron-level
+    edit of the same layers. An edit the case folder already holds (a resumed demo) is read back, not computed
+    again."""
 
     def edit(request, variant: str) -> EditDelta:
         saved = case_dir / f"{variant.replace(' ', '-')}.safetensors"
         return EditDelta.load(saved) if saved.is_file() else compute_edit(adapter, request)
 
     num_layers = len(adapter.layers)
-    variants: dict[str, tuple[list[int], EditDelta]] = {"localized": (chosen, edit(request, "localized"))}
+    variants: dict[str, tuple[list[int], EditDelta]] = {"localized": (chosen, localized)}
     if case["controls"]:
         variants["all layers"] = (
             list(range(num_layers)),

@@ -143,9 +143,16 @@ def test_auto_layers_run_locogen_first(sd, tiny_clip_folder):
         prompts=("a painting in the style of {c}",),
         auto_scorer=f"clip:{tiny_clip_folder}",
     )
-    delta = compute_edit(sd, req)
+    delta = compute_edit(sd, replace(req, auto_widen=0))
     chosen = [layer["index"] for layer in delta.layers]
     assert len(chosen) == 2 and chosen[1] == chosen[0] + 1
+    assert delta.settings["auto_layers"] == [{"layers": chosen, "effect_share": []}]  # nothing wider to try
+    # Widened: LocoGen's window first, then a layer more on each side while the edit falls short of the routing.
+    tries = compute_edit(sd, req).settings["auto_layers"]
+    assert tries[0]["layers"] == chosen and 1 <= len(tries) <= 1 + req.auto_widen
+    for before, after in zip(tries, tries[1:]):
+        assert min(before["effect_share"]) < req.auto_threshold
+        assert after["layers"] == sorted({j for i in before["layers"] for j in (i - 1, i, i + 1) if 0 <= j < 16})
 
 
 def test_what_a_request_leaves_open_comes_from_the_model_folder(sd):

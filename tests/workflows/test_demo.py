@@ -45,8 +45,11 @@ def test_demo_localizes_edits_and_evaluates_each_case(demo_run):
     for case, folder in CASES.items():
         runs = [json.loads(f.read_text()) for f in sorted((out / folder).glob("localize*/localization.json"))]
         localized = next(r for r in rows if r.kind == case and r.variant == "localized")
-        # The union of the case's LocoGen windows: the fact's own, and (a fact only) each attribute its target changes.
-        assert localized.layers == sorted({layer for run in runs for layer in run["chosen"]["layers"]})
+        # The union of the case's LocoGen windows (the fact's own, and for a fact each attribute its target changes),
+        # then widened while the edit falls short of the routing.
+        tries = EditDelta.load(out / folder / "localized.safetensors").settings["auto_layers"]
+        assert tries[0]["layers"] == sorted({layer for run in runs for layer in run["chosen"]["layers"]})
+        assert localized.layers == tries[-1]["layers"]
         adopted = [(run["request"]["concept"], run["request"]["adopt"]) for run in runs if run["request"]["adopt"]]
         assert adopted == ([("yellow", "red")] if case == "fact" else []), case  # the sun, yellow, -> "a red circle"
         assert (out / folder / "localized.safetensors").is_file()
@@ -66,7 +69,8 @@ def test_demo_localizes_each_edit_on_its_own_prompt_pairs(demo_run):
     for case, folder in CASES.items():
         localization = json.loads((out / folder / "localize" / "localization.json").read_text())
         delta = EditDelta.load(out / folder / "localized.safetensors")
-        pairs = [pair for pair in delta.settings["prompt_pairs"] if pair[1]]
+        own = len(delta.settings["prompt_pairs"]) - delta.settings["contrast_pairs"]  # the look-alikes' come last
+        pairs = [pair for pair in delta.settings["prompt_pairs"][:own] if pair[1]]
         assert [list(p) for p in zip(localization["request"]["prompts"], localization["request"]["targets"])] == pairs
         effects = [window["effect"] for window in localization["windows"]]
         assert localization["chosen"]["effect"] == max(effects) > 0, case
@@ -139,7 +143,7 @@ def test_on_the_toy_mmdit_each_controlled_case_also_runs_the_context_embedder_ba
         EditRequest(model=model, concepts=("circle",), targets=("square",), layers=(0, 1)), adapter
     )
     case = {"controls": True, "neurons": False}
-    variants = demo._variants(adapter, request, [0, 1], case, seed=0, case_dir=tmp_path)
+    variants = demo._variants(adapter, request, [0, 1], case, request, seed=0, case_dir=tmp_path)
     if model == "toyworld":
         assert list(variants) == ["localized", "all layers", "random window"]
         return

@@ -77,7 +77,7 @@ class EditMethod:
         localizations = localizations or auto_localize(adapter, request, scorer, progress)
         indices = [layer.index for layer in layers_at(adapter, union_of_windows(localizations), auto=True)]
         check = EditEffect(adapter, localizations, scorer)
-        tries = []
+        tries: list[dict] = []
         while True:
             delta = self._solve(adapter, request, layers_at(adapter, indices))
             rounds_left = 0 if adapter.joint_attention else request.auto_widen - len(tries)

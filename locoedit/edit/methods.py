@@ -67,10 +67,10 @@ class EditMethod:
         localizations: list[tuple[str, LocalizationResult]] | None = None,
     ) -> EditDelta:
         """``layers="auto"``: the edit on the union of LocoGen's windows, widened by a layer on each side (up to
-        ``auto_widen`` times, cross-attention models only) while it does less than ``auto_threshold`` of what routing
-        the windows does on LocoGen's own prompts (:class:`~locoedit.edit.layers.EditEffect`). Each try is recorded
+        ``auto_widen`` times, cross-attention models only) while it does less than
+        :data:`~locoedit.edit.layers.WIDEN_BELOW` of what routing the windows does on LocoGen's own prompts (:class:`~locoedit.edit.layers.EditEffect`). Each try is recorded
         in the delta's ``settings["auto_layers"]``."""
-        from locoedit.edit.layers import EditEffect, auto_localize, layers_at, union_of_windows, widened
+        from locoedit.edit.layers import WIDEN_BELOW, EditEffect, auto_localize, layers_at, union_of_windows, widened
         from locoedit.scoring import resolve_scorer
 
         scorer = resolve_scorer(request.auto_scorer, None, adapter)
@@ -84,7 +84,7 @@ class EditMethod:
             wider = widened(adapter, indices) if rounds_left > 0 else indices
             shares = check.shares(delta) if wider != indices else []
             tries.append({"layers": indices, "effect_share": [round(share, 4) for share in shares]})
-            if wider == indices or min(shares) >= request.auto_threshold:
+            if wider == indices or min(shares) >= WIDEN_BELOW:
                 break
             indices = wider
         delta.settings["auto_layers"] = tries

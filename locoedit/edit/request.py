@@ -153,7 +153,7 @@ class EditRequestCore(Request):
     auto_widen: int = setting(
         2,
         "For --layers auto: widen the edited layers by one on each side, up to this many times, while the edit "
-        "does less than --threshold of what routing LocoGen's window does on LocoGen's own prompts; 0: off.",
+        "does less than 0.8 of what routing LocoGen's window does on LocoGen's own prompts; 0: off.",
         flag="--widen",
         check=non_negative_int,
     )

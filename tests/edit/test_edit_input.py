@@ -10,7 +10,7 @@ torch.set_num_threads(1)
 
 from locoedit.core.errors import LocoeditError
 from locoedit.edit import EditRequest, compute_edit, edit_to_file
-from locoedit.edit.layers import resolve_layers
+from locoedit.edit.layers import WIDEN_BELOW, resolve_layers
 from locoedit.edit.request import parse_layers
 from locoedit.localize import LocalizationRequest, localize
 from locoedit.models import adapter_for
@@ -151,7 +151,7 @@ def test_auto_layers_run_locogen_first(sd, tiny_clip_folder):
     tries = compute_edit(sd, req).settings["auto_layers"]
     assert tries[0]["layers"] == chosen and 1 <= len(tries) <= 1 + req.auto_widen
     for before, after in zip(tries, tries[1:]):
-        assert min(before["effect_share"]) < req.auto_threshold
+        assert min(before["effect_share"]) < WIDEN_BELOW
         assert after["layers"] == sorted({j for i in before["layers"] for j in (i - 1, i, i + 1) if 0 <= j < 16})
 
 

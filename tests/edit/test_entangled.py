@@ -126,3 +126,19 @@ def test_a_concept_prompt_that_looks_like_a_preserved_fact_still_changes(toy):
     assert (circle[:6] < 0.5).sum() >= 5  # the yellow circles became something else
     assert (probe.score(images[:6], "square") > 0.5).sum() >= 5
     assert (circle[6:] > 0.5).sum() >= 5  # the sun did not
+
+
+def test_contrast_rows_weigh_less_than_the_templates_rows(toy):
+    from locoedit.edit.common import with_model_defaults
+    from locoedit.edit.key_value import CONTRAST_WEIGHT, build_rows
+
+    request = EditRequest(model="toyworld", concepts=("circle",), targets=("square",), kind="object", layers=(2,))
+    rows = build_rows(toy, with_model_defaults(request, toy))
+    layer = toy.layers[2]
+    sources, targets = rows.matrices(layer)
+    raw_sources, raw_targets = rows.concept.at(layer), rows.target.at(layer)
+    contrast = rows.concept.prompt_index >= len(rows.pairs) - rows.contrast
+    assert rows.contrast == 6 and 0 < int(contrast.sum()) < len(contrast)
+    assert torch.equal(sources[~contrast], raw_sources[~contrast])
+    assert torch.allclose(sources[contrast], raw_sources[contrast] * CONTRAST_WEIGHT**0.5)
+    assert torch.allclose(targets[contrast], raw_targets[contrast] * CONTRAST_WEIGHT**0.5)

@@ -51,9 +51,7 @@ def main() -> None:
     for layer in adapter.layers:
         weight = layer.module.add_k_proj.weight.detach().double()
         concept, target = rows.concept.per_step(layer), rows.target.per_step(layer)  # [rows, samples, dim]
-        every = relative_residual(
-            weight, concept.flatten(0, 1), target.flatten(0, 1), args.lam * rows.concept.samples
-        )
+        every = relative_residual(weight, concept.flatten(0, 1), target.flatten(0, 1), args.lam * rows.concept.samples)
         steps = range(0, concept.shape[1], 5)
         per_step = sum(relative_residual(weight, concept[:, s], target[:, s], args.lam) for s in steps) / len(steps)
         print(f"| {layer.index} | {every:.1%} | {per_step:.1%} |")

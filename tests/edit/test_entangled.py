@@ -142,3 +142,14 @@ def test_contrast_rows_weigh_less_than_the_templates_rows(toy):
     assert torch.equal(sources[~contrast], raw_sources[~contrast])
     assert torch.allclose(sources[contrast], raw_sources[contrast] * CONTRAST_WEIGHT**0.5)
     assert torch.allclose(targets[contrast], raw_targets[contrast] * CONTRAST_WEIGHT**0.5)
+
+
+def test_no_contrast_pairs_on_joint_attention():
+    from locoedit.edit.common import with_model_defaults
+    from locoedit.edit.key_value import build_rows
+
+    mmdit = load_adapter("toyworld-mmdit", device="cpu")
+    assert mmdit.recommended.edit.lookalikes  # the folder lists them: they would make pairs on a UNet
+    request = EditRequest(model="toyworld-mmdit", concepts=("circle",), targets=("square",), layers=(0,))
+    rows = build_rows(mmdit, with_model_defaults(request, mmdit))
+    assert rows.contrast == 0 and len(rows.pairs) == len(with_model_defaults(request, mmdit).pairs())

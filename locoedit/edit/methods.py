@@ -68,8 +68,9 @@ class EditMethod:
     ) -> EditDelta:
         """``layers="auto"``: the edit on the union of LocoGen's windows, widened by a layer on each side (up to
         ``auto_widen`` times, cross-attention models only) while it does less than
-        :data:`~locoedit.edit.layers.WIDEN_BELOW` of what routing the windows does on LocoGen's own prompts (:class:`~locoedit.edit.layers.EditEffect`). Each try is recorded
-        in the delta's ``settings["auto_layers"]``."""
+        :data:`~locoedit.edit.layers.WIDEN_BELOW` of what routing the windows does on LocoGen's own prompts
+        (:class:`~locoedit.edit.layers.EditEffect`). Each try is recorded in the delta's ``settings["auto_layers"]``
+        (``effect_share`` empty: not checked, there was nothing wider to try)."""
         from locoedit.edit.layers import WIDEN_BELOW, EditEffect, auto_localize, layers_at, union_of_windows, widened
         from locoedit.scoring import resolve_scorer
 

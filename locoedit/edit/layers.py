@@ -125,6 +125,9 @@ def auto_layers(adapter: Adapter, request: EditRequestCore, progress: ProgressCa
 # objects come out at 0.93-0.96, and widening those (square 2-4 -> 1-5, dotted 2 -> 1-3) cost look-alikes kept
 # (88% -> 69%, 77% -> 71%) for 4 points of efficacy or none.
 WIDEN_BELOW = 0.8
+# A wider edit is refused when it takes this much more of the concept from its mined look-alikes than the narrower
+# one (:meth:`EditEffect.leak`): the ocean widened 2-4 -> 1-5 kept 2% of its look-alikes, against 60%.
+LEAK_MARGIN = 0.2
 
 
 def widened(adapter: Adapter, indices: list[int]) -> list[int]:
@@ -142,12 +145,28 @@ class EditEffect:
         self.adapter, self.scorer = adapter, scorer
         self.results = [result for _, result in localizations]
         self._unedited: dict[int, torch.Tensor] = {}
+        self._looks: tuple[list[str], torch.Tensor] | None = None  # the mined prompts and their unedited images
 
-    def _generate(self, run: LocalizationRequest) -> torch.Tensor:  # [prompts x seeds, 3, H, W]
+    def _generate(self, run: LocalizationRequest, prompts=None) -> torch.Tensor:  # [prompts x seeds, 3, H, W]
+        """``prompts`` (default: the run's) with the run's seeds and settings."""
+        prompts = list(run.prompts if prompts is None else prompts)
         settings = self.adapter.settings(run.steps, run.guidance, run.height, run.width)
-        rows = [(p, seed) for p in range(len(run.prompts)) for seed in run.seeds]  # LocoGen's order and batch
-        encoded = self.adapter.encode(list(run.prompts)).take([p for p, _ in rows])
+        rows = [(p, seed) for p in range(len(prompts)) for seed in run.seeds]  # LocoGen's order and batch
+        encoded = self.adapter.encode(prompts).take([p for p, _ in rows])
         return self.adapter.generate(encoded, [seed for _, seed in rows], settings)
+
+    def leak(self, delta, prompts: list[str]) -> float:
+        """How much of the concept the edit takes from ``prompts``, the prompts mined as entangled with it (its
+        look-alikes: they show the concept without naming it), scored as LocoGen scores the concept, on the first
+        run's seeds; 0 without prompts."""
+        if not prompts:
+            return 0.0
+        run = self.results[0].request
+        if self._looks is None or self._looks[0] != prompts:
+            self._looks = (prompts, self._generate(run, prompts))
+        with delta.installed(self.adapter):
+            edited = self._generate(run, prompts)
+        return float(self.scorer.effect(self._looks[1], edited, run.concept).mean())
 
     def shares(self, delta) -> list[float]:
         """Per run: the edit's mean effect over the window's (1: the edit does what routing the window does)."""

@@ -71,7 +71,15 @@ class EditMethod:
         :data:`~locoedit.edit.layers.WIDEN_BELOW` of what routing the windows does on LocoGen's own prompts
         (:class:`~locoedit.edit.layers.EditEffect`). Each try is recorded in the delta's ``settings["auto_layers"]``
         (``effect_share`` empty: not checked, there was nothing wider to try)."""
-        from locoedit.edit.layers import WIDEN_BELOW, EditEffect, auto_localize, layers_at, union_of_windows, widened
+        from locoedit.edit.layers import (
+            LEAK_MARGIN,
+            WIDEN_BELOW,
+            EditEffect,
+            auto_localize,
+            layers_at,
+            union_of_windows,
+            widened,
+        )
         from locoedit.scoring import resolve_scorer
 
         scorer = resolve_scorer(request.auto_scorer, None, adapter)
@@ -79,15 +87,21 @@ class EditMethod:
         indices = [layer.index for layer in layers_at(adapter, union_of_windows(localizations), auto=True)]
         check = EditEffect(adapter, localizations, scorer)
         tries: list[dict] = []
+        delta = self._solve(adapter, request, layers_at(adapter, indices))
         while True:
-            delta = self._solve(adapter, request, layers_at(adapter, indices))
             rounds_left = 0 if adapter.joint_attention else request.auto_widen - len(tries)
             wider = widened(adapter, indices) if rounds_left > 0 else indices
             shares = check.shares(delta) if wider != indices else []
             tries.append({"layers": indices, "effect_share": [round(share, 4) for share in shares]})
             if wider == indices or min(shares) >= WIDEN_BELOW:
                 break
-            indices = wider
+            candidate = self._solve(adapter, request, layers_at(adapter, wider))
+            mined = [item["prompt"] for item in delta.settings.get("entangled") or []]
+            leaks = check.leak(delta, mined), check.leak(candidate, mined)
+            if leaks[1] > leaks[0] + LEAK_MARGIN:  # the wider edit reaches the look-alikes: keep the narrower one
+                tries.append({"layers": wider, "refused": True, "leak": [round(leak, 4) for leak in leaks]})
+                break
+            delta, indices = candidate, wider
         delta.settings["auto_layers"] = tries
         return delta
 

@@ -155,6 +155,26 @@ def test_auto_layers_run_locogen_first(sd, tiny_clip_folder):
         assert after["layers"] == sorted({j for i in before["layers"] for j in (i - 1, i, i + 1) if 0 <= j < 16})
 
 
+def test_a_wider_edit_that_reaches_the_look_alikes_is_refused(sd, tiny_clip_folder, monkeypatch):
+    from locoedit.edit.layers import EditEffect
+
+    req = make(
+        layers="auto",
+        auto_window=2,
+        auto_steps=2,
+        auto_seeds=(0,),
+        prompts=("a painting in the style of {c}",),
+        auto_scorer=f"clip:{tiny_clip_folder}",
+    )
+    monkeypatch.setattr(EditEffect, "shares", lambda self, delta: [0.0])  # always short of the routing
+    monkeypatch.setattr(EditEffect, "leak", lambda self, delta, prompts: float(len(delta.layers)))  # wider leaks more
+    delta = compute_edit(sd, req)
+    first, refused = delta.settings["auto_layers"]
+    assert refused["refused"] and len(refused["layers"]) > len(first["layers"])
+    assert refused["leak"] == [float(len(first["layers"])), float(len(refused["layers"]))]
+    assert [layer["index"] for layer in delta.layers] == first["layers"]  # the narrower edit is kept
+
+
 def test_what_a_request_leaves_open_comes_from_the_model_folder(sd):
     from locoedit.edit.common import with_model_defaults
     from locoedit.edit.templates import prompt_templates

@@ -53,7 +53,7 @@ class EditRows:
 
     def matrices(self, layer: CrossAttentionLayer) -> tuple[torch.Tensor, torch.Tensor]:  # [rows, in] float64 x2
         sources, targets = self.concept.at(layer), self.target.at(layer)
-        if not self.contrast or CONTRAST_WEIGHT == 1.0:
+        if not self.contrast:
             return sources, targets
         own = len(self.pairs) - self.contrast
         weight = torch.where(self.concept.prompt_index >= own, CONTRAST_WEIGHT**0.5, 1.0).to(torch.float64)
@@ -64,8 +64,7 @@ class EditRows:
 def build_rows(adapter: Adapter, request: EditRequest) -> EditRows:
     """The concept and target rows of the request's prompt pairs and, when look-alikes are mined and preserved, the
     prompts are the model's templates and the denoiser has cross-attention, of the listed look-alikes that name the
-    concept
-    (:func:`~locoedit.edit.entangled.contrast_pairs`)."""
+    concept (:func:`~locoedit.edit.entangled.contrast_pairs`)."""
     request = with_model_defaults(request, adapter)  # what the request leaves open (token, templates)
     pairs = request.pairs()
     contrast = []
@@ -229,7 +228,7 @@ def key_value_edit(adapter: Adapter, request: EditRequest, layers: list[CrossAtt
     settings.update(
         {
             "prompt_pairs": [[p.prompt, p.target_prompt] for p in rows.pairs],
-            "contrast_pairs": len(rows.pairs) - len(request.pairs()),
+            "contrast_pairs": rows.contrast,
             "concept_rows": len(rows.concept),
             "concept_positions": rows.concept.positions(),
             "preserve_prompts": preservation.counts,

@@ -14,7 +14,7 @@ from locoedit.localize import LocalizationRequest, LocalizationResult, localize
 from locoedit.localize.result import RESULT_FILE
 from locoedit.models import Adapter
 from locoedit.models.layers import CrossAttentionLayer
-from locoedit.scoring import Scorer, resolve_scorer
+from locoedit.scoring import Scorer
 
 if TYPE_CHECKING:
     import torch
@@ -22,14 +22,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def resolve_layers(
-    adapter: Adapter, request: EditRequestCore, progress: ProgressCallback | None = None
-) -> list[CrossAttentionLayer]:
-    """The layers ``request.layers`` names: indices, a LocoGen run folder, or "auto" (LocoGen on the edit's own
-    prompt pairs first, :meth:`~locoedit.edit.request.EditRequestCore.localization`)."""
+def resolve_layers(adapter: Adapter, request: EditRequestCore) -> list[CrossAttentionLayer]:
+    """The layers ``request.layers`` names: indices or a LocoGen run folder. ("auto" is
+    :meth:`~locoedit.edit.methods.EditMethod.compute_auto`'s: LocoGen on the edit's own prompt pairs, then the
+    edit checked and widened.)"""
     spec = request.layers
     if spec == "auto":
-        return layers_at(adapter, auto_layers(adapter, request, progress), auto=True)
+        raise ValueError("layers='auto' is resolved by EditMethod.compute_auto, which localizes and widens")
     if isinstance(spec, (str, Path)):
         return layers_at(
             adapter, LocalizationResult.load(spec).layers_for(adapter.layers, str(Path(spec) / RESULT_FILE))
@@ -112,12 +111,6 @@ def auto_localize(
 def union_of_windows(results: list[tuple[str, LocalizationResult]]) -> list[int]:
     """The layers ``layers="auto"`` edits: every layer a window of :func:`auto_localize` chose."""
     return sorted({layer for _, result in results for layer in result.chosen.layers})
-
-
-def auto_layers(adapter: Adapter, request: EditRequestCore, progress: ProgressCallback | None = None) -> list[int]:
-    """The union of the windows :func:`auto_localizations`' runs choose."""
-    scorer = resolve_scorer(request.auto_scorer, None, adapter)
-    return union_of_windows(auto_localize(adapter, request, scorer, progress))
 
 
 # Widen only while the edit does clearly less than the routing. The toy world's fact "the sun" -> "a red circle" on

@@ -52,7 +52,7 @@ class EditMethod:
         elif layers is None and request.layers == "auto":
             return self.compute_auto(adapter, request, progress, localizations)
         elif layers is None:
-            layers = resolve_layers(adapter, request, progress)
+            layers = resolve_layers(adapter, request)
         return self._solve(adapter, request, layers)
 
     def _solve(self, adapter: Adapter, request: EditRequestCore, layers: list[CrossAttentionLayer]) -> EditDelta:

@@ -120,11 +120,8 @@ def run_demo(
         case_sections = [
             localization_section(result, image_root=f"{case_dir.name}/{folder}/") for folder, result in localizations
         ]
-        saved = case_dir / "localized.safetensors"  # a resumed demo reads its edits back
-        localized = (
-            EditDelta.load(saved)
-            if saved.is_file()
-            else compute_edit(adapter, request, progress=progress, localizations=localizations)
+        localized = _saved_or_computed(
+            adapter, request, case_dir, "localized", progress=progress, localizations=localizations
         )
         chosen = [layer["index"] for layer in localized.layers]  # LocoGen's windows, widened if they had to be
         request = replace(request, layers=tuple(chosen))
@@ -181,6 +178,13 @@ def _evaluate_case(
     return case_sections
 
 
+def _saved_or_computed(adapter: Adapter, request, case_dir: Path, variant: str, **options) -> EditDelta:
+    """The variant's edit as the case folder holds it (a resumed demo), else computed (``options``: those of
+    :func:`~locoedit.edit.compute_edit`)."""
+    saved = case_dir / f"{variant.replace(' ', '-')}.safetensors"
+    return EditDelta.load(saved) if saved.is_file() else compute_edit(adapter, request, **options)
+
+
 def _variants(
     adapter: Adapter,
     request: EditRequest,
@@ -196,8 +200,7 @@ def _variants(
     again."""
 
     def edit(request, variant: str) -> EditDelta:
-        saved = case_dir / f"{variant.replace(' ', '-')}.safetensors"
-        return EditDelta.load(saved) if saved.is_file() else compute_edit(adapter, request)
+        return _saved_or_computed(adapter, request, case_dir, variant)
 
     num_layers = len(adapter.layers)
     variants: dict[str, tuple[list[int], EditDelta]] = {"localized": (chosen, localized)}

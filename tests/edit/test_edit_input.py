@@ -134,8 +134,9 @@ def test_auto_layers_default_to_the_models_concept_scorer(sd):
         compute_edit(sd, req)
 
 
-def test_auto_layers_run_locogen_first(sd, tiny_clip_folder):
-    req = make(
+def _auto_request(tiny_clip_folder):
+    """A quick ``--layers auto`` request on the tiny SD, scored by the tiny CLIP: windows of 2, one seed, 2 steps."""
+    return make(
         layers="auto",
         auto_window=2,
         auto_steps=2,
@@ -143,6 +144,10 @@ def test_auto_layers_run_locogen_first(sd, tiny_clip_folder):
         prompts=("a painting in the style of {c}",),
         auto_scorer=f"clip:{tiny_clip_folder}",
     )
+
+
+def test_auto_layers_run_locogen_first(sd, tiny_clip_folder):
+    req = _auto_request(tiny_clip_folder)
     delta = compute_edit(sd, replace(req, auto_widen=0))
     chosen = [layer["index"] for layer in delta.layers]
     assert len(chosen) == 2 and chosen[1] == chosen[0] + 1
@@ -158,14 +163,7 @@ def test_auto_layers_run_locogen_first(sd, tiny_clip_folder):
 def test_a_wider_edit_that_reaches_the_look_alikes_is_refused(sd, tiny_clip_folder, monkeypatch):
     from locoedit.edit.layers import EditEffect
 
-    req = make(
-        layers="auto",
-        auto_window=2,
-        auto_steps=2,
-        auto_seeds=(0,),
-        prompts=("a painting in the style of {c}",),
-        auto_scorer=f"clip:{tiny_clip_folder}",
-    )
+    req = _auto_request(tiny_clip_folder)
     monkeypatch.setattr(EditEffect, "shares", lambda self, delta: [0.0])  # always short of the routing
     monkeypatch.setattr(EditEffect, "leak", lambda self, delta, prompts: float(len(delta.layers)))  # wider leaks more
     delta = compute_edit(sd, req)
@@ -210,6 +208,7 @@ def _spied_auto_layers(monkeypatch, request, windows):
     from locoedit.edit import layers as layer_choice
     from locoedit.edit.common import with_model_defaults
     from locoedit.models import load_adapter
+    from locoedit.scoring import resolve_scorer
 
     runs = []
 
@@ -219,7 +218,8 @@ def _spied_auto_layers(monkeypatch, request, windows):
 
     monkeypatch.setattr(layer_choice, "localize", fake_localize)
     toy = load_adapter("toyworld", device="cpu")
-    return layer_choice.auto_layers(toy, with_model_defaults(request, toy)), runs
+    found = layer_choice.auto_localize(toy, with_model_defaults(request, toy), resolve_scorer(None, None, toy))
+    return layer_choice.union_of_windows(found), runs
 
 
 def test_auto_layers_localize_each_attribute_the_target_changes_and_edit_the_union(monkeypatch):

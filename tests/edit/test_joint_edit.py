@@ -199,18 +199,17 @@ def test_compressed_rows_give_the_same_closed_form_and_drop_only_weak_directions
     assert (truncated - exact).norm() < 1e-2 * (exact - weight).norm()
 
 
-def test_auto_layers_keep_the_dual_stream_blocks_of_locogens_windows(joint_adapters, monkeypatch):
+def test_auto_layers_keep_the_dual_stream_blocks_of_locogens_windows(joint_adapters):
     """FLUX: LocoGen's windows may hold single-stream blocks; `--layers auto` edits their dual-stream blocks, and
     refuses with the reason when the windows hold none."""
-    from locoedit.edit.layers import resolve_layers
+    from locoedit.edit.layers import layers_at
 
     adapter = joint_adapters["flux"]
-    request = EditRequest(model="tiny", concepts=("circle",), targets=("square",), prompts=PROMPTS)
-    monkeypatch.setattr("locoedit.edit.layers.auto_layers", lambda *args: [1, 2, 3])
-    assert [layer.index for layer in resolve_layers(adapter, request)] == [1]
-    monkeypatch.setattr("locoedit.edit.layers.auto_layers", lambda *args: [3, 4])
+    assert [layer.index for layer in layers_at(adapter, [1, 2, 3], auto=True)] == [1]
     with pytest.raises(LocoeditError, match="LocoGen chose only single-stream blocks"):
-        resolve_layers(adapter, request)
+        layers_at(adapter, [3, 4], auto=True)
+    with pytest.raises(LocoeditError, match="is a single-stream block"):  # indices a user gave are refused
+        layers_at(adapter, [1, 2])
 
 
 @pytest.mark.parametrize("family", ["sd3", "flux"])

@@ -210,11 +210,36 @@ def _edit(ctx: typer.Context, request, out: Path) -> None:
             f"edited {edited} ({len(delta.parameters)} matrices, {delta.settings['concept_rows']} concept rows) "
             f"-> {out}"
         )
+        if len(delta.settings.get("auto_layers") or []) > 1:
+            typer.echo(f"auto layers: {_widening(delta.settings['auto_layers'])}")
         entangled = delta.settings.get("entangled") or []
         if entangled:
             shown = ", ".join(f"{e['prompt']!r} ({e['entanglement']:.2f})" for e in entangled)
             kept = "preserved" if delta.settings.get("preserve_nearest_weight", 1) > 0 else "found (not preserved)"
             typer.echo(f"{kept} {len(entangled)} entangled prompts: {shown}")
+
+
+def _widening(tries: list[dict]) -> str:
+    """The widening tries of ``--layers auto`` in one line: each window, with the smallest share of the routing's
+    effect the edit on it reached, or why a wider one was refused."""
+
+    def window(layers: list[int]) -> str:
+        return (
+            f"{layers[0]}-{layers[-1]}"
+            if layers == list(range(layers[0], layers[-1] + 1))
+            else ",".join(map(str, layers))
+        )
+
+    steps = []
+    for attempt in tries:
+        if attempt.get("refused"):
+            narrow, wide = attempt["leak"]
+            steps.append(f"{window(attempt['layers'])} refused (look-alike leak {narrow:.2f} -> {wide:.2f})")
+        elif attempt["effect_share"]:
+            steps.append(f"{window(attempt['layers'])} (effect share {min(attempt['effect_share']):.2f})")
+        else:
+            steps.append(window(attempt["layers"]))
+    return " -> ".join(steps)
 
 
 for _method in EDIT_METHODS.values():

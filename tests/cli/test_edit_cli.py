@@ -186,3 +186,20 @@ def test_apply_carries_the_model_folders_settings_over(app, tmp_path):
     assert carried == replace(original, edit=replace(original.edit, corpus=carried.edit.corpus))
     assert Path(carried.edit.corpus).read_text() == Path(original.edit.corpus).read_text()
     assert stat.S_IMODE((tmp_path / "edited").stat().st_mode) == 0o755
+
+
+def test_the_widening_tries_of_auto_layers_are_printed_in_order():
+    from locoedit.cli.main import _widening
+
+    tries = [
+        {"layers": [6, 7], "effect_share": [0.63, 0.22]},
+        {"layers": [5, 6, 7, 8], "effect_share": [0.7]},
+        {"layers": [4, 5, 6, 7, 8, 9], "effect_share": []},
+    ]
+    assert _widening(tries) == "6-7 (effect share 0.22) -> 5-8 (effect share 0.70) -> 4-9"
+    refused = [
+        {"layers": [2, 3, 4], "effect_share": [0.5]},
+        {"layers": [1, 2, 3, 4, 5], "refused": True, "leak": [0.19, 0.49]},
+    ]
+    assert _widening(refused) == "2-4 (effect share 0.50) -> 1-5 refused (look-alike leak 0.19 -> 0.49)"
+    assert _widening([{"layers": [2, 3, 6, 7], "effect_share": []}]) == "2,3,6,7"

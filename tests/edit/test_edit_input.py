@@ -203,8 +203,8 @@ def test_locogen_leaves_out_prompts_that_become_empty(sd):
 
 
 def _spied_auto_layers(monkeypatch, request, windows):
-    """The layers ``auto`` edits when LocoGen on concept c chooses ``windows[c]``, and the (concept, adopt, prompts)
-    of each LocoGen run."""
+    """The layers ``auto`` edits when LocoGen on concept c chooses ``windows[c]``, and the (concept, adopt, prompts,
+    threshold) of each LocoGen run."""
     from locoedit.edit import layers as layer_choice
     from locoedit.edit.common import with_model_defaults
     from locoedit.models import load_adapter
@@ -213,7 +213,7 @@ def _spied_auto_layers(monkeypatch, request, windows):
     runs = []
 
     def fake_localize(run, out, adapter, scorer, progress):
-        runs.append((run.concept, run.adopt, run.prompts))
+        runs.append((run.concept, run.adopt, run.prompts, run.auto_threshold))
         return type("Result", (), {"chosen": type("Chosen", (), {"layers": windows[run.concept]})})
 
     monkeypatch.setattr(layer_choice, "localize", fake_localize)
@@ -226,14 +226,20 @@ def test_auto_layers_localize_each_attribute_the_target_changes_and_edit_the_uni
     fact = EditRequest(model="toyworld", concepts=("the ocean",), targets=("a yellow striped circle",), kind="fact")
     layers, runs = _spied_auto_layers(monkeypatch, fact, {"the ocean": [1], "blue": [5, 6], "square": [2, 3]})
     assert layers == [1, 2, 3, 5, 6]  # the fact, its colour and its shape, each where LocoGen put it
-    runs_asked = [(concept, adopt) for concept, adopt, _ in runs]
+    runs_asked = [(concept, adopt) for concept, adopt, _, _ in runs]
     assert runs_asked == [("the ocean", ""), ("blue", "yellow"), ("square", "circle")]  # the ocean's stripes stay
-    assert all(prompts and all("the ocean" in p for p in prompts) for _, _, prompts in runs)
+    assert all(prompts and all("the ocean" in p for p in prompts) for _, _, prompts, _ in runs)
+    # The fact's own run stops at the request's threshold; its attribute runs, whose windows are unioned, at 0.95.
+    assert [threshold for *_, threshold in runs] == [0.97, 0.95, 0.95]
+    _, runs = _spied_auto_layers(
+        monkeypatch, replace(fact, auto_threshold=0.9), windows={"the ocean": [1], "blue": [5], "square": [2]}
+    )
+    assert [threshold for *_, threshold in runs] == [0.9, 0.9, 0.9]
     # One attribute, or a removal: LocoGen once, on the concept as a whole.
     for concept, target in (("triangle", "cross"), ("in the style of hokusai", "")):
         request = EditRequest(model="toyworld", concepts=(concept,), targets=(target,), kind="style")
         layers, runs = _spied_auto_layers(monkeypatch, request, {concept: [4]})
-        assert layers == [4] and [(c, a) for c, a, _ in runs] == [(concept, "")]
+        assert layers == [4] and [(c, a) for c, a, *_ in runs] == [(concept, "")]
 
 
 def test_auto_layers_of_several_concepts_localize_each_on_its_own_prompts(monkeypatch):
@@ -243,5 +249,5 @@ def test_auto_layers_of_several_concepts_localize_each_on_its_own_prompts(monkey
     windows = {"the sun": [2], "yellow": [6], "in the style of klimt": [3]}
     layers, runs = _spied_auto_layers(monkeypatch, both, windows)
     assert layers == [2, 3, 6]
-    assert [(c, a) for c, a, _ in runs] == [("the sun", ""), ("yellow", "blue"), ("in the style of klimt", "")]
+    assert [(c, a) for c, a, *_ in runs] == [("the sun", ""), ("yellow", "blue"), ("in the style of klimt", "")]
     assert all("the sun" in p for p in runs[0][2] + runs[1][2]) and all("klimt" in p for p in runs[2][2])

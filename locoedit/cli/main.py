@@ -222,23 +222,17 @@ def _edit(ctx: typer.Context, request, out: Path) -> None:
 def _widening(tries: list[dict]) -> str:
     """The widening tries of ``--layers auto`` in one line: each window, with the smallest share of the routing's
     effect the edit on it reached, or why a wider one was refused."""
-
-    def window(layers: list[int]) -> str:
-        return (
-            f"{layers[0]}-{layers[-1]}"
-            if layers == list(range(layers[0], layers[-1] + 1))
-            else ",".join(map(str, layers))
-        )
+    from locoedit.edit.request import layer_span
 
     steps = []
     for attempt in tries:
         if attempt.get("refused"):
             narrow, wide = attempt["leak"]
-            steps.append(f"{window(attempt['layers'])} refused (look-alike leak {narrow:.2f} -> {wide:.2f})")
+            steps.append(f"{layer_span(attempt['layers'])} refused (look-alike leak {narrow:.2f} -> {wide:.2f})")
         elif attempt["effect_share"]:
-            steps.append(f"{window(attempt['layers'])} (effect share {min(attempt['effect_share']):.2f})")
+            steps.append(f"{layer_span(attempt['layers'])} (effect share {min(attempt['effect_share']):.2f})")
         else:
-            steps.append(window(attempt["layers"]))
+            steps.append(layer_span(attempt["layers"]))
     return " -> ".join(steps)
 
 

@@ -53,6 +53,13 @@ def layers_text(layers) -> str:
     return layers if isinstance(layers, str) else ",".join(map(str, layers))
 
 
+def layer_span(layers: list[int]) -> str:
+    """Layer indices for a person to read: one layer as 3, a run as 2-7, anything else as 2,3,6,7."""
+    if len(layers) > 1 and list(layers) == list(range(layers[0], layers[-1] + 1)):
+        return f"{layers[0]}-{layers[-1]}"
+    return ",".join(map(str, layers))
+
+
 def check_layers(name: str, layers) -> tuple[int, ...] | str:
     """``layers`` as an edit request holds it: "auto", a LocoGen run folder, or distinct non-negative indices."""
     if isinstance(layers, (str, Path)):

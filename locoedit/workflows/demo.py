@@ -26,6 +26,7 @@ from locoedit.delta.file import EditDelta
 from locoedit.edit import ContextEmbedderRequest, EditRequest, NeuronRequest, compute_edit
 from locoedit.edit.common import with_model_defaults
 from locoedit.edit.layers import auto_localize
+from locoedit.edit.request import layer_span
 from locoedit.evaluate import EvaluationSuite, Headline, evaluate
 from locoedit.evaluate.report import evaluation_section
 from locoedit.localize.report import localization_section
@@ -246,7 +247,7 @@ def _percent(value) -> str:
 def _layers(layers: list[int]) -> str:
     if not layers:  # the context_embedder baseline edits no text-reading layer
         return "-"
-    return f"{layers[0]}-{layers[-1]}" if len(layers) > 1 else str(layers[0])
+    return layer_span(layers)
 
 
 def summary_lines(rows: list[DemoRow]) -> list[str]:

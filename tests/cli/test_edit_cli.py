@@ -203,3 +203,6 @@ def test_the_widening_tries_of_auto_layers_are_printed_in_order():
     ]
     assert _widening(refused) == "2-4 (effect share 0.50) -> 1-5 refused (look-alike leak 0.19 -> 0.49)"
     assert _widening([{"layers": [2, 3, 6, 7], "effect_share": []}]) == "2,3,6,7"
+    assert _widening([{"layers": [2], "effect_share": [0.5]}, {"layers": [1, 2, 3], "effect_share": []}]) == (
+        "2 (effect share 0.50) -> 1-3"
+    )
